@@ -1,0 +1,88 @@
+"""The reference backend: torch `scaled_dot_product_attention` over keys/values gathered from pages.
+
+Runs everywhere (CPU and CUDA). Grouped-query attention is done by folding each KV head's
+query heads into the query length, so keys and values are never repeated in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.attention.base import AttentionBackend, BatchLayout
+from engine.page_pool import PagePool
+
+
+@dataclass
+class TorchPlan:
+    slots: Tensor  # [T] where each new token's K/V goes
+    batch: int
+    max_q: int
+    fresh: bool  # every segment is a whole prompt of the same length: plain causal, no gather
+    kv_index: Tensor | None  # [B, max_kv] flat pool slots to gather
+    mask: Tensor | None  # [B, 1, max_q, max_kv] bool, None when every key is visible
+    rows: tuple[Tensor, Tensor] | None  # (segment, row) of each token when q_lens differ
+
+
+class TorchBackend(AttentionBackend):
+    name = "torch-sdpa"
+
+    def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan:
+        device = pool.k.device
+        q_lens, kv_lens = layout.q_lens, layout.kv_lens
+        b, lq, lk = layout.num_segments, max(q_lens), max(kv_lens)
+        uniform_q = min(q_lens) == lq
+        if uniform_q and not layout.has_masks and kv_lens == q_lens:
+            return TorchPlan(layout.slot_mapping, b, lq, True, None, None, None)
+        j = torch.arange(lk, device=device)
+        ps = layout.page_size
+        kv_index = layout.block_table(device)[:, j // ps] * ps + j % ps
+        if lq == 1 and not layout.has_masks:
+            mask = (
+                None
+                if min(kv_lens) == lk
+                else (j[None, :] < torch.tensor(kv_lens, device=device)[:, None])
+            )
+            mask = None if mask is None else mask[:, None, None, :]
+        else:
+            mask = layout.dense_mask(device)[:, None]
+        rows = None
+        if not uniform_q:
+            seg = torch.repeat_interleave(
+                torch.arange(b, device=device), torch.tensor(q_lens, device=device)
+            )
+            starts = torch.tensor([0, *q_lens[:-1]], device=device).cumsum(0)
+            rows = (seg, torch.arange(len(seg), device=device) - starts[seg])
+        return TorchPlan(layout.slot_mapping, b, lq, False, kv_index, mask, rows)
+
+    def attend(
+        self, layer: int, q: Tensor, k: Tensor, v: Tensor, plan: TorchPlan, pool: PagePool
+    ) -> Tensor:
+        pool.write(layer, plan.slots, k, v)
+        t, h, d = q.shape
+        b, lq = plan.batch, plan.max_q
+        if plan.fresh:
+            qb, kb, vb = (x.view(b, lq, x.shape[1], d).transpose(1, 2) for x in (q, k, v))
+            out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
+            return out.transpose(1, 2).reshape(t, h, d)
+        kflat, vflat = pool.layer_slots(layer)
+        hkv = kflat.shape[1]
+        kb = kflat[plan.kv_index].transpose(1, 2)  # [B, Hkv, Lk, D]
+        vb = vflat[plan.kv_index].transpose(1, 2)
+        if plan.rows is None:
+            qp = q.view(b, lq, h, d)
+        else:
+            qp = q.new_zeros(b, lq, h, d)
+            qp[plan.rows] = q
+        g = h // hkv
+        # [B, Lq, Hkv, G, D] -> [B, Hkv, G*Lq, D]: a KV head attends for its G query heads at once
+        qg = qp.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
+        mask = plan.mask
+        if mask is not None and lq > 1:
+            mask = mask.expand(b, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, mask.shape[-1])
+        out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)
+        out = out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
+        return out.reshape(t, h, d) if plan.rows is None else out[plan.rows]

@@ -1,0 +1,1 @@
+"""Benchmarks: the engine beside a baseline in one run, as ratios (`symphony bench ...`)."""

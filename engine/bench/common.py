@@ -1,0 +1,65 @@
+"""The bench contract: side-by-side medians, a printed table, and `{"results": [...]}` JSON."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    workload: str
+    case: str
+    model: str
+    unit: str
+    engine: float
+    baseline: float
+    ratio: float  # engine / baseline for throughputs; higher is better
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(
+    engine: Callable[[], object], baseline: Callable[[], object], runs: int, warmup: int = 1
+) -> tuple[float, float]:
+    """Median seconds of each, alternating engine and baseline runs so noise hits both alike."""
+    for _ in range(warmup):
+        engine()
+        baseline()
+    e, b = [], []
+    for _ in range(runs):
+        e.append(timed(engine))
+        b.append(timed(baseline))
+    return statistics.median(e), statistics.median(b)
+
+
+def throughput_row(
+    workload: str, case: str, model: str, work: float, unit: str, engine_s: float, baseline_s: float
+) -> Row:
+    e, b = work / engine_s, work / baseline_s
+    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(e / b, 3))
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ("workload", "case", "model", "unit", "engine", "baseline", "ratio")
+    cells = [head] + [
+        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", f"{r.ratio:.2f}x")
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for n, c in enumerate(cells):
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)), flush=True)
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(rows: list[Row], path: str | Path) -> None:
+    Path(path).write_text(json.dumps({"results": [asdict(r) for r in rows]}, indent=2) + "\n")

@@ -1,0 +1,81 @@
+"""The models benches run on: the bundled tiny model and random checkpoints of known shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tokenizers
+import torch
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+
+CACHE = Path.home() / ".cache" / "symphony" / "bench"
+
+# Random weights in SmolLM2-135M's shape (HF config field names).
+SMOLLM2_135M_SHAPE = dict(
+    architectures=["LlamaForCausalLM"],
+    hidden_size=576,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    intermediate_size=1536,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+)
+TINY_RANDOM_SHAPE = dict(
+    architectures=["LlamaForCausalLM"],
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    intermediate_size=704,
+    vocab_size=4096,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+)
+
+
+def write_wordlevel_tokenizer(path: Path, vocab: int) -> None:
+    """A whitespace word-level tokenizer `w0 w1 ...` with bos/eos, enough for random models."""
+    words = {f"w{i}": i for i in range(vocab - 3)}
+    words.update({"<|bos|>": vocab - 3, "<|eos|>": vocab - 2, "<|unk|>": vocab - 1})
+    tok = tokenizers.Tokenizer(WordLevel(words, unk_token="<|unk|>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|bos|>", "eos_token": "<|eos|>"})
+    )
+
+
+def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
+    """A random-weight checkpoint in HF layout under the cache, written once and reused."""
+    path = CACHE / name
+    if (path / "model.safetensors").exists():
+        return path
+    import transformers  # bench-only dependency: the baseline
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = transformers.LlamaConfig(**{k: v for k, v in shape.items() if k != "architectures"})
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    write_wordlevel_tokenizer(path, shape["vocab_size"])
+    return path
+
+
+def bench_model(name: str) -> Path:
+    if name == "tiny":
+        from engine.models import DEFAULT_MODEL
+
+        if (DEFAULT_MODEL / "config.json").exists():
+            return DEFAULT_MODEL
+        return random_checkpoint("tiny-random", TINY_RANDOM_SHAPE)
+    if name == "smollm2-135m-shape":
+        return random_checkpoint(name, SMOLLM2_135M_SHAPE)
+    raise ValueError(f"unknown bench model {name!r}; choose tiny or smollm2-135m-shape")

@@ -1,0 +1,120 @@
+"""`symphony bench decode` and `symphony bench prefill`: the engine beside transformers.
+
+Both sides load the same checkpoint in the same dtype. Decode: 128-token prompts, 128 new
+tokens, greedy, throughput over the whole generation (prefill included), against
+`transformers` `generate`. Prefill: forward of the prompts keeping the KV cache and the last
+logits, against a `transformers` forward with `logits_to_keep=1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine.bench.common import Row, side_by_side, throughput_row
+from engine.bench.models import bench_model
+from engine.generate import generate
+from engine.loader import LoadedModel, load_model
+from engine.page_pool import PagePool
+from engine.runner import Runner, Segment
+from engine.sequence import KVSequence, pages_for
+
+DECODE_CASES = {"batch 1": 1, "batch 16": 16, "batch 64": 64}
+PREFILL_CASES = {"1x512": (1, 512), "16x128": (16, 128)}
+PROMPT, NEW = 128, 128
+
+
+def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _runner(loaded: LoadedModel, batch: int, tokens: int, page_size: int = 16) -> Runner:
+    pool = PagePool.for_model(
+        loaded.config,
+        batch * pages_for(tokens, page_size),
+        page_size,
+        loaded.model.dtype,
+        loaded.model.device,
+    )
+    return Runner(loaded.model, pool)
+
+
+def _load_pair(name: str, dtype: str) -> tuple[LoadedModel, torch.nn.Module]:
+    import transformers
+
+    path = bench_model(name)
+    loaded = load_model(path, dtype=dtype)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    return loaded, hf
+
+
+def decode_case(
+    loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int
+) -> tuple[float, float]:
+    ids = _prompts(batch, PROMPT, loaded.config.vocab_size)
+    runner = _runner(loaded, batch, PROMPT + NEW)
+    prompts = ids.tolist()
+
+    def engine() -> None:
+        generate(runner, prompts, NEW)
+
+    def baseline() -> None:
+        with torch.inference_mode():
+            hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
+    return side_by_side(engine, baseline, runs)
+
+
+def prefill_case(
+    loaded: LoadedModel, hf: torch.nn.Module, batch: int, length: int, runs: int
+) -> tuple[float, float]:
+    ids = _prompts(batch, length, loaded.config.vocab_size)
+    runner = _runner(loaded, batch, length)
+    prompts = ids.tolist()
+
+    def engine() -> None:
+        seqs = [KVSequence() for _ in prompts]
+        runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
+        for s in seqs:
+            s.release(runner.pool)
+
+    def baseline() -> None:
+        with torch.inference_mode():
+            hf(ids, use_cache=True, logits_to_keep=1)
+
+    return side_by_side(engine, baseline, runs)
+
+
+def run(
+    workload: str,
+    models: list[str],
+    cases: list[str] | None,
+    runs: int,
+    dtype: str,
+    report: Callable[[Row], None],
+) -> list[Row]:
+    rows = []
+    table = DECODE_CASES if workload == "decode" else PREFILL_CASES
+    for name in models:
+        loaded, hf = _load_pair(name, dtype)
+        for case, shape in table.items():
+            if cases and case not in cases:
+                continue
+            if workload == "decode":
+                e, b = decode_case(loaded, hf, shape, runs)
+                work = shape * NEW
+            else:
+                e, b = prefill_case(loaded, hf, *shape, runs)
+                work = shape[0] * shape[1]
+            row = throughput_row(workload, case, name, work, "tok/s", e, b)
+            report(row)
+            rows.append(row)
+    return rows

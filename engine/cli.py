@@ -1,0 +1,125 @@
+"""`symphony`: the engine's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from engine.generate import generate_stream
+    from engine.loader import load_model
+    from engine.models import DEFAULT_MODEL
+    from engine.page_pool import PagePool
+    from engine.runner import Runner
+    from engine.sampler import SamplingParams
+
+    start = time.perf_counter()
+    loaded = load_model(args.model or DEFAULT_MODEL, device=args.device)
+    print(
+        f"loaded {loaded.name} ({loaded.config.num_params / 1e6:.1f}M parameters, "
+        f"{loaded.model.dtype}) in {time.perf_counter() - start:.2f}s\n",
+        flush=True,
+    )
+    tok = loaded.tokenizer
+    pool = PagePool.for_model(
+        loaded.config, 64, dtype=loaded.model.dtype, device=loaded.model.device
+    )
+    runner = Runner(loaded.model, pool)
+    params = SamplingParams(temperature=args.temperature, top_p=0.95 if args.temperature else 1.0)
+    stop = tuple(i for i in (tok.eos_id,) if i is not None)
+    for prompt in args.prompt or DEMO_PROMPTS:
+        ids = tok.encode(prompt)
+        new: list[int] = []
+        shown = ""
+        print(f"\033[1m{prompt}\033[0m", end="", flush=True)
+        start = time.perf_counter()
+        for (t,) in generate_stream(runner, [ids], args.tokens, params, args.seed, stop):
+            if t is None or t in stop:
+                break
+            new.append(t)
+            text = tok.decode(ids + new)[len(tok.decode(ids)) :]
+            print(text[len(shown) :], end="", flush=True)
+            shown = text
+        rate = len(new) / (time.perf_counter() - start)
+        print(f"\n  [{len(new)} tokens, {rate:.0f} tok/s]\n", flush=True)
+    pool.check()
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.bench.common import print_table, write_json
+    from engine.bench.runtime import run
+
+    models = args.models.split(",")
+    cases = args.cases.split(",") if args.cases else None
+    rows = run(
+        args.workload,
+        models,
+        cases,
+        args.runs,
+        args.dtype,
+        report=lambda r: print(
+            f"  {r.model} {r.workload} {r.case}: engine {r.engine:g} "
+            f"{r.unit}, baseline {r.baseline:g}, ratio {r.ratio:.2f}x",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    print_table(rows)
+    if args.json:
+        write_json(rows, args.json)
+    return 0
+
+
+def _train_demo(argv: list[str]) -> int:
+    from engine.train_demo import main as train_main
+
+    return train_main(argv) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symphony", description="Symphony: a serving OS for LLM inference programs"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate text in the terminal")
+    demo.add_argument(
+        "--model", help="local HF-layout model directory (default: the bundled model)"
+    )
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    demo.add_argument("--tokens", type=int, default=40)
+    demo.add_argument("--temperature", type=float, default=0.8)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks: the engine beside a baseline, as ratios")
+    bench.add_argument("workload", choices=["decode", "prefill"])
+    bench.add_argument("--json", help="write the results here")
+    bench.add_argument("--runs", type=int, default=5, help="runs per case; medians are reported")
+    bench.add_argument("--models", default="tiny,smollm2-135m-shape")
+    bench.add_argument("--cases", help="comma-separated case names (default: all)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    bench.set_defaults(func=_bench)
+
+    sub.add_parser(
+        "train-demo", help="train the bundled demo model (see engine/train_demo.py)", add_help=False
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-demo"]:
+        return _train_demo(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

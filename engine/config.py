@@ -1,0 +1,103 @@
+"""The model configuration, read from a Hugging Face `config.json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelLoadError
+
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool  # Qwen2; Llama's `attention_bias` also biases o_proj
+    o_bias: bool
+    qk_norm: bool  # Qwen3
+    dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: object = "config.json") -> ModelConfig:
+        archs = raw.get("architectures") or []
+        arch = archs[0] if archs else None
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ModelLoadError(
+                source,
+                f"unsupported architecture {arch!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
+            )
+        try:
+            hidden = int(raw["hidden_size"])
+            heads = int(raw["num_attention_heads"])
+            rope = raw.get("rope_parameters") or {}  # transformers 5 folds theta and scaling here
+            scaling = raw.get("rope_scaling") or (
+                rope if rope.get("rope_type") != "default" else None
+            )
+            if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+                scaling = None
+            attention_bias = bool(raw.get("attention_bias", False))
+            eos = raw.get("eos_token_id")
+            return cls(
+                architecture=arch,
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(raw["intermediate_size"]),
+                num_layers=int(raw["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                rope_scaling=dict(scaling) if scaling else None,
+                max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                qkv_bias=arch == "Qwen2ForCausalLM" or attention_bias,
+                o_bias=arch != "Qwen2ForCausalLM" and attention_bias,
+                qk_norm=arch == "Qwen3ForCausalLM",
+                dtype=raw.get("dtype") or raw.get("torch_dtype"),
+                bos_token_id=raw.get("bos_token_id"),
+                eos_token_id=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(source, f"bad or missing field: {e}") from e
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelConfig:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ModelLoadError(path, "missing config.json") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(path, f"not valid JSON: {e}") from e
+        return cls.from_dict(raw, path)
+
+    @property
+    def num_params(self) -> int:
+        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = h * d * (self.num_heads * 2 + self.num_kv_heads * 2)
+        layer = attn + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.num_layers * layer + self.vocab_size * h + head + h

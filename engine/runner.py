@@ -1,0 +1,200 @@
+"""One forward pass over a batch of segments from different KV sequences.
+
+A segment appends tokens to one sequence: a prefill appends many, a decode one. Each brings
+its own positions (explicit, so a sequence may skip or reuse positions) and an optional mask
+over its keys. New keys and values go into the page pool; results come back only at the
+output indices each segment asks for, in the form it asks for (logits, top-k, log-probs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from engine.attention import AttentionBackend, BatchLayout, select_backend
+from engine.errors import InvalidArgument, OutOfPages
+from engine.model import LlamaModel
+from engine.page_pool import PagePool
+from engine.sequence import KVSequence
+
+
+class Logits(NamedTuple):
+    """Return the float32 logits `[n_out, vocab]`."""
+
+
+class TopK(NamedTuple):
+    """Return the k most likely next tokens and their probabilities, `[n_out, k]` each."""
+
+    k: int
+
+
+class LogProbs(NamedTuple):
+    """Return the log-probability of given tokens: one list of candidates per output index."""
+
+    tokens: Sequence[Sequence[int]]
+
+
+Returns = Logits | TopK | LogProbs
+
+
+class TopKResult(NamedTuple):
+    ids: Tensor
+    probs: Tensor
+
+
+Result = Tensor | TopKResult
+
+
+@dataclass
+class Segment:
+    """Tokens to append to `seq` in this forward, and what to return for them.
+
+    positions: one per token; default continues from the sequence's last position.
+    mask: bool [len(tokens), len(seq) + len(tokens)]; True where a new token may attend.
+        Replaces the causal rule for this segment (tree attention). Hidden tokens stay hidden.
+    outputs: indices into `tokens` that want a result; default the last one.
+    """
+
+    seq: KVSequence
+    tokens: list[int]
+    positions: list[int] | None = None
+    mask: Tensor | None = None
+    outputs: list[int] | None = None
+    returns: Returns = field(default_factory=Logits)
+
+
+class Runner:
+    def __init__(
+        self, model: LlamaModel, pool: PagePool, backend: AttentionBackend | None = None
+    ) -> None:
+        self.model = model
+        self.pool = pool
+        self.backend = backend or select_backend(model.device)
+        self.vocab_size = model.cfg.vocab_size
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment]) -> list[Result]:
+        """Run one forward for all segments; returns one result per segment, in order."""
+        self._validate(segments)
+        needed = sum(s.seq.pages_needed(self.pool, len(s.tokens)) for s in segments)
+        if needed > self.pool.num_free:
+            raise OutOfPages(needed, self.pool.num_free)
+        layout, ids, positions = self._layout(segments)
+        try:
+            plan = self.backend.plan(layout, self.pool)
+            hidden = self.model(
+                ids, positions, lambda i, q, k, v: self.backend.attend(i, q, k, v, plan, self.pool)
+            )
+        except BaseException:
+            for s in segments:  # give back the pages reserved for tokens that were never written
+                s.seq.truncate(self.pool, len(s.seq))
+            raise
+        rows, start = [], 0
+        for s, n in zip(segments, layout.q_lens, strict=True):
+            s.seq.append(s.tokens, positions[start : start + n].tolist())
+            rows.extend(start + o for o in (s.outputs if s.outputs is not None else [n - 1]))
+            start += n
+        logits = self.model.logits(hidden[torch.tensor(rows, device=hidden.device)])
+        return self._results(segments, logits)
+
+    def _layout(self, segments: list[Segment]) -> tuple[BatchLayout, Tensor, Tensor]:
+        device = self.model.device
+        slots: list[int] = []
+        tokens: list[int] = []
+        positions: list[int] = []
+        masks: list[Tensor | None] = []
+        for s in segments:
+            seq, n = s.seq, len(s.tokens)
+            masks.append(self._mask(s))
+            positions.extend(
+                s.positions
+                if s.positions is not None
+                else range(seq.next_position, seq.next_position + n)
+            )
+            slots.extend(seq.reserve(self.pool, n))
+            tokens.extend(s.tokens)
+        layout = BatchLayout(
+            q_lens=[len(s.tokens) for s in segments],
+            kv_lens=[len(s.seq) + len(s.tokens) for s in segments],
+            page_tables=[s.seq.pages for s in segments],
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+            masks=masks,
+            page_size=self.pool.page_size,
+        )
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+        return layout, as_tensor(tokens), as_tensor(positions)
+
+    @staticmethod
+    def _mask(s: Segment) -> Tensor | None:
+        """The segment's explicit mask, or None for plain causal attention with nothing hidden."""
+        if s.mask is None and not s.seq.hidden:
+            return None
+        n, total = len(s.tokens), len(s.seq) + len(s.tokens)
+        if s.mask is not None:
+            mask = s.mask.to(torch.bool).clone()
+        else:
+            mask = torch.ones(n, total, dtype=torch.bool).tril(total - n)
+        if s.seq.hidden:
+            mask[:, sorted(s.seq.hidden)] = False
+        return mask
+
+    def _results(self, segments: list[Segment], logits: Tensor) -> list[Result]:
+        out: list[Result] = []
+        start = 0
+        for s in segments:
+            n = len(s.outputs) if s.outputs is not None else 1
+            rows = logits[start : start + n]
+            start += n
+            if isinstance(s.returns, TopK):
+                probs, ids = torch.softmax(rows, dim=-1).topk(s.returns.k, dim=-1)
+                out.append(TopKResult(ids, probs))
+            elif isinstance(s.returns, LogProbs):
+                want = torch.tensor(s.returns.tokens, dtype=torch.long, device=rows.device)
+                out.append(torch.log_softmax(rows, dim=-1).gather(-1, want))
+            else:
+                out.append(rows)
+        return out
+
+    def _validate(self, segments: list[Segment]) -> None:
+        if not segments:
+            raise InvalidArgument("a forward needs at least one segment")
+        if len({id(s.seq) for s in segments}) != len(segments):
+            raise InvalidArgument("a sequence may appear only once in a forward")
+        for i, s in enumerate(segments):
+            where = f"segment {i}"
+            n = len(s.tokens)
+            if n == 0:
+                raise InvalidArgument(f"{where}: no tokens")
+            if min(s.tokens) < 0 or max(s.tokens) >= self.vocab_size:
+                raise InvalidArgument(f"{where}: token ids must be in 0..{self.vocab_size - 1}")
+            if s.positions is not None and (len(s.positions) != n or min(s.positions) < 0):
+                raise InvalidArgument(
+                    f"{where}: need {n} non-negative positions, got {len(s.positions)}"
+                )
+            if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
+                raise InvalidArgument(
+                    f"{where}: mask must have shape ({n}, {len(s.seq) + n}), "
+                    f"got {tuple(s.mask.shape)}"
+                )
+            if s.outputs is not None and (not s.outputs or not all(0 <= o < n for o in s.outputs)):
+                raise InvalidArgument(f"{where}: output indices must be in 0..{n - 1}")
+            self._validate_returns(where, s)
+
+    def _validate_returns(self, where: str, s: Segment) -> None:
+        n_out = len(s.outputs) if s.outputs is not None else 1
+        if isinstance(s.returns, TopK) and not 1 <= s.returns.k <= self.vocab_size:
+            raise InvalidArgument(f"{where}: top-k needs 1 <= k <= {self.vocab_size}")
+        if isinstance(s.returns, LogProbs):
+            rows = s.returns.tokens
+            if len(rows) != n_out or len({len(r) for r in rows}) > 1:
+                raise InvalidArgument(
+                    f"{where}: log-probs need one equal-length token list per output"
+                )
+            if any(not 0 <= t < self.vocab_size for r in rows for t in r):
+                raise InvalidArgument(
+                    f"{where}: log-prob token ids must be in 0..{self.vocab_size - 1}"
+                )

@@ -1,0 +1,83 @@
+"""Turning logits into tokens for a whole batch at once: greedy, temperature, top-k, top-p, min-p.
+
+Each row has its own settings and its own random stream (a seeded `torch.Generator`), so a
+sequence samples the same tokens whichever batch it lands in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means off
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidArgument(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise InvalidArgument(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:
+    """Temperature-scaled logits with everything top-k / top-p / min-p exclude set to -inf."""
+    dev = logits.device
+    temp = torch.tensor([p.temperature or 1.0 for p in params], device=dev)[:, None]
+    x = logits.float() / temp
+    sorted_x, order = x.sort(dim=-1, descending=True)
+    probs = sorted_x.softmax(-1)
+    rank = torch.arange(x.shape[-1], device=dev)[None, :]
+    top_k = torch.tensor([p.top_k or x.shape[-1] for p in params], device=dev)[:, None]
+    top_p = torch.tensor([p.top_p for p in params], device=dev)[:, None]
+    min_p = torch.tensor([p.min_p for p in params], device=dev)[:, None]
+    drop = (rank >= top_k) | (probs.cumsum(-1) - probs >= top_p) | (probs < min_p * probs[:, :1])
+    drop[:, 0] = False  # the most likely token always survives
+    return x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+
+
+def sample(
+    logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+) -> list[int]:
+    """One token per row of `logits` [N, vocab]."""
+    if logits.shape[0] != len(params) or len(params) != len(generators):
+        raise InvalidArgument("need one SamplingParams and one generator per row")
+    greedy = logits.argmax(-1)
+    if all(p.greedy for p in params):
+        return greedy.tolist()
+    probs = filter_logits(logits, params).softmax(-1)
+    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; each row from its own stream.
+    noise = torch.stack(
+        [
+            torch.empty(probs.shape[-1], device="cpu").exponential_(generator=g).to(probs.device)
+            for g in generators
+        ]
+    )
+    drawn = (probs / noise).argmax(-1)
+    pick = torch.tensor([p.greedy for p in params], device=logits.device)
+    return torch.where(pick, greedy, drawn).tolist()
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g

@@ -1,0 +1,1 @@
+"""The notebook side of Symphony Workbench: LIP client API, magics, widgets (coming next)."""
