@@ -31,10 +31,10 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: Path) -> Tokenizer:
         file = path / "tokenizer.json"
+        if not file.exists():
+            raise ModelLoadError(file, "missing tokenizer.json")
         try:
             backend = tokenizers.Tokenizer.from_file(str(file))
-        except FileNotFoundError as e:
-            raise ModelLoadError(file, "missing tokenizer.json") from e
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise ModelLoadError(file, f"cannot read tokenizer: {e}") from e
         cfg_file = path / "tokenizer_config.json"

@@ -31,3 +31,15 @@ def make_pool(pools: list[PagePool]) -> Callable[..., PagePool]:
         return pool
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - LoadedModel
+    """A small random Llama written as a real checkpoint and read by the real loader."""
+    from checkpoints import write_checkpoint
+
+    from engine.loader import load_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    write_checkpoint(path, "llama-tied")
+    return load_model(path, show_progress=False)

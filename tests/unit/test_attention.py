@@ -1,0 +1,69 @@
+"""The batch description both backends share; xformers' bias objects are plain Python on CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from engine.attention import BatchLayout, TorchBackend, select_backend
+from engine.attention.xformers_paged import paged_bias
+
+
+def physical_visibility(layout: BatchLayout, num_slots: int) -> torch.Tensor:
+    """Our dense mask, moved from each segment's token order to physical pool slots."""
+    dense = layout.dense_mask(torch.device("cpu"))
+    out = torch.zeros(sum(layout.q_lens), num_slots, dtype=torch.bool)
+    row = 0
+    for b, (q, kv) in enumerate(zip(layout.q_lens, layout.kv_lens, strict=True)):
+        table = layout.page_tables[b]
+        for i in range(q):
+            for j in range(kv):
+                if dense[b, i, j]:
+                    out[
+                        row, table[j // layout.page_size] * layout.page_size + j % layout.page_size
+                    ] = True
+            row += 1
+    return out
+
+
+def test_xformers_paged_bias_sees_what_the_torch_backend_sees() -> None:
+    # mixed batch: a chunk continuing a prefix, a decode, a fresh prefill; scattered pages
+    layout = BatchLayout(
+        q_lens=[2, 1, 7],
+        kv_lens=[5, 8, 7],
+        page_tables=[[3, 1], [6, 0], [2, 5]],
+        slot_mapping=torch.zeros(10, dtype=torch.long),
+        masks=[None] * 3,
+        page_size=4,
+    )
+    bias = paged_bias(layout, torch.device("cpu"))
+    theirs = bias.materialize((10, 3 * 2 * 4)) == 0
+    ours = physical_visibility(layout, theirs.shape[1])
+    assert torch.equal(theirs, ours)
+
+
+def test_dense_mask_applies_custom_masks_and_keeps_padding_rows_finite() -> None:
+    tree = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
+    layout = BatchLayout(
+        [3, 1], [5, 2], [[0, 1], [2]], torch.zeros(4, dtype=torch.long), [tree, None], page_size=4
+    )
+    mask = layout.dense_mask(torch.device("cpu"))
+    assert torch.equal(mask[0, :, :5], tree)
+    assert mask[1, 0, :2].all() and not mask[1, 0, 2:].any()
+    assert mask[1, 1:, 0].all()  # padding rows look at key 0 only
+
+
+def test_cpu_selects_the_torch_backend() -> None:
+    assert isinstance(select_backend(torch.device("cpu")), TorchBackend)
+
+
+def test_importing_the_engine_and_xformers_prints_nothing() -> None:
+    code = (
+        "import engine.runner, engine.loader\n"
+        "from engine.attention.xformers_paged import import_fmha\n"
+        "import_fmha()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "" and done.stderr == ""

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import InvalidArgument
+from engine.sampler import SamplingParams, filter_logits, make_generator, sample
+
+LOGITS = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+
+
+def draws(params: SamplingParams, n: int = 400, seed: int = 0) -> list[int]:
+    g = make_generator(seed)
+    return [sample(LOGITS, [params], [g])[0] for _ in range(n)]
+
+
+def test_greedy_takes_the_argmax() -> None:
+    assert sample(LOGITS.repeat(3, 1), [SamplingParams()] * 3, [None] * 3) == [0, 0, 0]
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ() -> None:
+    p = SamplingParams(temperature=1.0)
+    assert draws(p, seed=1) == draws(p, seed=1)
+    assert draws(p, seed=1) != draws(p, seed=2)
+
+
+def test_a_row_samples_the_same_whatever_batch_it_is_in() -> None:
+    p = SamplingParams(temperature=1.0)
+    alone = [sample(LOGITS, [p], [g])[0] for g in [make_generator(7)] for _ in range(50)]
+    g, other = make_generator(7), make_generator(99)
+    batched = [sample(LOGITS.repeat(2, 1), [p, p], [other, g])[1] for _ in range(50)]
+    assert alone == batched
+
+
+def test_frequencies_follow_the_distribution() -> None:
+    counts = torch.bincount(
+        torch.tensor(draws(SamplingParams(temperature=1.0), n=2000)), minlength=4
+    )
+    assert abs(counts[0].item() / 2000 - 0.5) < 0.05 and counts[3] > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "allowed"),
+    [
+        (SamplingParams(temperature=1.0, top_k=2), {0, 1}),
+        (SamplingParams(temperature=1.0, top_p=0.7), {0, 1}),  # 0.5 < 0.7, 0.8 >= 0.7
+        (SamplingParams(temperature=1.0, min_p=0.5), {0, 1}),  # p >= 0.25
+        (SamplingParams(temperature=1.0, top_p=0.01), {0}),
+    ],
+)
+def test_filters_restrict_the_support(params: SamplingParams, allowed: set[int]) -> None:
+    assert set(draws(params)) == allowed
+    kept = torch.isfinite(filter_logits(LOGITS, [params]))[0].nonzero().flatten().tolist()
+    assert set(kept) == allowed
+
+
+def test_low_temperature_sharpens() -> None:
+    cold = draws(SamplingParams(temperature=0.1))
+    assert cold.count(0) > 390
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_k": -1}, {"top_p": 0}, {"min_p": 1}])
+def test_bad_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        SamplingParams(**kwargs)
