@@ -19,6 +19,7 @@ from engine.attention import AttentionBackend, BatchLayout, select_backend
 from engine.errors import InvalidArgument, OutOfPages
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
+from engine.sampler import SamplingParams, sample
 from engine.sequence import KVSequence
 
 
@@ -38,7 +39,14 @@ class LogProbs(NamedTuple):
     tokens: Sequence[Sequence[int]]
 
 
-Returns = Logits | TopK | LogProbs
+class Sample(NamedTuple):
+    """Return a sampled token id per output index; the batch's rows are sampled together."""
+
+    params: SamplingParams = SamplingParams()
+    generator: torch.Generator | None = None
+
+
+Returns = Logits | TopK | LogProbs | Sample
 
 
 class TopKResult(NamedTuple):
@@ -56,7 +64,7 @@ class Segment:
     positions: one per token; default continues from the sequence's last position.
     mask: bool [len(tokens), len(seq) + len(tokens)]; True where a new token may attend.
         Replaces the causal rule for this segment (tree attention). Hidden tokens stay hidden.
-    outputs: indices into `tokens` that want a result; default the last one.
+    outputs: indices into `tokens` that want a result; default the last one; [] for none.
     """
 
     seq: KVSequence
@@ -79,7 +87,7 @@ class Runner:
     @torch.inference_mode()
     def forward(self, segments: list[Segment]) -> list[Result]:
         """Run one forward for all segments; returns one result per segment, in order."""
-        self._validate(segments)
+        self.validate(segments)
         needed = sum(s.seq.pages_needed(self.pool, len(s.tokens)) for s in segments)
         if needed > self.pool.num_free:
             raise OutOfPages(needed, self.pool.num_free)
@@ -143,13 +151,18 @@ class Runner:
         return mask
 
     def _results(self, segments: list[Segment], logits: Tensor) -> list[Result]:
+        counts = [len(s.outputs) if s.outputs is not None else 1 for s in segments]
+        sampled = iter(self._sample_all(segments, counts, logits))
         out: list[Result] = []
         start = 0
-        for s in segments:
-            n = len(s.outputs) if s.outputs is not None else 1
+        for s, n in zip(segments, counts, strict=True):
             rows = logits[start : start + n]
             start += n
-            if isinstance(s.returns, TopK):
+            if n == 0:
+                out.append(rows.new_empty(0))
+            elif isinstance(s.returns, Sample):
+                out.append(torch.tensor([next(sampled) for _ in range(n)], dtype=torch.long))
+            elif isinstance(s.returns, TopK):
                 probs, ids = torch.softmax(rows, dim=-1).topk(s.returns.k, dim=-1)
                 out.append(TopKResult(ids, probs))
             elif isinstance(s.returns, LogProbs):
@@ -159,7 +172,25 @@ class Runner:
                 out.append(rows)
         return out
 
-    def _validate(self, segments: list[Segment]) -> None:
+    @staticmethod
+    def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> list[int]:
+        """One sampler call for every row that asked for a sampled token."""
+        rows: list[int] = []
+        params: list[SamplingParams] = []
+        gens: list[torch.Generator | None] = []
+        start = 0
+        for s, n in zip(segments, counts, strict=True):
+            if isinstance(s.returns, Sample):
+                rows.extend(range(start, start + n))
+                params += [s.returns.params] * n
+                gens += [s.returns.generator] * n
+            start += n
+        if not rows:
+            return []
+        return sample(logits[rows], params, gens)
+
+    def validate(self, segments: list[Segment]) -> None:
+        """InvalidArgument naming the segment and the problem, before anything changes."""
         if not segments:
             raise InvalidArgument("a forward needs at least one segment")
         if len({id(s.seq) for s in segments}) != len(segments):
@@ -180,7 +211,7 @@ class Runner:
                     f"{where}: mask must have shape ({n}, {len(s.seq) + n}), "
                     f"got {tuple(s.mask.shape)}"
                 )
-            if s.outputs is not None and (not s.outputs or not all(0 <= o < n for o in s.outputs)):
+            if s.outputs is not None and not all(0 <= o < n for o in s.outputs):
                 raise InvalidArgument(f"{where}: output indices must be in 0..{n - 1}")
             self._validate_returns(where, s)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from engine.errors import InvalidArgument
 from engine.page_pool import PagePool
 
@@ -23,6 +25,8 @@ class KVSequence:
     positions: list[int] = field(default_factory=list)
     pages: list[int] = field(default_factory=list)
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
+    # page-table index -> (K, V) host copies of pages moved out of the pool (see swap_out)
+    swapped: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -82,8 +86,28 @@ class KVSequence:
 
     def release(self, pool: PagePool) -> None:
         """Give back every page and forget the contents."""
-        pool.release(self.pages)
+        pool.release([p for p in self.pages if p >= 0])
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
+        self.swapped = {}
+
+    def swap_out(self, pool: PagePool) -> int:
+        """Move the pages only this sequence holds to host memory; returns how many were freed."""
+        mine = [i for i, p in enumerate(self.pages) if p >= 0 and pool.refcount[p] == 1]
+        freed = [self.pages[i] for i in mine]
+        for i, p in zip(mine, freed, strict=True):
+            self.swapped[i] = (pool.k[:, p].to("cpu", copy=True), pool.v[:, p].to("cpu", copy=True))
+            self.pages[i] = -1
+        pool.release(freed)
+        return len(freed)
+
+    def swap_in(self, pool: PagePool) -> None:
+        """Bring swapped pages back into (fresh) pool pages; all or nothing."""
+        fresh = pool.alloc(len(self.swapped))
+        for page, (i, (k, v)) in zip(fresh, sorted(self.swapped.items()), strict=True):
+            pool.k[:, page] = k.to(pool.k.device)
+            pool.v[:, page] = v.to(pool.v.device)
+            self.pages[i] = page
+        self.swapped = {}
 
     def _check_indices(self, indices: list[int]) -> None:
         bad = [i for i in indices if not 0 <= i < len(self.tokens)]

@@ -70,8 +70,9 @@ class TorchBackend(AttentionBackend):
             return out.transpose(1, 2).reshape(t, h, d)
         kflat, vflat = pool.layer_slots(layer)
         hkv = kflat.shape[1]
-        kb = kflat[plan.kv_index].transpose(1, 2)  # [B, Hkv, Lk, D]
-        vb = vflat[plan.kv_index].transpose(1, 2)
+        lk = plan.kv_index.shape[1]
+        kb = kflat.index_select(0, plan.kv_index.view(-1)).view(b, lk, hkv, d).transpose(1, 2)
+        vb = vflat.index_select(0, plan.kv_index.view(-1)).view(b, lk, hkv, d).transpose(1, 2)
         if plan.rows is None:
             qp = q.view(b, lq, h, d)
         else:

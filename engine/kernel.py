@@ -1,0 +1,370 @@
+"""The kernel: one model, one page pool, one KV file system, the process table and the step loop.
+
+The step loop, top to bottom: wait for calls; resume suspended processes that fit again; ask
+the batch policy whether to run now; form a batch (level 2); make it fit in KV memory
+(level 1: defer calls, suspend processes); run one forward; hand each call its share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engine import trace as ev
+from engine.errors import EngineError, OutOfPages
+from engine.kvfs import KVFS
+from engine.loader import LoadedModel
+from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
+from engine.process import Process, ProcessInfo, State
+from engine.runner import Runner
+from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
+from engine.sequence import pages_for
+from engine.trace import Trace
+
+Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
+
+
+class ProcessFailed(EngineError):
+    """`wait` on a process that raised or was killed."""
+
+
+def model_id(loaded: LoadedModel) -> str:
+    """Identifies the model a KV file was computed by: config and a sample of the weights."""
+    h = hashlib.sha256((loaded.path / "config.json").read_bytes())
+    for p in list(loaded.model.parameters())[:4]:
+        h.update(p.detach().float().flatten()[:64].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Kernel:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        num_pages: int = 1024,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        policy: BatchPolicy | None = None,
+        token_budget: int = 2048,
+        trace_capacity: int = 200_000,
+    ) -> None:
+        self.loaded = loaded
+        model = loaded.model
+        self.pool = PagePool.for_model(
+            loaded.config, num_pages, page_size, model.dtype, model.device
+        )
+        self.runner = Runner(model, self.pool)
+        self.kvfs = KVFS(self.pool, model_id(loaded))
+        self.tokenizer = loaded.tokenizer
+        self.trace = Trace(trace_capacity)
+        self.scheduler = Scheduler(policy, token_budget)
+        self.procs: dict[int, Process] = {}
+        self._pids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._batch_ids = itertools.count(1)
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> Kernel:
+        if self._loop_task is None:
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.create_task(self._loop(), name="symphony-step-loop")
+        return self
+
+    async def stop(self) -> None:
+        for p in list(self.procs.values()):
+            if p.alive and p.task is not None:
+                p.task.cancel()
+        await asyncio.gather(
+            *(p.task for p in self.procs.values() if p.task), return_exceptions=True
+        )
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    async def __aenter__(self) -> Kernel:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def set_policy(self, policy: BatchPolicy) -> None:
+        self.scheduler.policy = policy
+        self._wake()
+
+    # --- processes -------------------------------------------------------------------------------
+
+    def spawn(
+        self,
+        main: Program,
+        *args: Any,
+        name: str | None = None,
+        owner: str = "local",
+        priority: int = 0,
+        parent: int | None = None,
+    ) -> int:
+        from engine.syscalls import Syscalls
+
+        if self._loop_task is None:
+            raise RuntimeError("start the kernel first (await kernel.start())")
+        pid = next(self._pids)
+        p = Process(
+            pid,
+            name or getattr(main, "__name__", "lip"),
+            owner,
+            priority,
+            parent,
+            started=self.trace.now(),
+        )
+        self.procs[pid] = p
+        self.trace.emit(ev.PROCESS, pid, old=None, new=p.state.value, name=p.name, owner=owner)
+        p.task = asyncio.create_task(self._run(p, main, Syscalls(self, p), args), name=f"lip-{pid}")
+        return pid
+
+    async def _run(self, p: Process, main: Program, sys: Any, args: tuple) -> None:
+        try:
+            p.result = await main(sys, *args)
+        except asyncio.CancelledError:
+            p.error = "killed"
+        except Exception as e:  # a LIP's bug ends that LIP only
+            p.error = f"{type(e).__name__}: {e}"
+            p.result = e
+        finally:
+            self._exit(p)
+
+    def _exit(self, p: Process) -> None:
+        for call in self.scheduler.drop_process(p.pid):
+            if not call.future.done():
+                call.future.cancel()
+        freed = self.kvfs.remove_process(p.pid)
+        p.ended = self.trace.now()
+        self._set_state(p, State.EXITED, error=p.error, pages_freed=freed)
+        self._wake()
+
+    async def wait(self, pid: int) -> Any:
+        p = self._proc(pid)
+        if p.task is not None:
+            await asyncio.shield(p.task)
+        if p.error is not None:
+            raise ProcessFailed(f"process {pid} ({p.name}) ended: {p.error}") from (
+                p.result if isinstance(p.result, BaseException) else None
+            )
+        return p.result
+
+    def kill(self, pid: int) -> None:
+        p = self._proc(pid)
+        if p.alive and p.task is not None:
+            p.task.cancel()
+
+    def ps(self) -> list[ProcessInfo]:
+        return [ProcessInfo.of(p) for p in self.procs.values()]
+
+    def _proc(self, pid: int) -> Process:
+        if pid not in self.procs:
+            raise EngineError(f"no process {pid}")
+        return self.procs[pid]
+
+    def _set_state(self, p: Process, state: State, **data: Any) -> None:
+        if p.state is not state:
+            self.trace.emit(ev.PROCESS, p.pid, old=p.state.value, new=state.value, **data)
+            p.state = state
+
+    # --- forward calls ---------------------------------------------------------------------------
+
+    async def submit(self, call: Call) -> Any:
+        """Queue a validated forward and wait for its result (chunks joined)."""
+        p = call.process
+        self.scheduler.submit(call)
+        self.trace.emit(ev.CALL_SUBMITTED, p.pid, call=call.id, tokens=len(call.tokens))
+        if p.state is State.READY:
+            self._set_state(p, State.WAITING)
+        self._wake()
+        try:
+            return await call.future
+        finally:
+            if p.state is State.WAITING and not any(c.process is p for c in self.scheduler.queue):
+                self._set_state(p, State.READY)
+
+    def new_call_id(self) -> int:
+        return next(self._call_ids)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # --- the step loop ---------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if not self.scheduler.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._resume_suspended()
+            running = sum(1 for p in self.procs.values() if p.state is State.READY)
+            view = self.scheduler.view(time.monotonic(), running)
+            delay = self.scheduler.policy.delay(view) if view.calls else 0.05
+            if delay > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                continue
+            batch = self._fit_memory(self.scheduler.form_batch())
+            if batch.calls:
+                self._run_batch(batch)
+            await asyncio.sleep(0)  # let the processes whose calls finished submit their next
+
+    def _run_batch(self, batch: Batch) -> None:
+        bid = next(self._batch_ids)
+        start = time.monotonic()
+        segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
+        pids = sorted({c.process.pid for c in batch.calls})
+        for c in batch.calls:
+            if c.started is None:
+                c.started = start
+                c.process.counters.time_waiting += start - c.submitted
+                self.trace.emit(ev.CALL_STARTED, c.process.pid, call=c.id, batch=bid)
+        try:
+            results = self.runner.forward(segments)
+        except Exception as e:  # validated at submission, so this is the engine's own failure
+            for c in batch.calls:
+                self._finish(c, error=e)
+            return
+        took = time.monotonic() - start
+        self.trace.emit(
+            ev.BATCH,
+            None,
+            batch=bid,
+            pids=pids,
+            calls=[c.id for c in batch.calls],
+            sizes=batch.sizes,
+            tokens=sum(batch.sizes),
+            seconds=round(took, 6),
+            policy=self.scheduler.policy.name,
+        )
+        self.trace.emit(
+            ev.PAGES,
+            None,
+            free=self.pool.num_free,
+            used=self.pool.num_pages - self.pool.num_free,
+            swapped=self._swapped_pages(),
+        )
+        for pid in pids:
+            self.procs[pid].counters.time_computing += took
+        for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
+            c.done += n
+            c.process.counters.tokens_in += n
+            if len(r):
+                c.results.append(r)
+            if c.remaining == 0:
+                self._finish(c)
+        self.scheduler.last_batch = len(batch.calls)
+
+    def _finish(self, c: Call, error: Exception | None = None) -> None:
+        if c in self.scheduler.queue:
+            self.scheduler.queue.remove(c)
+        p = c.process
+        p.counters.calls += 1
+        p.counters.tokens_out += len(c.outputs)
+        self.trace.emit(
+            ev.CALL_FINISHED,
+            p.pid,
+            call=c.id,
+            tokens=len(c.tokens),
+            waited=round((c.started or c.submitted) - c.submitted, 6),
+            error=None if error is None else str(error),
+        )
+        if c.future.done():
+            return
+        if error is not None:
+            c.future.set_exception(error)
+        else:
+            c.future.set_result(join_results(c.results) if c.results else None)
+
+    # --- level 1: KV memory ----------------------------------------------------------------------
+
+    def _pages_needed(self, batch: Batch) -> int:
+        return sum(
+            c.seq.pages_needed(self.pool, n) for c, n in zip(batch.calls, batch.sizes, strict=True)
+        )
+
+    def _fit_memory(self, batch: Batch) -> Batch:
+        """Defer calls, then suspend other processes, until the batch's new pages fit."""
+        calls, sizes = list(batch.calls), list(batch.sizes)
+        while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
+            calls.pop()
+            sizes.pop()
+        if not calls:
+            return Batch(calls, sizes)
+        while self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
+            victim = self._pick_victim(exclude={c.process.pid for c in calls})
+            if victim is None:
+                head = calls[0]
+                need = self._pages_needed(Batch(calls, sizes))
+                self._finish(head, error=OutOfPages(need, self.pool.num_free))
+                return Batch([], [])
+            self._suspend(victim)
+        return Batch(calls, sizes)
+
+    def _private_files(self, p: Process) -> list[Any]:
+        prefix = f"/proc/{p.pid}/"
+        return [f for path, f in self.kvfs.files() if path.startswith(prefix)]
+
+    def _swappable(self, p: Process) -> int:
+        return sum(
+            1
+            for f in self._private_files(p)
+            for page in f.seq.pages
+            if page >= 0 and self.pool.refcount[page] == 1
+        )
+
+    def _pick_victim(self, exclude: set[int]) -> Process | None:
+        """The lowest-priority, most recently started process whose suspension frees pages."""
+        candidates = [
+            p
+            for p in self.procs.values()
+            if p.alive
+            and p.state is not State.SUSPENDED
+            and p.pid not in exclude
+            and self._swappable(p) > 0
+        ]
+        return min(candidates, key=lambda p: (p.priority, -p.started), default=None)
+
+    def _suspend(self, p: Process) -> None:
+        freed = sum(f.seq.swap_out(self.pool) for f in self._private_files(p))
+        self._set_state(p, State.SUSPENDED, pages_swapped=freed)
+
+    def _resume_suspended(self) -> None:
+        """Bring back suspended processes, highest priority and oldest first, while they fit."""
+        suspended = [p for p in self.procs.values() if p.state is State.SUSPENDED]
+        for p in sorted(suspended, key=lambda p: (-p.priority, p.started)):
+            if not self._try_resume(p):
+                break
+
+    def _try_resume(self, p: Process) -> bool:
+        files = self._private_files(p)
+        queued = [c for c in self.scheduler.queue if c.process is p]
+        need = sum(len(f.seq.swapped) for f in files)
+        need += sum(pages_for(c.remaining, self.pool.page_size) + 1 for c in queued)
+        if need > self.pool.num_free:
+            return False
+        for f in files:
+            f.seq.swap_in(self.pool)
+        self._set_state(p, State.WAITING if queued else State.READY)
+        return True
+
+    async def ensure_resident(self, p: Process) -> None:
+        """Wait until a suspended process's files are back in the pool (before it touches them)."""
+        while p.state is State.SUSPENDED and not self._try_resume(p):
+            await asyncio.sleep(0.01)
+
+    def _swapped_pages(self) -> int:
+        return sum(len(f.seq.swapped) for _, f in self.kvfs.files())

@@ -1,0 +1,84 @@
+"""Processes: the LIPs the engine runs, with their state and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class State(str, enum.Enum):
+    READY = "ready"  # running its own code
+    WAITING = "waiting"  # inside a system call: queued for a forward, sleeping, receiving
+    SUSPENDED = "suspended"  # its private pages moved to host memory under KV pressure
+    EXITED = "exited"
+
+
+@dataclass
+class Counters:
+    tokens_in: int = 0  # tokens forwarded into its KV files
+    tokens_out: int = 0  # results returned (one per output index)
+    calls: int = 0
+    time_waiting: float = 0.0  # seconds between submitting forwards and their first batch
+    time_computing: float = 0.0  # seconds of forward passes its calls were part of
+
+
+@dataclass
+class Process:
+    pid: int
+    name: str
+    owner: str
+    priority: int = 0  # higher runs first and is suspended last
+    parent: int | None = None
+    state: State = State.READY
+    counters: Counters = field(default_factory=Counters)
+    started: float = 0.0
+    ended: float | None = None
+    error: str | None = None  # why it ended, when not normally
+    task: asyncio.Task | None = None
+    inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    result: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not State.EXITED
+
+
+class ProcessInfo(NamedTuple):
+    """What `ps` shows of a process."""
+
+    pid: int
+    name: str
+    owner: str
+    state: str
+    priority: int
+    parent: int | None
+    tokens_in: int
+    tokens_out: int
+    calls: int
+    time_waiting: float
+    time_computing: float
+    started: float
+    ended: float | None
+    error: str | None
+
+    @classmethod
+    def of(cls, p: Process) -> ProcessInfo:
+        c = p.counters
+        return cls(
+            p.pid,
+            p.name,
+            p.owner,
+            p.state.value,
+            p.priority,
+            p.parent,
+            c.tokens_in,
+            c.tokens_out,
+            c.calls,
+            round(c.time_waiting, 6),
+            round(c.time_computing, 6),
+            p.started,
+            p.ended,
+            p.error,
+        )

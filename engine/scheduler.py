@@ -1,0 +1,196 @@
+"""The two-level scheduler.
+
+Level 1, processes: which processes may have forwards on the device. Under KV memory pressure
+it suspends the lowest-priority process (its private pages move to host memory) instead of
+failing anyone, and resumes it when pages free up. Among the rest, fair share by tokens.
+
+Level 2, calls: when to run the next forward (a `BatchPolicy`) and which ready calls go in
+it, within a token budget; a long prefill is cut into chunks that ride along with decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from engine.process import Process, State
+from engine.runner import LogProbs, Result, Returns, Segment, TopKResult
+from engine.sequence import KVSequence
+
+
+@dataclass(eq=False)
+class Call:
+    """One forward system call, possibly run in several chunks."""
+
+    id: int
+    process: Process
+    seq: KVSequence
+    tokens: list[int]
+    positions: list[int]
+    mask: Tensor | None  # [len(tokens), len(seq) + len(tokens)] at submission
+    outputs: list[int]
+    returns: Returns
+    future: asyncio.Future
+    submitted: float
+    done: int = 0  # tokens already forwarded
+    base: int = 0  # len(seq) at submission, for slicing the mask
+    started: float | None = None
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.tokens) - self.done
+
+    def chunk(self, n: int) -> Segment:
+        """The next n tokens as a segment, with the outputs and mask rows that fall in it."""
+        a, b = self.done, self.done + n
+        mask = None if self.mask is None else self.mask[a:b, : self.base + b]
+        picked = [i for i, o in enumerate(self.outputs) if a <= o < b]
+        returns = self.returns
+        if isinstance(returns, LogProbs):
+            returns = LogProbs([returns.tokens[i] for i in picked])
+        outs = [self.outputs[i] - a for i in picked]
+        return Segment(self.seq, self.tokens[a:b], self.positions[a:b], mask, outs, returns)
+
+
+def join_results(parts: list[Result]) -> Result:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], TopKResult):
+        return TopKResult(torch.cat([p.ids for p in parts]), torch.cat([p.probs for p in parts]))
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+class QueueView(NamedTuple):
+    """What a batch policy sees when deciding whether to run a forward now."""
+
+    calls: int  # ready calls of admitted processes
+    tokens: int  # their remaining tokens
+    oldest_wait: float  # seconds the oldest of them has waited
+    running: int  # live processes running their own code: they may submit soon
+    last_batch: int  # calls in the previous forward
+
+
+class BatchPolicy(ABC):
+    """When to run the next forward.
+
+    The engine asks `delay` whenever calls are ready; 0 runs a forward now, a positive number
+    waits that long (or until another call arrives, when it asks again). Subclass it and install
+    with `Kernel.set_policy` to try your own; the trace shows what it did.
+    """
+
+    name = "policy"
+
+    @abstractmethod
+    def delay(self, view: QueueView) -> float:
+        """Seconds to wait for more calls before running a forward."""
+
+
+class Eager(BatchPolicy):
+    """Run as soon as anything is ready."""
+
+    name = "eager"
+
+    def delay(self, view: QueueView) -> float:
+        return 0.0
+
+
+@dataclass
+class WaitForK(BatchPolicy):
+    """Wait until k calls are ready, or the oldest has waited max_wait seconds."""
+
+    k: int = 8
+    max_wait: float = 0.05
+    name = "wait-for-k"
+
+    def delay(self, view: QueueView) -> float:
+        return 0.0 if view.calls >= self.k else max(0.0, self.max_wait - view.oldest_wait)
+
+
+@dataclass
+class WaitForT(BatchPolicy):
+    """Let the oldest ready call wait t seconds, collecting whatever else arrives."""
+
+    t: float = 0.01
+    name = "wait-for-t"
+
+    def delay(self, view: QueueView) -> float:
+        return max(0.0, self.t - view.oldest_wait)
+
+
+@dataclass
+class Adaptive(BatchPolicy):
+    """Wait briefly only while processes that are still running their own code may join."""
+
+    max_wait: float = 0.005
+    name = "adaptive"
+
+    def delay(self, view: QueueView) -> float:
+        if view.running == 0 or view.calls >= view.last_batch > 0:
+            return 0.0
+        return max(0.0, self.max_wait - view.oldest_wait)
+
+
+class Batch(NamedTuple):
+    calls: list[Call]
+    sizes: list[int]  # tokens of each call in this forward
+
+
+class Scheduler:
+    def __init__(self, policy: BatchPolicy | None = None, token_budget: int = 2048) -> None:
+        self.policy = policy or Adaptive()
+        self.token_budget = token_budget
+        self.queue: list[Call] = []
+        self.last_batch = 0
+
+    def submit(self, call: Call) -> None:
+        self.queue.append(call)
+
+    def drop_process(self, pid: int) -> list[Call]:
+        """Take a process's calls out of the queue (it exited or was killed)."""
+        gone = [c for c in self.queue if c.process.pid == pid]
+        self.queue = [c for c in self.queue if c.process.pid != pid]
+        return gone
+
+    def ready_calls(self) -> list[Call]:
+        """Calls of admitted processes, in fair-share order: priority, then fewest tokens served."""
+        calls = [c for c in self.queue if c.process.state is not State.SUSPENDED]
+        return sorted(
+            calls,
+            key=lambda c: (
+                -c.process.priority,
+                c.started is None,
+                c.process.counters.tokens_in,
+                c.submitted,
+            ),
+        )
+
+    def view(self, now: float, running: int) -> QueueView:
+        calls = self.ready_calls()
+        oldest = max((now - c.submitted for c in calls), default=0.0)
+        return QueueView(
+            len(calls), sum(c.remaining for c in calls), oldest, running, self.last_batch
+        )
+
+    def form_batch(self) -> Batch:
+        """Level 2: the ready calls that fit the token budget; one call per KV sequence."""
+        calls: list[Call] = []
+        sizes: list[int] = []
+        budget = self.token_budget
+        seen: set[int] = set()
+        for c in self.ready_calls():
+            if budget == 0:
+                break
+            if id(c.seq) in seen:
+                continue
+            n = min(c.remaining, budget)
+            calls.append(c)
+            sizes.append(n)
+            seen.add(id(c.seq))
+            budget -= n
+        return Batch(calls, sizes)

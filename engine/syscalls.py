@@ -1,0 +1,267 @@
+"""The system calls: the one async API every LIP uses.
+
+A LIP is `async def main(sys: Syscalls, *args)`. Results are plain Python values (ints,
+lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from engine.errors import InvalidArgument, PermissionDenied
+from engine.kvfs import Caller, FileStat, Handle
+from engine.process import Process, ProcessInfo, State
+from engine.runner import Logits, LogProbs, Returns, Sample, Segment, TopK, TopKResult
+from engine.sampler import SamplingParams, make_generator
+from engine.scheduler import Call
+
+if TYPE_CHECKING:
+    from engine.kernel import Kernel, Program
+
+
+class Distribution(NamedTuple):
+    """The top of a next-token distribution: token ids and probabilities, most likely first."""
+
+    ids: list[int]
+    probs: list[float]
+
+    def argmax(self) -> int:
+        return self.ids[0]
+
+    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> int:
+        """Sample among these tokens (renormalized), sharpened or flattened by temperature."""
+        if temperature <= 0:
+            return self.ids[0]
+        p = torch.tensor(self.probs, dtype=torch.float64).clamp_min(1e-30) ** (1.0 / temperature)
+        return self.ids[int(torch.multinomial(p / p.sum(), 1, generator=generator))]
+
+
+class Message(NamedTuple):
+    sender: int
+    data: Any
+
+
+def _plain(result: Any) -> Any:
+    """Engine tensors -> plain Python, one item per output index."""
+    if isinstance(result, TopKResult):
+        return [
+            Distribution(i, p)
+            for i, p in zip(result.ids.tolist(), result.probs.tolist(), strict=True)
+        ]
+    return result.tolist()
+
+
+class KVCalls:
+    """The KV file system calls (`sys.kv.*`)."""
+
+    def __init__(self, sys: Syscalls) -> None:
+        self._sys = sys
+        self._fs = sys.kernel.kvfs
+
+    async def create(self, path: str | None = None, mode: int | None = None) -> Handle:
+        return self._fs.create(await self._sys._caller(), path, mode)
+
+    async def open(self, path: str, write: bool = False) -> Handle:
+        return self._fs.open(await self._sys._caller(), path, write)
+
+    async def close(self, handle: Handle) -> None:
+        self._fs.close(handle)
+
+    async def fork(self, src: Handle | str, dst: str | None = None) -> Handle:
+        return self._fs.fork(await self._sys._caller(), src, dst)
+
+    async def truncate(self, handle: Handle, n: int) -> None:
+        await self._sys._caller()
+        self._fs.truncate(handle, n)
+
+    async def hide(self, handle: Handle, indices: Sequence[int]) -> None:
+        await self._sys._caller()
+        self._fs.hide(handle, list(indices))
+
+    async def unhide(self, handle: Handle, indices: Sequence[int]) -> None:
+        await self._sys._caller()
+        self._fs.unhide(handle, list(indices))
+
+    async def link(self, src: str, dst: str) -> None:
+        self._fs.link(await self._sys._caller(), src, dst)
+
+    async def rename(self, src: str, dst: str) -> None:
+        self._fs.rename(await self._sys._caller(), src, dst)
+
+    async def unlink(self, path: str) -> None:
+        self._fs.unlink(await self._sys._caller(), path)
+
+    async def stat(self, path: Handle | str) -> FileStat:
+        return self._fs.stat(
+            await self._sys._caller(), path.path if isinstance(path, Handle) else path
+        )
+
+    async def listdir(self, path: str = "/") -> list[str]:
+        return self._fs.listdir(await self._sys._caller(), path)
+
+    async def chmod(self, path: str, mode: int) -> None:
+        self._fs.chmod(await self._sys._caller(), path, mode)
+
+    async def save(self, path: Handle | str, dest: str | Path) -> None:
+        src = path.path if isinstance(path, Handle) else path
+        self._fs.save(await self._sys._caller(), src, dest)
+
+    async def load(self, src: str | Path, path: str | None = None) -> Handle:
+        return self._fs.load(await self._sys._caller(), src, path)
+
+
+class Syscalls:
+    """Everything a LIP can ask of the engine, bound to the calling process."""
+
+    def __init__(self, kernel: Kernel, process: Process, seed: int | None = None) -> None:
+        self.kernel = kernel
+        self.process = process
+        self.kv = KVCalls(self)
+        self.generator = make_generator(process.pid if seed is None else seed)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _caller(self) -> Caller:
+        """Who is calling; waits while the process is suspended (its files are in host memory)."""
+        await self.kernel.ensure_resident(self.process)
+        return Caller(self.process.pid, self.process.owner)
+
+    # --- text ------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InvalidArgument(f"tokenize takes a str, got {type(text).__name__}")
+        return self.kernel.tokenizer.encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        vocab = self.kernel.tokenizer.vocab_size
+        if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
+            raise InvalidArgument(f"detokenize takes token ids in 0..{vocab - 1}")
+        return self.kernel.tokenizer.decode(ids)
+
+    # --- the model -------------------------------------------------------------------------
+
+    async def forward(
+        self,
+        file: Handle,
+        tokens: Sequence[int],
+        positions: Sequence[int] | None = None,
+        mask: Any = None,
+        outputs: Sequence[int] | None = None,
+        returns: Returns | None = None,
+    ) -> Any:
+        """Append tokens to a KV file and compute; see `engine.runner.Segment` for the arguments.
+
+        returns: `TopK(k)` (default k=20) -> Distribution; `Sample(SamplingParams(...))` ->
+        token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
+        With `outputs` given, a list with one item per output index; otherwise the last token's.
+        """
+        await self._caller()
+        if not isinstance(file, Handle) or file.caller.pid != self.pid:
+            raise InvalidArgument("forward needs a KV file handle this process opened")
+        seq = self.kernel.kvfs.sequence(file, write=True)
+        returns = TopK(20) if returns is None else returns
+        if isinstance(returns, Sample) and returns.generator is None:
+            returns = Sample(returns.params, self.generator)
+        tokens = [int(t) for t in tokens]
+        start = seq.next_position
+        pos = (
+            list(range(start, start + len(tokens)))
+            if positions is None
+            else [int(p) for p in positions]
+        )
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.bool)
+        segment = Segment(
+            seq, tokens, pos, mask, None if outputs is None else list(outputs), returns
+        )
+        self.kernel.runner.validate([segment])
+        outs = [len(tokens) - 1] if outputs is None else list(outputs)
+        k = self.kernel
+        call = Call(
+            k.new_call_id(),
+            self.process,
+            seq,
+            tokens,
+            pos,
+            mask,
+            outs,
+            returns,
+            asyncio.get_running_loop().create_future(),
+            time.monotonic(),
+            base=len(seq),
+        )
+        result = _plain(await k.submit(call))
+        return result if outputs is not None else result[0]
+
+    # --- processes -------------------------------------------------------------------------------
+
+    def spawn(
+        self, main: Program, *args: Any, name: str | None = None, priority: int | None = None
+    ) -> int:
+        p = self.process
+        return self.kernel.spawn(
+            main,
+            *args,
+            name=name,
+            owner=p.owner,
+            priority=p.priority if priority is None else priority,
+            parent=p.pid,
+        )
+
+    async def wait(self, pid: int) -> Any:
+        return await self._waiting(self.kernel.wait(pid))
+
+    def kill(self, pid: int) -> None:
+        target = self.kernel._proc(pid)
+        if target.owner != self.process.owner:
+            raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
+        self.kernel.kill(pid)
+
+    def ps(self) -> list[ProcessInfo]:
+        return self.kernel.ps()
+
+    async def send(self, pid: int, data: Any) -> None:
+        target = self.kernel._proc(pid)
+        if not target.alive:
+            raise InvalidArgument(f"process {pid} has exited")
+        target.inbox.put_nowait(Message(self.pid, data))
+
+    async def receive(self, timeout: float | None = None) -> Message:
+        """The next message sent to this process; TimeoutError after `timeout` seconds."""
+        return await self._waiting(asyncio.wait_for(self.process.inbox.get(), timeout))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._waiting(asyncio.sleep(seconds))
+
+    async def _waiting(self, aw: Any) -> Any:
+        k, p = self.kernel, self.process
+        if p.state is State.READY:
+            k._set_state(p, State.WAITING)
+        try:
+            return await aw
+        finally:
+            if p.state is State.WAITING:
+                k._set_state(p, State.READY)
+
+
+__all__ = [
+    "Distribution",
+    "KVCalls",
+    "Logits",
+    "LogProbs",
+    "Message",
+    "Sample",
+    "SamplingParams",
+    "Syscalls",
+    "TopK",
+]

@@ -1,0 +1,268 @@
+"""The kernel in one process: LIPs as asyncio tasks, batched by the scheduler, traced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import torch
+
+from engine import trace as ev
+from engine.errors import InvalidArgument, PermissionDenied
+from engine.kernel import Kernel, ProcessFailed
+from engine.runner import LogProbs, Sample
+from engine.sampler import SamplingParams
+from engine.scheduler import Adaptive, BatchPolicy, Eager, QueueView, WaitForK, WaitForT
+from engine.syscalls import Distribution, Syscalls
+
+
+def run(kernel: Kernel, body: Callable[[Kernel], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        async with kernel:
+            return await body(kernel)
+
+    result = asyncio.run(main())
+    kernel.pool.check()
+    return result
+
+
+def prompt(i: int, n: int = 12) -> list[int]:
+    return torch.randint(0, 250, (n,), generator=torch.Generator().manual_seed(i)).tolist()
+
+
+async def greedy(sys: Syscalls, tokens: list[int], steps: int) -> list[int]:
+    f = await sys.kv.create()
+    out = []
+    t = await sys.forward(f, tokens, returns=Sample())
+    for _ in range(steps):
+        out.append(t)
+        t = await sys.forward(f, [t], returns=Sample())
+    return out
+
+
+def test_64_lips_share_batches_and_match_running_alone(tiny_loaded) -> None:  # noqa: ANN001
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), 32)) for i in range(64)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=512, page_size=4), alone)
+
+    async def together(k: Kernel) -> list[list[int]]:
+        pids = [k.spawn(greedy, prompt(i), 32, name=f"lip{i}") for i in range(64)]
+        return [await k.wait(p) for p in pids]
+
+    kernel = Kernel(tiny_loaded, num_pages=512, page_size=4)
+    assert run(kernel, together) == solo
+    batches = kernel.trace.query(kinds=[ev.BATCH])
+    widest = max(len(b.data["pids"]) for b in batches)
+    assert widest >= 48, f"widest batch had only {widest} processes"
+    assert len(batches) < 64 * 33 / 8  # far fewer forwards than calls
+    assert kernel.pool.num_free == kernel.pool.num_pages  # every /proc file reclaimed
+
+
+def test_memory_pressure_suspends_and_everyone_still_finishes_right(tiny_loaded) -> None:  # noqa: ANN001
+    n, steps = 12, 24  # each LIP ends with 36 tokens = 9 pages; 108 pages wanted, 40 exist
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=256, page_size=4), alone)
+
+    async def crowded(k: Kernel) -> list[list[int]]:
+        pids = [k.spawn(greedy, prompt(i), steps, priority=i % 3) for i in range(n)]
+        return [await k.wait(p) for p in pids]
+
+    kernel = Kernel(tiny_loaded, num_pages=40, page_size=4)
+    assert run(kernel, crowded) == solo
+    states = kernel.trace.query(kinds=[ev.PROCESS])
+    suspended = [e for e in states if e.data["new"] == "suspended"]
+    assert suspended, "the trace shows no suspension"
+    assert any(e.data["old"] == "suspended" for e in states)  # and resumptions
+    assert max(e.data["swapped"] for e in kernel.trace.query(kinds=[ev.PAGES])) > 0
+    assert kernel.pool.num_free == kernel.pool.num_pages
+
+
+def test_a_process_that_cannot_fit_even_alone_gets_out_of_pages(tiny_loaded) -> None:  # noqa: ANN001
+    async def body(k: Kernel) -> None:
+        pid = k.spawn(greedy, prompt(1, 30), 1)  # 30 tokens = 8 pages > 6
+        ok = k.spawn(greedy, prompt(2, 6), 3)
+        with pytest.raises(ProcessFailed, match="out of KV pages"):
+            await k.wait(pid)
+        assert len(await k.wait(ok)) == 3
+
+    run(Kernel(tiny_loaded, num_pages=6, page_size=4), body)
+
+
+def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: ANN001
+    tokens = prompt(7, 40)
+
+    async def score(sys: Syscalls) -> list[list[float]]:
+        f = await sys.kv.create()
+        nxt = [[t] for t in tokens[1:]]
+        return await sys.forward(f, tokens, outputs=range(39), returns=LogProbs(nxt))
+
+    whole = run(Kernel(tiny_loaded, page_size=4), lambda k: k.wait(k.spawn(score)))
+    kernel = Kernel(tiny_loaded, page_size=4, token_budget=16)
+    chunked = run(kernel, lambda k: k.wait(k.spawn(score)))
+    assert torch.allclose(torch.tensor(chunked), torch.tensor(whole), atol=1e-5)
+    sizes = [b.data["sizes"] for b in kernel.trace.query(kinds=[ev.BATCH])]
+    assert sizes == [[16], [16], [8]]
+
+
+def test_bad_calls_raise_in_the_caller_and_others_keep_going(tiny_loaded) -> None:  # noqa: ANN001
+    async def bad(sys: Syscalls, what: str) -> None:
+        f = await sys.kv.create()
+        if what == "vocab":
+            await sys.forward(f, [10_000])
+        elif what == "positions":
+            await sys.forward(f, [1, 2], positions=[0])
+        elif what == "handle":
+            await sys.forward("not a file", [1])  # type: ignore[arg-type]
+        elif what == "readonly":
+            g = await sys.kv.open(f.path, write=False)
+            await sys.forward(g, [1])
+
+    async def body(k: Kernel) -> None:
+        good = k.spawn(greedy, prompt(3), 8)
+        errors = {
+            "vocab": InvalidArgument,
+            "positions": InvalidArgument,
+            "handle": InvalidArgument,
+            "readonly": PermissionDenied,
+        }
+        for what, kind in errors.items():
+            pid = k.spawn(bad, what)
+            with pytest.raises(ProcessFailed) as err:
+                await k.wait(pid)
+            assert isinstance(err.value.__cause__, kind), what
+        assert len(await k.wait(good)) == 8
+
+    run(Kernel(tiny_loaded, page_size=4), body)
+
+
+def test_kill_and_exceptions_reclaim_pages(tiny_loaded) -> None:  # noqa: ANN001
+    async def forever(sys: Syscalls) -> None:
+        f = await sys.kv.create()
+        t = await sys.forward(f, prompt(5, 20), returns=Sample())
+        while True:
+            t = await sys.forward(f, [t], returns=Sample())
+
+    async def crash(sys: Syscalls) -> None:
+        f = await sys.kv.create()
+        await sys.forward(f, prompt(6, 20))
+        raise RuntimeError("bug in my LIP")
+
+    async def body(k: Kernel) -> None:
+        loop_pid = k.spawn(forever)
+        with pytest.raises(ProcessFailed, match="RuntimeError: bug in my LIP"):
+            await k.wait(k.spawn(crash))
+        while k.procs[loop_pid].counters.tokens_in < 40:
+            await asyncio.sleep(0.01)
+        assert k.pool.num_free < k.pool.num_pages
+        k.kill(loop_pid)
+        with pytest.raises(ProcessFailed, match="killed"):
+            await k.wait(loop_pid)
+        assert k.pool.num_free == k.pool.num_pages
+        assert [p.state for p in k.ps()] == ["exited", "exited"]
+
+    run(Kernel(tiny_loaded, page_size=4), body)
+
+
+def test_spawn_wait_send_receive_and_ps(tiny_loaded) -> None:  # noqa: ANN001
+    async def child(sys: Syscalls) -> str:
+        msg = await sys.receive(timeout=5)
+        await sys.send(msg.sender, msg.data.upper())
+        return "done"
+
+    async def parent(sys: Syscalls) -> tuple[str, str, list[str]]:
+        pid = sys.spawn(child, name="child")
+        await sys.send(pid, "hello")
+        reply = await sys.receive(timeout=5)
+        names = [p.name for p in sys.ps()]
+        return reply.data, await sys.wait(pid), names
+
+    reply, result, names = run(
+        Kernel(tiny_loaded), lambda k: k.wait(k.spawn(parent, name="parent"))
+    )
+    assert (reply, result) == ("HELLO", "done")
+    assert names == ["parent", "child"]
+
+
+def test_forward_returns_and_distribution(tiny_loaded) -> None:  # noqa: ANN001
+    async def lip(sys: Syscalls) -> tuple[Any, ...]:
+        f = await sys.kv.create()
+        d = await sys.forward(f, prompt(8))
+        g = await sys.kv.fork(f)
+        seeded = Sample(SamplingParams(temperature=1.0), torch.Generator().manual_seed(3))
+        s = await sys.forward(g, [d.argmax()], returns=seeded)
+        stat = await sys.kv.stat(g)
+        return d, s, stat, sys.detokenize(sys.tokenize("w1 w2"))
+
+    d, s, stat, text = run(Kernel(tiny_loaded, page_size=4), lambda k: k.wait(k.spawn(lip)))
+    assert isinstance(d, Distribution) and len(d.ids) == 20
+    assert d.probs == sorted(d.probs, reverse=True) and 0 < sum(d.probs) <= 1.0001
+    assert isinstance(s, int) and 0 <= s < 256
+    assert stat.tokens == 13 and stat.parent is not None
+    assert text == "w1 w2"
+
+
+class EveryOther(BatchPolicy):
+    """A user-written policy: hold calls until at least half of the live processes are waiting."""
+
+    name = "every-other"
+
+    def delay(self, view: QueueView) -> float:
+        return 0.0 if view.calls >= view.running or view.oldest_wait > 0.05 else 0.005
+
+
+@pytest.mark.parametrize(
+    "policy", [Eager(), WaitForK(8, 0.05), WaitForT(0.002), Adaptive(), EveryOther()]
+)
+def test_every_policy_gives_the_same_outputs(tiny_loaded, policy: BatchPolicy) -> None:  # noqa: ANN001
+    async def body(k: Kernel) -> list[list[int]]:
+        k.set_policy(policy)
+        pids = [k.spawn(greedy, prompt(i), 6) for i in range(8)]
+        return [await k.wait(p) for p in pids]
+
+    async def solo(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), 6)) for i in range(8)]
+
+    kernel = Kernel(tiny_loaded, page_size=4)
+    assert run(kernel, body) == run(Kernel(tiny_loaded, page_size=4), solo)
+    assert {b.data["policy"] for b in kernel.trace.query(kinds=[ev.BATCH])} == {policy.name}
+
+
+def test_wait_for_k_batches_k_at_a_time(tiny_loaded) -> None:  # noqa: ANN001
+    async def body(k: Kernel) -> None:
+        k.set_policy(WaitForK(k=4, max_wait=10.0))
+        await asyncio.gather(*(k.wait(k.spawn(greedy, prompt(i), 3)) for i in range(8)))
+
+    kernel = Kernel(tiny_loaded, page_size=4)
+    run(kernel, body)
+    assert all(len(b.data["calls"]) >= 4 for b in kernel.trace.query(kinds=[ev.BATCH]))
+
+
+def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # noqa: ANN001
+    async def body(k: Kernel) -> tuple[int, int]:
+        a, b = k.spawn(greedy, prompt(1), 4), k.spawn(greedy, prompt(2), 4)
+        await k.wait(a)
+        await k.wait(b)
+        return a, b
+
+    kernel = Kernel(tiny_loaded, page_size=4)
+    a, _ = run(kernel, body)
+    mine = kernel.trace.query(pid=a)
+    assert {e.kind for e in mine} >= {
+        ev.CALL_SUBMITTED,
+        ev.CALL_STARTED,
+        ev.CALL_FINISHED,
+        ev.BATCH,
+        ev.PROCESS,
+    }
+    finished = kernel.trace.query(pid=a, kinds=[ev.CALL_FINISHED])
+    assert len(finished) == 5 and sum(e.data["tokens"] for e in finished) == 12 + 4
+    events = kernel.trace.query()
+    mid = events[len(events) // 2]
+    assert kernel.trace.query(after_seq=mid.seq) == events[len(events) // 2 + 1 :]
+    assert all(e.t >= mid.t for e in kernel.trace.query(since=mid.t))
