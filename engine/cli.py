@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+WORKLOADS = ("decode", "prefill", "plain", "shared-prefix", "api-overhead", "agent")
 DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
 
@@ -51,17 +52,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from engine.bench import programs, runtime
     from engine.bench.common import print_table, write_json
-    from engine.bench.runtime import run
 
-    models = args.models.split(",")
-    cases = args.cases.split(",") if args.cases else None
-    rows = run(
+    bench = programs if args.workload in programs.WORKLOADS else runtime
+    rows = bench.run(
         args.workload,
-        models,
-        cases,
+        args.models.split(","),
         args.runs,
         args.dtype,
+        args.baseline_dtype,
+        cases=args.cases.split(",") if args.cases else None,
         report=lambda r: print(
             f"  {r.model} {r.workload} {r.case}: engine {r.engine:g} "
             f"{r.unit}, baseline {r.baseline:g}, ratio {r.ratio:.2f}x",
@@ -69,10 +70,23 @@ def _bench(args: argparse.Namespace) -> int:
             flush=True,
         ),
     )
+    settings = {
+        "engine_dtype": args.dtype or "default",
+        "baseline_dtype": args.baseline_dtype,
+        "runs": args.runs,
+        "threads": torch_threads(),
+    }
+    print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print_table(rows)
     if args.json:
-        write_json(rows, args.json)
+        write_json(rows, args.json, settings)
     return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _train_demo(argv: list[str]) -> int:
@@ -99,12 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks: the engine beside a baseline, as ratios")
-    bench.add_argument("workload", choices=["decode", "prefill"])
+    bench.add_argument("workload", choices=[*WORKLOADS])
     bench.add_argument("--json", help="write the results here")
     bench.add_argument("--runs", type=int, default=5, help="runs per case; medians are reported")
     bench.add_argument("--models", default="tiny,smollm2-135m-shape")
     bench.add_argument("--cases", help="comma-separated case names (default: all)")
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    bench.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="the engine's dtype (default: its own default, float32 on CPU)",
+    )
+    bench.add_argument(
+        "--baseline-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="transformers' dtype (default: the checkpoint's, as a user gets it)",
+    )
     bench.set_defaults(func=_bench)
 
     sub.add_parser(

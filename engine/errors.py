@@ -27,3 +27,32 @@ class OutOfPages(EngineError):
 
 class InvalidArgument(EngineError, ValueError):
     """A call's argument is out of range or of the wrong kind."""
+
+
+class _PathProblem(EngineError):
+    """Something about one KV file path; the message names the path and the reason."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class FileNotFound(_PathProblem):
+    """No KV file at that path (or none the caller may see)."""
+
+
+class FileExists(_PathProblem):
+    """The path already names a KV file or a directory."""
+
+
+class PermissionDenied(_PathProblem):
+    """The caller may not do this to that file (mode, /proc privacy, read-only handle)."""
+
+
+class BadPath(_PathProblem, InvalidArgument):
+    """A path that is malformed: relative, `..`, control characters, too long, unknown root."""
+
+
+class IncompatibleFile(_PathProblem):
+    """A saved KV file that this engine cannot load: another model, other shapes, not a KV file."""

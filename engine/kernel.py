@@ -77,12 +77,10 @@ class Kernel:
         return self
 
     async def stop(self) -> None:
-        for p in list(self.procs.values()):
-            if p.alive and p.task is not None:
-                p.task.cancel()
-        await asyncio.gather(
-            *(p.task for p in self.procs.values() if p.task), return_exceptions=True
-        )
+        live = [p.task for p in self.procs.values() if p.alive and p.task is not None]
+        for task in live:
+            task.cancel()
+        await asyncio.gather(*live, return_exceptions=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

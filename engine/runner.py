@@ -106,7 +106,8 @@ class Runner:
             s.seq.append(s.tokens, positions[start : start + n].tolist())
             rows.extend(start + o for o in (s.outputs if s.outputs is not None else [n - 1]))
             start += n
-        logits = self.model.logits(hidden[torch.tensor(rows, device=hidden.device)])
+        out_rows = torch.tensor(rows, dtype=torch.long, device=hidden.device)
+        logits = self.model.logits(hidden[out_rows])
         return self._results(segments, logits)
 
     def _layout(self, segments: list[Segment]) -> tuple[BatchLayout, Tensor, Tensor]:

@@ -49,6 +49,8 @@ class Message(NamedTuple):
 
 def _plain(result: Any) -> Any:
     """Engine tensors -> plain Python, one item per output index."""
+    if result is None:  # no output indices asked for
+        return []
     if isinstance(result, TopKResult):
         return [
             Distribution(i, p)
@@ -98,9 +100,7 @@ class KVCalls:
         self._fs.unlink(await self._sys._caller(), path)
 
     async def stat(self, path: Handle | str) -> FileStat:
-        return self._fs.stat(
-            await self._sys._caller(), path.path if isinstance(path, Handle) else path
-        )
+        return self._fs.stat(await self._sys._caller(), path)
 
     async def listdir(self, path: str = "/") -> list[str]:
         return self._fs.listdir(await self._sys._caller(), path)
@@ -109,8 +109,7 @@ class KVCalls:
         self._fs.chmod(await self._sys._caller(), path, mode)
 
     async def save(self, path: Handle | str, dest: str | Path) -> None:
-        src = path.path if isinstance(path, Handle) else path
-        self._fs.save(await self._sys._caller(), src, dest)
+        self._fs.save(await self._sys._caller(), path, dest)
 
     async def load(self, src: str | Path, path: str | None = None) -> Handle:
         return self._fs.load(await self._sys._caller(), src, path)

@@ -389,8 +389,11 @@ def train(
             record |= {k: evaluate(model, w, s.batch_size) for k, w in evals.items()}
             hist.held_out.append(record)
             if not quiet:
-                tqdm.write(" ".join(f"{k}={v:.4f}" if k != "step" else f"step {v}"
-                                    for k, v in record.items()))
+                tqdm.write(
+                    " ".join(
+                        f"{k}={v:.4f}" if k != "step" else f"step {v}" for k, v in record.items()
+                    )
+                )
     return hist
 
 
@@ -471,25 +474,25 @@ def card_text(st: dict[str, Any], samples: str) -> str:
     sources = ", ".join(SOURCE_NAMES[x] for x in s["sources"])
     return f"""# tiny: the Symphony Workbench demo model
 
-A {st['params'] / 1e6:.2f}M-parameter Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention)
+A {st["params"] / 1e6:.2f}M-parameter Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention)
 trained by `python -m engine.train_demo` (`symphony train-demo`) on text that ships with every
 Python. It writes English-like (and Python-like) text; it knows nothing and follows no
 instructions. It exists so that the engine runs on a laptop CPU in seconds.
 
 ## Corpus
 
-{sources}, from Python {st['python_version']} ({st['python_implementation']}).
+{sources}, from Python {st["python_version"]} ({st["python_implementation"]}).
 The corpus differs between Python versions, so the exact one is pinned by its hash:
 
-- corpus sha256: `{st['corpus_sha256']}`
-- {st['documents']} documents, {st['chars']:,} characters, {st['tokens']:,} tokens;
-  held out for evaluation: {st['held_out_documents']} documents ({st['held_out_groups']}
-  topics/modules, whole), {st['held_out_tokens']:,} tokens
+- corpus sha256: `{st["corpus_sha256"]}`
+- {st["documents"]} documents, {st["chars"]:,} characters, {st["tokens"]:,} tokens;
+  held out for evaluation: {st["held_out_documents"]} documents ({st["held_out_groups"]}
+  topics/modules, whole), {st["held_out_tokens"]:,} tokens
 
 ## Tokenizer
 
-Byte-level BPE trained with `tokenizers`, {st['vocab_size']} tokens including the special
-tokens {', '.join(f'`{t}`' for t in SPECIAL_TOKENS)}. The chat template in
+Byte-level BPE trained with `tokenizers`, {st["vocab_size"]} tokens including the special
+tokens {", ".join(f"`{t}`" for t in SPECIAL_TOKENS)}. The chat template in
 `tokenizer_config.json` is `<|role|>` newline content `{EOS}` per message (the model was
 never trained on chats).
 
@@ -497,29 +500,29 @@ never trained on chats).
 
 | | |
 |---|---|
-| parameters | {st['params']:,} (tied embeddings) |
-| layers / hidden / MLP | {s['num_layers']} / {s['hidden_size']} / {s['intermediate_size']} |
-| heads / kv heads / head dim | {s['num_heads']} / {s['num_kv_heads']} / \
-{s['hidden_size'] // s['num_heads']} |
-| context (trained) | {s['seq_len']} |
-| steps × batch × length | {s['steps']} × {s['batch_size']} × {s['seq_len']} \
-= {st['tokens_trained']:,} tokens ({st['epochs']:.2f} epochs) |
-| optimizer | AdamW, lr {s['lr']}, warmup {s['warmup_steps']}, cosine to \
-{s['min_lr_ratio']}×, weight decay {s['weight_decay']}, clip {s['grad_clip']} |
-| seed | {s['seed']} |
-| weights | {s['save_dtype']} |
-| training wall time | {st['train_seconds'] / 60:.1f} min on {st['cpu_threads']} CPU threads \
-({st['tokens_per_second']:.0f} tokens/s); {st['total_seconds'] / 60:.1f} min in all |
-
+| parameters | {st["params"]:,} (tied embeddings) |
+| layers / hidden / MLP | {s["num_layers"]} / {s["hidden_size"]} / {s["intermediate_size"]} |
+| heads / kv heads / head dim | {s["num_heads"]} / {s["num_kv_heads"]} / \
+{s["hidden_size"] // s["num_heads"]} |
+| context (trained) | {s["seq_len"]} |
+| steps × batch × length | {s["steps"]} × {s["batch_size"]} × {s["seq_len"]} \
+= {st["tokens_trained"]:,} tokens ({st["epochs"]:.2f} epochs) |
+| optimizer | AdamW, lr {s["lr"]}, warmup {s["warmup_steps"]}, cosine to \
+{s["min_lr_ratio"]}×, weight decay {s["weight_decay"]}, clip {s["grad_clip"]} |
+| seed | {s["seed"]} |
+| weights | {s["save_dtype"]} |
+| training wall time | {st["train_seconds"] / 60:.1f} min on {st["cpu_threads"]} CPU threads \
+({st["tokens_per_second"]:.0f} tokens/s); {st["total_seconds"] / 60:.1f} min in all |
+{notes(st)}
 ## Loss
 
-Final, with the weights as saved ({s['save_dtype']}):
+Final, with the weights as saved ({s["save_dtype"]}):
 
 | | loss |
 |---|---|
-| train (mean of the last 50 steps) | {final['train']:.3f} |
-| held-out, all documents | {final['held_out']:.3f} |
-| held-out, prose only (language reference + docstrings) | {final['held_out_prose']:.3f} |
+| train (mean of the last 50 steps) | {final["train"]:.3f} |
+| held-out, all documents | {final["held_out"]:.3f} |
+| held-out, prose only (language reference + docstrings) | {final["held_out_prose"]:.3f} |
 | baseline: a ~5M model on the language reference alone, best held-out | {BASELINE_HELD_OUT} |
 
 Held-out loss during training (it falls for the whole run):
@@ -532,6 +535,11 @@ Held-out loss during training (it falls for the whole run):
 
 {samples}
 """
+
+
+def notes(st: dict[str, Any]) -> str:
+    """Remarks added to training.json by hand (say, that the machine was shared), as a list."""
+    return "".join(f"\n- {note}" for note in st.get("notes", [])) + "\n"
 
 
 SOURCE_NAMES = {
@@ -558,8 +566,11 @@ def run(s: Settings, out: Path, quiet: bool = False) -> dict[str, Any]:
     config = hf_config(s, tok)
     model = LlamaModel(ModelConfig.from_dict(config))
     init_weights(model, s.seed)
-    log(quiet, f"corpus {corpus.chars:,} chars, {len(train_ids):,} train tokens; "
-               f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    log(
+        quiet,
+        f"corpus {corpus.chars:,} chars, {len(train_ids):,} train tokens; "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters",
+    )
     train_started = time.time()
     hist = train(model, train_ids, evals, s, quiet)
     train_seconds = time.time() - train_started

@@ -22,8 +22,8 @@ class TorchPlan:
     batch: int
     max_q: int
     fresh: bool  # every segment is a whole prompt of the same length: plain causal, no gather
-    kv_index: Tensor | None  # [B, max_kv] flat pool slots to gather
-    mask: Tensor | None  # [B, 1, max_q, max_kv] bool, None when every key is visible
+    pages: Tensor | None  # [B, max_pages] page tables to gather, whole pages at a time
+    mask: Tensor | None  # [B, 1, max_q, max_pages * page_size] bool; None when all is visible
     rows: tuple[Tensor, Tensor] | None  # (segment, row) of each token when q_lens differ
 
 
@@ -33,22 +33,20 @@ class TorchBackend(AttentionBackend):
     def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan:
         device = pool.k.device
         q_lens, kv_lens = layout.q_lens, layout.kv_lens
-        b, lq, lk = layout.num_segments, max(q_lens), max(kv_lens)
+        b, lq = layout.num_segments, max(q_lens)
         uniform_q = min(q_lens) == lq
         if uniform_q and not layout.has_masks and kv_lens == q_lens:
             return TorchPlan(layout.slot_mapping, b, lq, True, None, None, None)
-        j = torch.arange(lk, device=device)
-        ps = layout.page_size
-        kv_index = layout.block_table(device)[:, j // ps] * ps + j % ps
-        if lq == 1 and not layout.has_masks:
-            mask = (
-                None
-                if min(kv_lens) == lk
-                else (j[None, :] < torch.tensor(kv_lens, device=device)[:, None])
-            )
-            mask = None if mask is None else mask[:, None, None, :]
+        pages = layout.block_table(device)
+        width = pages.shape[1] * layout.page_size
+        if lq == 1 and not layout.has_masks:  # decode: only the page tails are hidden
+            j = torch.arange(width, device=device)
+            visible = j[None, :] < torch.tensor(kv_lens, device=device)[:, None]
+            mask = None if min(kv_lens) == width else visible[:, None, None, :]
         else:
-            mask = layout.dense_mask(device)[:, None]
+            dense = layout.dense_mask(device)
+            mask = torch.zeros(b, 1, lq, width, dtype=torch.bool, device=device)
+            mask[:, 0, :, : dense.shape[-1]] = dense
         rows = None
         if not uniform_q:
             seg = torch.repeat_interleave(
@@ -56,7 +54,7 @@ class TorchBackend(AttentionBackend):
             )
             starts = torch.tensor([0, *q_lens[:-1]], device=device).cumsum(0)
             rows = (seg, torch.arange(len(seg), device=device) - starts[seg])
-        return TorchPlan(layout.slot_mapping, b, lq, False, kv_index, mask, rows)
+        return TorchPlan(layout.slot_mapping, b, lq, False, pages, mask, rows)
 
     def attend(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, plan: TorchPlan, pool: PagePool
@@ -68,11 +66,12 @@ class TorchBackend(AttentionBackend):
             qb, kb, vb = (x.view(b, lq, x.shape[1], d).transpose(1, 2) for x in (q, k, v))
             out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
             return out.transpose(1, 2).reshape(t, h, d)
-        kflat, vflat = pool.layer_slots(layer)
-        hkv = kflat.shape[1]
-        lk = plan.kv_index.shape[1]
-        kb = kflat.index_select(0, plan.kv_index.view(-1)).view(b, lk, hkv, d).transpose(1, 2)
-        vb = vflat.index_select(0, plan.kv_index.view(-1)).view(b, lk, hkv, d).transpose(1, 2)
+        assert plan.pages is not None
+        hkv = pool.k.shape[3]
+        lk = plan.pages.shape[1] * pool.page_size
+        index = plan.pages.view(-1)
+        kb = pool.k[layer].index_select(0, index).view(b, lk, hkv, d).transpose(1, 2)
+        vb = pool.v[layer].index_select(0, index).view(b, lk, hkv, d).transpose(1, 2)
         if plan.rows is None:
             qp = q.view(b, lq, h, d)
         else:

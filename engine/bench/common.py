@@ -61,5 +61,6 @@ def print_table(rows: list[Row]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def write_json(rows: list[Row], path: str | Path) -> None:
-    Path(path).write_text(json.dumps({"results": [asdict(r) for r in rows]}, indent=2) + "\n")
+def write_json(rows: list[Row], path: str | Path, settings: dict | None = None) -> None:
+    doc = {"results": [asdict(r) for r in rows], "settings": settings or {}}
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")

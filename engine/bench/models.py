@@ -54,16 +54,20 @@ def write_wordlevel_tokenizer(path: Path, vocab: int) -> None:
 
 
 def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
-    """A random-weight checkpoint in HF layout under the cache, written once and reused."""
-    path = CACHE / name
+    """A random-weight checkpoint in HF layout under the cache, written once and reused.
+
+    Saved in bfloat16, as SmolLM2 and most published checkpoints are.
+    """
+    path = CACHE / f"{name}-bf16"
     if (path / "model.safetensors").exists():
         return path
     import transformers  # bench-only dependency: the baseline
 
     path.mkdir(parents=True, exist_ok=True)
-    config = transformers.LlamaConfig(**{k: v for k, v in shape.items() if k != "architectures"})
+    fields = {k: v for k, v in shape.items() if k != "architectures"}
+    config = transformers.LlamaConfig(**fields, dtype="bfloat16")
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config)
+    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(path)
     write_wordlevel_tokenizer(path, shape["vocab_size"])
     return path

@@ -1,14 +1,16 @@
 """`symphony bench decode` and `symphony bench prefill`: the engine beside transformers.
 
-Both sides load the same checkpoint in the same dtype. Decode: 128-token prompts, 128 new
-tokens, greedy, throughput over the whole generation (prefill included), against
-`transformers` `generate`. Prefill: forward of the prompts keeping the KV cache and the last
-logits, against a `transformers` forward with `logits_to_keep=1`.
+Both sides load the same checkpoint: the engine in its default dtype (float32 on CPU) unless
+--dtype says otherwise, transformers in the checkpoint's own dtype unless --baseline-dtype does.
+Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
+(prefill included), against `transformers` `generate`. Prefill: forward of the prompts keeping
+the KV cache and the last logits, against a `transformers` forward with `logits_to_keep=1`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +27,7 @@ PREFILL_CASES = {"1x512": (1, 512), "16x128": (16, 128)}
 PROMPT, NEW = 128, 128
 
 
-def _prompts(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
+def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
@@ -40,19 +42,26 @@ def _runner(loaded: LoadedModel, batch: int, tokens: int, page_size: int = 16) -
     return Runner(loaded.model, pool)
 
 
-def _load_pair(name: str, dtype: str) -> tuple[LoadedModel, torch.nn.Module]:
+def load_pair(
+    name: str, dtype: str | None, baseline_dtype: str = "auto", need_baseline: bool = True
+) -> tuple[LoadedModel, Any]:
+    """The engine's model (dtype None: its default) and transformers' (auto: the checkpoint's)."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     path = bench_model(name)
-    loaded = load_model(path, dtype=dtype)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-    return loaded, hf
+    loaded = load_model(path, dtype=dtype, show_progress=False)
+    if not need_baseline:
+        return loaded, None
+    hf_dtype = "auto" if baseline_dtype == "auto" else getattr(torch, baseline_dtype)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=hf_dtype)
+    return loaded, hf.eval()
 
 
 def decode_case(
     loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int
 ) -> tuple[float, float]:
-    ids = _prompts(batch, PROMPT, loaded.config.vocab_size)
+    ids = random_prompts(batch, PROMPT, loaded.config.vocab_size)
     runner = _runner(loaded, batch, PROMPT + NEW)
     prompts = ids.tolist()
 
@@ -76,7 +85,7 @@ def decode_case(
 def prefill_case(
     loaded: LoadedModel, hf: torch.nn.Module, batch: int, length: int, runs: int
 ) -> tuple[float, float]:
-    ids = _prompts(batch, length, loaded.config.vocab_size)
+    ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
     prompts = ids.tolist()
 
@@ -96,15 +105,16 @@ def prefill_case(
 def run(
     workload: str,
     models: list[str],
-    cases: list[str] | None,
     runs: int,
-    dtype: str,
+    dtype: str | None,
+    baseline_dtype: str,
     report: Callable[[Row], None],
+    cases: list[str] | None = None,
 ) -> list[Row]:
     rows = []
     table = DECODE_CASES if workload == "decode" else PREFILL_CASES
     for name in models:
-        loaded, hf = _load_pair(name, dtype)
+        loaded, hf = load_pair(name, dtype, baseline_dtype)
         for case, shape in table.items():
             if cases and case not in cases:
                 continue

@@ -1,0 +1,499 @@
+"""The KV file system: one namespace of KV files over the page pool.
+
+    /proc/<pid>/...   private to one process, removed when it exits
+    /home/<user>/...  a client's own files, kept after its processes exit
+    /shared/...       readable by every client by default
+
+Access. A file's owner (a user) always reads and writes it; its `mode` bits 0o004 and 0o002 let
+everyone else read and write. A name under /proc/<pid>/ is usable only by that process, whatever
+the mode and even by other processes of the same user. Names may be added (create, fork, link,
+rename, load) only under one's own /proc/<pid>/ or /home/<user>/, or anywhere in /shared; removing
+one (unlink, rename) needs that too, and write access to the file.
+
+Directories are implicit: one exists while a file lies under it. `listdir` shows only what the
+caller may read: files it may open and directories holding one (the three roots always).
+A file lives while it has a name or an open handle, like unix: unlinking the last name of an open
+file keeps its pages until the last close. Handles are capabilities: whoever holds one may use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from engine.errors import (
+    BadPath,
+    FileExists,
+    FileNotFound,
+    IncompatibleFile,
+    InvalidArgument,
+    PermissionDenied,
+)
+from engine.page_pool import PagePool
+from engine.sequence import KVSequence, pages_for
+
+ROOTS = ("proc", "home", "shared")
+MAX_NAME, MAX_PATH = 255, 1024
+READ, WRITE = 0o004, 0o002  # the "other" bits of a mode
+FORMAT = "symphony-kvfile/1"
+SAVED = ("k", "v", "tokens", "positions", "hidden")
+
+
+class Caller(NamedTuple):
+    """Who asks: a process (pid) of a client (user), or the client itself (pid None)."""
+
+    pid: int | None
+    user: str
+
+
+@dataclass(eq=False)  # identity semantics: a file is one object however many names it has
+class KVFile:
+    seq: KVSequence
+    owner: str
+    pid: int | None  # the creating process
+    mode: int
+    parent: str | None  # the path it was forked from
+    created: float
+    last_use: float
+    names: set[str] = field(default_factory=set)
+    open_handles: int = 0
+
+
+@dataclass(eq=False)
+class Handle:
+    fd: int
+    path: str  # the name it was opened by (follows renames)
+    file: KVFile
+    writable: bool
+    caller: Caller
+
+
+class FileStat(NamedTuple):
+    path: str
+    tokens: int
+    pages: int
+    shared_pages: int  # pages with reference count > 1
+    shared_with: dict[str, int]  # other readable path -> pages in common
+    parent: str | None
+    owner: str
+    pid: int | None
+    mode: int
+    created: float
+    last_use: float
+    hidden: int
+    page_table: tuple[int, ...]
+    names: tuple[str, ...]
+    open_handles: int
+
+
+# ---- paths ----
+
+
+def normpath(path: str) -> str:
+    """The canonical form of a KV path (directory or file); BadPath says what is wrong."""
+    if not isinstance(path, str) or not path:
+        raise BadPath(repr(path), "empty path")
+    if not path.startswith("/"):
+        raise BadPath(path, "relative path; KV paths start with /")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise BadPath(repr(path), "control character in path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadPath(path, "'..' is not allowed")
+    if any(len(p) > MAX_NAME for p in parts):
+        raise BadPath(path[:80] + "...", f"a name is longer than {MAX_NAME} characters")
+    if parts and parts[0] not in ROOTS:
+        raise BadPath(path, f"unknown root /{parts[0]}; use /proc, /home or /shared")
+    if parts[:1] == ["proc"] and len(parts) > 1:
+        if not re.fullmatch(r"[0-9]+", parts[1]):
+            raise BadPath(path, f"/proc/<pid> needs an integer pid, not {parts[1]!r}")
+        parts[1] = str(int(parts[1]))
+    norm = "/" + "/".join(parts)
+    if len(norm) > MAX_PATH:
+        raise BadPath(path[:80] + "...", f"longer than {MAX_PATH} characters")
+    return norm
+
+
+def _parts(norm: str) -> list[str]:
+    return norm.strip("/").split("/") if norm != "/" else []
+
+
+def file_path(path: str) -> str:
+    """A normalized path that can name a file: below /proc/<pid>/, /home/<user>/ or /shared/."""
+    norm = normpath(path)
+    parts = _parts(norm)
+    if len(parts) < (2 if parts[:1] == ["shared"] else 3):
+        raise BadPath(norm, "names a directory, not a file")
+    return norm
+
+
+def _proc_pid(norm: str) -> int | None:
+    parts = _parts(norm)
+    return int(parts[1]) if parts[:1] == ["proc"] and len(parts) > 1 else None
+
+
+def _may_name(caller: Caller, norm: str) -> bool:
+    """May the caller add or remove names at this (file) path?"""
+    root, who = _parts(norm)[:2]
+    if root == "proc":
+        return caller.pid == int(who)
+    return root == "shared" or caller.user == who
+
+
+def _may(caller: Caller, norm: str, f: KVFile, bits: int) -> bool:
+    """May the caller use file f through name norm for bits (READ | WRITE)?"""
+    pid = _proc_pid(norm)
+    if pid is not None and caller.pid != pid:
+        return False
+    return caller.user == f.owner or f.mode & bits == bits
+
+
+def _who(caller: Caller) -> str:
+    return f"user {caller.user!r}" + (f" (pid {caller.pid})" if caller.pid is not None else "")
+
+
+def _default_mode(norm: str) -> int:
+    return 0o644 if norm.startswith("/shared/") else 0o600
+
+
+def _check_mode(mode: int) -> int:
+    if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise InvalidArgument(f"mode must be an int in 0..0o777, got {mode!r}")
+    return mode
+
+
+# ---- K/V transfer ----
+
+
+def _slots(pool: PagePool, seq: KVSequence) -> Tensor:
+    ps = pool.page_size
+    flat = [seq.pages[i // ps] * ps + i % ps for i in range(len(seq))]
+    return torch.tensor(flat, dtype=torch.long, device=pool.k.device)
+
+
+def gather_kv(pool: PagePool, seq: KVSequence) -> tuple[Tensor, Tensor]:
+    """The sequence's own keys and values, `[layers, tokens, kv_heads, head_dim]` each."""
+    slots = _slots(pool, seq)
+    return pool.k.flatten(1, 2)[:, slots], pool.v.flatten(1, 2)[:, slots]
+
+
+def _longs(xs: list[int]) -> Tensor:
+    return torch.tensor(xs, dtype=torch.int64)
+
+
+def _read_saved(src: str | Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    try:
+        with safe_open(str(src), framework="pt") as fh:
+            return fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise FileNotFound(src, "no such file on disk") from None
+    except (OSError, SafetensorError) as e:
+        raise IncompatibleFile(src, f"not a saved KV file ({e})") from None
+
+
+class KVFS:
+    def __init__(
+        self, pool: PagePool, model_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.pool, self.model_id, self.clock = pool, model_id, clock
+        self._names: dict[str, KVFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self._fds = itertools.count(1)
+        self._auto = itertools.count()
+
+    # ---- opening and closing ----
+
+    def create(self, caller: Caller, path: str | None = None, mode: int | None = None) -> Handle:
+        """A new empty file, open for writing. path None: `/proc/<pid>/kv<N>`."""
+        mode = _check_mode(mode) if mode is not None else None
+        path = self._new_name(caller, path)
+        f = self._new_file(KVSequence(), caller, path, mode, parent=None)
+        return self._open_handle(caller, path, f, writable=True)
+
+    def open(self, caller: Caller, path: str, write: bool = False) -> Handle:
+        path, f = self._lookup(caller, path, READ | WRITE if write else READ)
+        return self._open_handle(caller, path, f, write)
+
+    def close(self, handle: Handle) -> None:
+        f = self._live(handle)
+        del self._handles[handle.fd]
+        f.open_handles -= 1
+        self._maybe_free(f)
+
+    def fork(self, caller: Caller, src: Handle | str, dst: str | None = None) -> Handle:
+        """A copy-on-write copy of src (which the caller must be able to read), open for writing."""
+        src_path, f = self._resolve(caller, src, READ)
+        dst = self._new_name(caller, dst)
+        child = self._new_file(f.seq.fork(self.pool), caller, dst, None, parent=src_path)
+        return self._open_handle(caller, dst, child, writable=True)
+
+    # ---- changing contents (writable handles) ----
+
+    def sequence(self, handle: Handle, write: bool = False) -> KVSequence:
+        """The file's sequence, for the runner to read (or, with write, append to)."""
+        return (self._writable(handle) if write else self._live(handle)).seq
+
+    def truncate(self, handle: Handle, n: int) -> None:
+        self._writable(handle).seq.truncate(self.pool, n)
+
+    def hide(self, handle: Handle, indices: list[int]) -> None:
+        self._writable(handle).seq.hide(indices)
+
+    def unhide(self, handle: Handle, indices: list[int]) -> None:
+        self._writable(handle).seq.unhide(indices)
+
+    # ---- names ----
+
+    def link(self, caller: Caller, src: Handle | str, dst: str) -> None:
+        """Another name for the same file (a handle may give a name back to an unlinked file)."""
+        _, f = self._resolve(caller, src, WRITE)
+        self._add_name(self._new_name(caller, dst), f)
+
+    def rename(self, caller: Caller, src: str, dst: str) -> None:
+        src, f = self._lookup(caller, src, WRITE)
+        self._check_may_name(caller, src)
+        dst = self._new_name(caller, dst)
+        self._add_name(dst, f)
+        self._drop_name(src)
+        for h in self._handles.values():
+            if h.file is f and h.path == src:
+                h.path = dst
+
+    def unlink(self, caller: Caller, path: str) -> None:
+        path, _ = self._lookup(caller, path, WRITE)
+        self._check_may_name(caller, path)
+        self._drop_name(path)
+
+    def chmod(self, caller: Caller, path: str, mode: int) -> None:
+        path, f = self._lookup(caller, path, 0)
+        if caller.user != f.owner:
+            raise PermissionDenied(
+                path, f"only its owner {f.owner!r} may chmod, not {_who(caller)}"
+            )
+        f.mode = _check_mode(mode)
+
+    # ---- looking ----
+
+    def stat(self, caller: Caller, target: Handle | str) -> FileStat:
+        path, f = self._resolve(caller, target, READ)
+        pages = f.seq.pages
+        mine = set(pages)
+        shared_with = {
+            name: len(mine & set(other.seq.pages))
+            for name, other in self._names.items()
+            if other is not f and _may(caller, name, other, READ) and mine & set(other.seq.pages)
+        }
+        return FileStat(
+            path=path,
+            tokens=len(f.seq),
+            pages=len(pages),
+            shared_pages=sum(1 for p in pages if self.pool.refcount[p] > 1),
+            shared_with=shared_with,
+            parent=f.parent,
+            owner=f.owner,
+            pid=f.pid,
+            mode=f.mode,
+            created=f.created,
+            last_use=f.last_use,
+            hidden=len(f.seq.hidden),
+            page_table=tuple(pages),
+            names=tuple(sorted(f.names)),
+            open_handles=f.open_handles,
+        )
+
+    def listdir(self, caller: Caller, path: str = "/") -> list[str]:
+        """Direct children the caller may read: file names, and directories with a trailing /."""
+        norm = normpath(path)
+        if norm in self._names:
+            raise BadPath(norm, "is a file, not a directory")
+        prefix = norm.rstrip("/") + "/"
+        out = {"proc/", "home/", "shared/"} if norm == "/" else set()
+        for name, f in self._names.items():
+            if name.startswith(prefix) and _may(caller, name, f, READ):
+                head, sep, _ = name[len(prefix) :].partition("/")
+                out.add(head + sep)
+        return sorted(out)
+
+    def files(self) -> Iterator[tuple[str, KVFile]]:
+        """Every (name, file), then every unlinked file still open, as `<path> (deleted)`."""
+        yield from sorted(self._names.items())
+        seen: set[KVFile] = set()
+        for h in self._handles.values():
+            if not h.file.names and h.file not in seen:
+                seen.add(h.file)
+                yield f"{h.path} (deleted)", h.file
+
+    def page_owners(self) -> dict[int, list[str]]:
+        owners: dict[int, list[str]] = {}
+        for path, f in self.files():
+            for p in f.seq.pages:
+                owners.setdefault(p, []).append(path)
+        return owners
+
+    # ---- persistence ----
+
+    def save(self, caller: Caller, path: Handle | str, dest: str | Path) -> None:
+        """Write the file's tokens, positions, hidden set and K/V to dest (safetensors)."""
+        src, f = self._resolve(caller, path, READ)
+        k, v = gather_kv(self.pool, f.seq)
+        tensors = {
+            "k": k.contiguous().cpu(),
+            "v": v.contiguous().cpu(),
+            "tokens": _longs(f.seq.tokens),
+            "positions": _longs(f.seq.positions),
+            "hidden": _longs(sorted(f.seq.hidden)),
+        }
+        save_file(
+            tensors,
+            str(dest),
+            metadata={"format": FORMAT, "model_id": self.model_id, "source": src},
+        )
+
+    def load(self, caller: Caller, src: str | Path, path: str | None = None) -> Handle:
+        """A new file at path (None: `/proc/<pid>/kv<N>`) from a saved one, open for writing.
+
+        Refuses another model's file or a misshapen one; allocates all its pages or none.
+        """
+        path = self._new_name(caller, path)
+        meta, t = _read_saved(src)
+        self._check_saved(src, meta, t)
+        tokens, positions, hidden = (t[n].tolist() for n in ("tokens", "positions", "hidden"))
+        seq = KVSequence(
+            tokens,
+            positions,
+            self.pool.alloc(pages_for(len(tokens), self.pool.page_size)),
+            set(hidden),
+        )
+        slots = _slots(self.pool, seq)
+        self.pool.k.flatten(1, 2)[:, slots] = t["k"].to(self.pool.k)
+        self.pool.v.flatten(1, 2)[:, slots] = t["v"].to(self.pool.v)
+        f = self._new_file(seq, caller, path, None, parent=None)
+        return self._open_handle(caller, path, f, writable=True)
+
+    def _check_saved(self, src: str | Path, meta: dict[str, str], t: dict[str, Tensor]) -> None:
+        """IncompatibleFile unless t is a KV file saved for this model that fits this pool."""
+        if meta.get("format") != FORMAT or not set(SAVED) <= t.keys():
+            raise IncompatibleFile(src, f"not a saved KV file (format {meta.get('format')!r})")
+        if meta.get("model_id") != self.model_id:
+            theirs = meta.get("model_id")
+            raise IncompatibleFile(
+                src, f"saved from model {theirs!r}, this engine serves {self.model_id!r}"
+            )
+        tokens, positions, hidden = t["tokens"], t["positions"], t["hidden"]
+        n = len(tokens)
+        if any(x.dim() != 1 for x in (tokens, positions, hidden)) or len(positions) != n:
+            raise IncompatibleFile(src, "tokens and positions disagree")
+        if len(hidden) and not 0 <= int(hidden.min()) <= int(hidden.max()) < n:
+            raise IncompatibleFile(src, f"hidden indices outside 0..{n - 1}")
+        layers, _, _, heads, dim = self.pool.k.shape
+        if tuple(t["k"].shape) != (layers, n, heads, dim) or t["v"].shape != t["k"].shape:
+            raise IncompatibleFile(
+                src, f"K/V shape {tuple(t['k'].shape)}, this pool needs {(layers, n, heads, dim)}"
+            )
+
+    def remove_process(self, pid: int) -> int:
+        """A process exited: close its handles, unlink its /proc files. Returns pages freed."""
+        free_before = self.pool.num_free
+        for h in [h for h in self._handles.values() if h.caller.pid == pid]:
+            self.close(h)
+        for name in [n for n in self._names if _proc_pid(n) == pid]:
+            self._drop_name(name)
+        return self.pool.num_free - free_before
+
+    # ---- internals ----
+
+    def _lookup(self, caller: Caller, path: str, bits: int) -> tuple[str, KVFile]:
+        """The file at path, if the caller may use it for bits; touches it."""
+        path = file_path(path)
+        pid = _proc_pid(path)
+        if pid is not None and caller.pid != pid:
+            raise PermissionDenied(path, f"private to process {pid}; {_who(caller)} may not use it")
+        f = self._names.get(path)
+        if f is None:
+            raise FileNotFound(path, "no such file")
+        if not _may(caller, path, f, bits):
+            what = {READ: "read", WRITE: "write"}.get(bits, "read and write")
+            raise PermissionDenied(
+                path, f"{_who(caller)} may not {what} (owner {f.owner!r}, mode {f.mode:#o})"
+            )
+        f.last_use = self.clock()
+        return path, f
+
+    def _resolve(self, caller: Caller, target: Handle | str, bits: int) -> tuple[str, KVFile]:
+        if isinstance(target, Handle):
+            return target.path, self._writable(target) if bits & WRITE else self._live(target)
+        return self._lookup(caller, target, bits)
+
+    def _live(self, handle: Handle) -> KVFile:
+        if self._handles.get(handle.fd) is not handle:
+            raise InvalidArgument(f"{handle.path}: handle {handle.fd} is not open")
+        handle.file.last_use = self.clock()
+        return handle.file
+
+    def _writable(self, handle: Handle) -> KVFile:
+        f = self._live(handle)
+        if not handle.writable:
+            raise PermissionDenied(handle.path, f"handle {handle.fd} was opened read-only")
+        return f
+
+    def _check_may_name(self, caller: Caller, path: str) -> None:
+        if not _may_name(caller, path):
+            raise PermissionDenied(path, f"{_who(caller)} may not add or remove names here")
+
+    def _new_name(self, caller: Caller, path: str | None) -> str:
+        """A free, permitted path for a new name (path None: the caller's next /proc name)."""
+        if path is None:
+            if caller.pid is None:
+                raise InvalidArgument("a client without a process must name the file")
+            while (path := file_path(f"/proc/{caller.pid}/kv{next(self._auto)}")) in self._names:
+                pass
+            return path
+        path = file_path(path)
+        self._check_may_name(caller, path)
+        if path in self._names:
+            raise FileExists(path, "file exists")
+        if any(name.startswith(path + "/") for name in self._names):
+            raise FileExists(path, "is a directory")
+        parts = _parts(path)
+        for i in range(2, len(parts)):
+            if (above := "/" + "/".join(parts[:i])) in self._names:
+                raise BadPath(path, f"{above} is a file, not a directory")
+        return path
+
+    def _new_file(
+        self, seq: KVSequence, caller: Caller, path: str, mode: int | None, parent: str | None
+    ) -> KVFile:
+        now = self.clock()
+        mode = _default_mode(path) if mode is None else mode
+        f = KVFile(seq, caller.user, caller.pid, mode, parent, now, now)
+        self._add_name(path, f)
+        return f
+
+    def _open_handle(self, caller: Caller, path: str, f: KVFile, writable: bool) -> Handle:
+        h = Handle(next(self._fds), path, f, writable, caller)
+        self._handles[h.fd] = h
+        f.open_handles += 1
+        return h
+
+    def _add_name(self, path: str, f: KVFile) -> None:
+        self._names[path] = f
+        f.names.add(path)
+
+    def _drop_name(self, path: str) -> None:
+        f = self._names.pop(path)
+        f.names.discard(path)
+        self._maybe_free(f)
+
+    def _maybe_free(self, f: KVFile) -> None:
+        if not f.names and f.open_handles == 0:
+            f.seq.release(self.pool)
