@@ -25,6 +25,10 @@ class OutOfPages(EngineError):
         self.free = free
 
 
+class ProcessExited(EngineError):
+    """A call from a process that has exited (killed, or its client went away)."""
+
+
 class InvalidArgument(EngineError, ValueError):
     """A call's argument is out of range or of the wrong kind."""
 

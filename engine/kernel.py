@@ -126,6 +126,21 @@ class Kernel:
         p.task = asyncio.create_task(self._run(p, main, Syscalls(self, p), args), name=f"lip-{pid}")
         return pid
 
+    def attach(self, name: str, owner: str, priority: int = 0, parent: int | None = None) -> int:
+        """A process whose code runs elsewhere (a notebook kernel) and calls in over RPC."""
+        pid = next(self._pids)
+        p = Process(pid, name, owner, priority, parent, started=self.trace.now())
+        self.procs[pid] = p
+        self.trace.emit(ev.PROCESS, pid, old=None, new=p.state.value, name=name, owner=owner)
+        return pid
+
+    def detach(self, pid: int, error: str | None = None) -> None:
+        """An attached process ended (its cell finished, raised, was interrupted, or vanished)."""
+        p = self._proc(pid)
+        if p.alive:
+            p.error = error
+            self._exit(p)
+
     async def _run(self, p: Process, main: Program, sys: Any, args: tuple) -> None:
         try:
             p.result = await main(sys, *args)
@@ -160,6 +175,8 @@ class Kernel:
         p = self._proc(pid)
         if p.alive and p.task is not None:
             p.task.cancel()
+        elif p.alive:  # attached: end it here; its remote code sees its next call fail
+            self.detach(pid, error="killed")
 
     def ps(self) -> list[ProcessInfo]:
         return [ProcessInfo.of(p) for p in self.procs.values()]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from engine.errors import InvalidArgument, PermissionDenied
+from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kvfs import Caller, FileStat, Handle
 from engine.process import Process, ProcessInfo, State
 from engine.runner import Logits, LogProbs, Returns, Sample, Segment, TopK, TopKResult
@@ -130,8 +130,11 @@ class Syscalls:
 
     async def _caller(self) -> Caller:
         """Who is calling; waits while the process is suspended (its files are in host memory)."""
-        await self.kernel.ensure_resident(self.process)
-        return Caller(self.process.pid, self.process.owner)
+        p = self.process
+        if not p.alive:
+            raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
+        await self.kernel.ensure_resident(p)
+        return Caller(p.pid, p.owner)
 
     # --- text ------------------------------------------------------------------------------------
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import tokenizers
 import torch
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
+
+from engine.bench.models import write_wordlevel_tokenizer
 
 VOCAB = 256
 COMMON = dict(
@@ -58,14 +57,11 @@ ARCHS = ["llama", "llama-tied", "mistral", "qwen2", "qwen3"]
 
 
 def write_tokenizer(path: Path, vocab: int = VOCAB) -> None:
-    words = {f"w{i}": i for i in range(vocab - 3)}
-    words.update({"<|bos|>": vocab - 3, "<|eos|>": vocab - 2, "<|unk|>": vocab - 1})
-    tok = tokenizers.Tokenizer(WordLevel(words, unk_token="<|unk|>"))
-    tok.pre_tokenizer = WhitespaceSplit()
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"bos_token": "<|bos|>", "eos_token": "<|eos|>", "chat_template": CHAT_TEMPLATE})
-    )
+    """The bench's word-level tokenizer (`w0 w1 ...`), plus a chat template."""
+    write_wordlevel_tokenizer(path, vocab)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = CHAT_TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def write_checkpoint(path: Path, arch: str, seed: int = 0):  # noqa: ANN201 - the HF model

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import trace as ev
-from engine.errors import InvalidArgument, PermissionDenied
+from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import Kernel, ProcessFailed
 from engine.runner import LogProbs, Sample
 from engine.sampler import SamplingParams
@@ -266,3 +266,22 @@ def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # no
     mid = events[len(events) // 2]
     assert kernel.trace.query(after_seq=mid.seq) == events[len(events) // 2 + 1 :]
     assert all(e.t >= mid.t for e in kernel.trace.query(since=mid.t))
+
+
+def test_attached_processes_use_the_same_syscalls_and_are_reaped(tiny_loaded) -> None:  # noqa: ANN001
+    async def body(k: Kernel) -> None:
+        pid = k.attach("cell", owner="alice")
+        sys = Syscalls(k, k.procs[pid])
+        f = await sys.kv.create()
+        out = await sys.forward(f, prompt(4), returns=Sample())
+        assert isinstance(out, int) and k.pool.num_free < k.pool.num_pages
+        assert k.ps()[0].name == "cell" and k.ps()[0].state == "ready"
+        k.kill(pid)
+        assert k.ps()[0].state == "exited" and k.ps()[0].error == "killed"
+        assert k.pool.num_free == k.pool.num_pages
+        with pytest.raises(ProcessFailed, match="killed"):
+            await k.wait(pid)
+        with pytest.raises(ProcessExited, match="has exited: killed"):
+            await sys.forward(f, [1])
+
+    run(Kernel(tiny_loaded, page_size=4), body)
