@@ -6,7 +6,9 @@ import argparse
 import sys
 import time
 
-WORKLOADS = ("decode", "prefill", "plain", "shared-prefix", "api-overhead", "agent")
+from engine import cli_client
+
+WORKLOADS = ("decode", "prefill", "plain", "shared-prefix", "api-overhead", "agent", "rpc")
 DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
 
@@ -52,10 +54,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import programs, runtime
+    from engine.bench import programs, rpc, runtime
     from engine.bench.common import print_table, write_json
 
     bench = programs if args.workload in programs.WORKLOADS else runtime
+    bench = rpc if args.workload in rpc.WORKLOADS else bench
     rows = bench.run(
         args.workload,
         args.models.split(","),
@@ -130,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformers' dtype (default: the checkpoint's, as a user gets it)",
     )
     bench.set_defaults(func=_bench)
+
+    cli_client.add_serve_parser(sub)
+    cli_client.add_parsers(sub)
 
     sub.add_parser(
         "train-demo", help="train the bundled demo model (see engine/train_demo.py)", add_help=False

@@ -60,3 +60,34 @@ class BadPath(_PathProblem, InvalidArgument):
 
 class IncompatibleFile(_PathProblem):
     """A saved KV file that this engine cannot load: another model, other shapes, not a KV file."""
+
+
+class ProcessFailed(EngineError):
+    """`wait` on a process that raised or was killed."""
+
+
+# ---- talking to an engine over the wire (engine.protocol) ----
+
+
+class ProtocolError(EngineError):
+    """A message the engine or a client could not accept; nothing was changed."""
+
+
+class AuthenticationFailed(ProtocolError):
+    """A message's signature does not match: the connection token is wrong."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message longer than the receiver's limit."""
+
+
+class BadMessage(ProtocolError):
+    """A message that is not a well-formed request or reply."""
+
+
+class UnknownOperation(ProtocolError):
+    """A request for an operation the engine does not have."""
+
+
+class EngineNotRunning(EngineError):
+    """No engine to connect to: no connection file, a stale one, or no answer at its address."""

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine import trace as ev
-from engine.errors import EngineError, OutOfPages
+from engine.errors import EngineError, OutOfPages, ProcessFailed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
@@ -28,9 +28,7 @@ from engine.trace import Trace
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
 
-
-class ProcessFailed(EngineError):
-    """`wait` on a process that raised or was killed."""
+__all__ = ["Kernel", "ProcessFailed", "Program", "model_id"]
 
 
 def model_id(loaded: LoadedModel) -> str:
@@ -159,12 +157,14 @@ class Kernel:
         freed = self.kvfs.remove_process(p.pid)
         p.ended = self.trace.now()
         self._set_state(p, State.EXITED, error=p.error, pages_freed=freed)
+        p.done.set()
         self._wake()
 
     async def wait(self, pid: int) -> Any:
         p = self._proc(pid)
         if p.task is not None:
             await asyncio.shield(p.task)
+        await p.done.wait()  # an attached process: until it detaches
         if p.error is not None:
             raise ProcessFailed(f"process {pid} ({p.name}) ended: {p.error}") from (
                 p.result if isinstance(p.result, BaseException) else None

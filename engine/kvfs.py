@@ -40,6 +40,7 @@ from engine.errors import (
     PermissionDenied,
 )
 from engine.page_pool import PagePool
+from engine.records import FileStat
 from engine.sequence import KVSequence, pages_for
 
 ROOTS = ("proc", "home", "shared")
@@ -76,24 +77,6 @@ class Handle:
     file: KVFile
     writable: bool
     caller: Caller
-
-
-class FileStat(NamedTuple):
-    path: str
-    tokens: int
-    pages: int
-    shared_pages: int  # pages with reference count > 1
-    shared_with: dict[str, int]  # other readable path -> pages in common
-    parent: str | None
-    owner: str
-    pid: int | None
-    mode: int
-    created: float
-    last_use: float
-    hidden: int
-    page_table: tuple[int, ...]
-    names: tuple[str, ...]
-    open_handles: int
 
 
 # ---- paths ----
@@ -223,6 +206,10 @@ class KVFS:
     def open(self, caller: Caller, path: str, write: bool = False) -> Handle:
         path, f = self._lookup(caller, path, READ | WRITE if write else READ)
         return self._open_handle(caller, path, f, write)
+
+    def handle(self, fd: int) -> Handle | None:
+        """The open handle with this descriptor, if any (the RPC server maps wire handles)."""
+        return self._handles.get(fd)
 
     def close(self, handle: Handle) -> None:
         f = self._live(handle)

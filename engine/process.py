@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
+
+from engine.records import ProcessInfo
 
 
 class State(str, enum.Enum):
@@ -39,46 +41,11 @@ class Process:
     task: asyncio.Task | None = None
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     result: Any = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set when it exits
 
     @property
     def alive(self) -> bool:
         return self.state is not State.EXITED
 
 
-class ProcessInfo(NamedTuple):
-    """What `ps` shows of a process."""
-
-    pid: int
-    name: str
-    owner: str
-    state: str
-    priority: int
-    parent: int | None
-    tokens_in: int
-    tokens_out: int
-    calls: int
-    time_waiting: float
-    time_computing: float
-    started: float
-    ended: float | None
-    error: str | None
-
-    @classmethod
-    def of(cls, p: Process) -> ProcessInfo:
-        c = p.counters
-        return cls(
-            p.pid,
-            p.name,
-            p.owner,
-            p.state.value,
-            p.priority,
-            p.parent,
-            c.tokens_in,
-            c.tokens_out,
-            c.calls,
-            round(c.time_waiting, 6),
-            round(c.time_computing, 6),
-            p.started,
-            p.ended,
-            p.error,
-        )
+__all__ = ["Counters", "Process", "ProcessInfo", "State"]

@@ -8,7 +8,6 @@ output indices each segment asks for, in the form it asks for (logits, top-k, lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -19,34 +18,9 @@ from engine.attention import AttentionBackend, BatchLayout, select_backend
 from engine.errors import InvalidArgument, OutOfPages
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
-from engine.sampler import SamplingParams, sample
+from engine.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
+from engine.sampler import sample
 from engine.sequence import KVSequence
-
-
-class Logits(NamedTuple):
-    """Return the float32 logits `[n_out, vocab]`."""
-
-
-class TopK(NamedTuple):
-    """Return the k most likely next tokens and their probabilities, `[n_out, k]` each."""
-
-    k: int
-
-
-class LogProbs(NamedTuple):
-    """Return the log-probability of given tokens: one list of candidates per output index."""
-
-    tokens: Sequence[Sequence[int]]
-
-
-class Sample(NamedTuple):
-    """Return a sampled token id per output index; the batch's rows are sampled together."""
-
-    params: SamplingParams = SamplingParams()
-    generator: torch.Generator | None = None
-
-
-Returns = Logits | TopK | LogProbs | Sample
 
 
 class TopKResult(NamedTuple):

@@ -6,34 +6,11 @@ sequence samples the same tokens whichever batch it lands in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from engine.errors import InvalidArgument
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0  # 0 means greedy
-    top_k: int = 0  # 0 means off
-    top_p: float = 1.0
-    min_p: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidArgument(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise InvalidArgument(f"min_p must be in [0, 1), got {self.min_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from engine.records import SamplingParams
 
 
 def filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:

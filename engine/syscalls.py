@@ -10,41 +10,31 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
-from engine.kvfs import Caller, FileStat, Handle
-from engine.process import Process, ProcessInfo, State
-from engine.runner import Logits, LogProbs, Returns, Sample, Segment, TopK, TopKResult
-from engine.sampler import SamplingParams, make_generator
+from engine.kvfs import Caller, Handle
+from engine.process import Process, State
+from engine.records import (
+    Distribution,
+    FileStat,
+    Logits,
+    LogProbs,
+    Message,
+    ProcessInfo,
+    Returns,
+    Sample,
+    SamplingParams,
+    TopK,
+)
+from engine.runner import Segment, TopKResult
+from engine.sampler import make_generator
 from engine.scheduler import Call
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
-
-
-class Distribution(NamedTuple):
-    """The top of a next-token distribution: token ids and probabilities, most likely first."""
-
-    ids: list[int]
-    probs: list[float]
-
-    def argmax(self) -> int:
-        return self.ids[0]
-
-    def sample(self, temperature: float = 1.0, generator: torch.Generator | None = None) -> int:
-        """Sample among these tokens (renormalized), sharpened or flattened by temperature."""
-        if temperature <= 0:
-            return self.ids[0]
-        p = torch.tensor(self.probs, dtype=torch.float64).clamp_min(1e-30) ** (1.0 / temperature)
-        return self.ids[int(torch.multinomial(p / p.sum(), 1, generator=generator))]
-
-
-class Message(NamedTuple):
-    sender: int
-    data: Any
 
 
 def _plain(result: Any) -> Any:
@@ -172,8 +162,8 @@ class Syscalls:
             raise InvalidArgument("forward needs a KV file handle this process opened")
         seq = self.kernel.kvfs.sequence(file, write=True)
         returns = TopK(20) if returns is None else returns
-        if isinstance(returns, Sample) and returns.generator is None:
-            returns = Sample(returns.params, self.generator)
+        if isinstance(returns, Sample) and not isinstance(returns.generator, torch.Generator):
+            returns = Sample(returns.params, self._generator(returns.generator))
         tokens = [int(t) for t in tokens]
         start = seq.next_position
         pos = (
@@ -205,6 +195,16 @@ class Syscalls:
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
+    def _generator(self, seed: Any) -> torch.Generator:
+        """The process's own stream (seed None) or a fresh one seeded for this call."""
+        if seed is None:
+            return self.generator
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidArgument(
+                f"a Sample generator is a torch.Generator or an int seed, not {seed!r}"
+            )
+        return make_generator(seed)
+
     # --- processes -------------------------------------------------------------------------------
 
     def spawn(
@@ -223,13 +223,13 @@ class Syscalls:
     async def wait(self, pid: int) -> Any:
         return await self._waiting(self.kernel.wait(pid))
 
-    def kill(self, pid: int) -> None:
+    async def kill(self, pid: int) -> None:
         target = self.kernel._proc(pid)
         if target.owner != self.process.owner:
             raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
         self.kernel.kill(pid)
 
-    def ps(self) -> list[ProcessInfo]:
+    async def ps(self) -> list[ProcessInfo]:
         return self.kernel.ps()
 
     async def send(self, pid: int, data: Any) -> None:

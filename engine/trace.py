@@ -9,7 +9,9 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
+
+from engine.records import Event
 
 # Event kinds
 CALL_SUBMITTED = "call.submitted"
@@ -18,14 +20,6 @@ CALL_FINISHED = "call.finished"
 BATCH = "batch"
 PROCESS = "process"  # a state change: data has old and new
 PAGES = "pages"
-
-
-class Event(NamedTuple):
-    seq: int
-    t: float  # seconds since the trace began
-    kind: str
-    pid: int | None
-    data: dict[str, Any]
 
 
 class Trace:

@@ -18,7 +18,14 @@ class Row:
     unit: str
     engine: float
     baseline: float
-    ratio: float  # engine / baseline for throughputs; higher is better
+    ratio: float  # engine / baseline: for throughputs higher is better, for latencies lower
+
+
+LATENCY_UNITS = ("s", "ms", "µs")
+
+
+def lower_is_better(row: Row) -> bool:
+    return row.unit in LATENCY_UNITS
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -51,7 +58,7 @@ def throughput_row(
 def print_table(rows: list[Row]) -> None:
     head = ("workload", "case", "model", "unit", "engine", "baseline", "ratio")
     cells = [head] + [
-        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", f"{r.ratio:.2f}x")
+        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", _ratio(r))
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
@@ -59,6 +66,10 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)), flush=True)
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def _ratio(row: Row) -> str:
+    return f"{row.ratio:.2f}x" + (" (lower is better)" if lower_is_better(row) else "")
 
 
 def write_json(rows: list[Row], path: str | Path, settings: dict | None = None) -> None:

@@ -179,7 +179,7 @@ def test_spawn_wait_send_receive_and_ps(tiny_loaded) -> None:  # noqa: ANN001
         pid = sys.spawn(child, name="child")
         await sys.send(pid, "hello")
         reply = await sys.receive(timeout=5)
-        names = [p.name for p in sys.ps()]
+        names = [p.name for p in await sys.ps()]
         return reply.data, await sys.wait(pid), names
 
     reply, result, names = run(

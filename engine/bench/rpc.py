@@ -1,0 +1,149 @@
+"""`symphony bench rpc`: what a system call costs over the wire.
+
+The engine (kernel and RPC server) runs in a thread of this process with its own event loop; a
+blocking client (`engine.cli_client.SyncClient`) calls it over TCP loopback from the main thread.
+Each row is a latency in µs:
+- engine: the round trip of the call as the client sees it (sign, send, serve, reply, check);
+- baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
+Cases: `noop` is `ps` with one process (the cheapest system call); `forward-1` appends one token
+to a 64-token KV file and samples greedily (the file is rolled back after every block of calls).
+p50 and p99 over `--runs` blocks of 100 calls per side, the sides alternating block by block.
+
+For these latency rows ratio = engine / baseline, as for every bench, but LOWER is better: it
+says how many times longer the call takes from a client than inside the engine. The table marks
+such rows "(lower is better)".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from engine.bench.common import Row
+from engine.bench.models import bench_model
+from engine.cli_client import SyncClient
+from engine.kernel import Kernel
+from engine.loader import LoadedModel, load_model
+from engine.records import Sample
+from engine.server import EngineServer
+from engine.syscalls import Syscalls
+
+WORKLOADS = ("rpc",)
+CASES = ("noop p50", "noop p99", "forward-1 p50", "forward-1 p99")
+BLOCK = 100
+PROMPT = 64
+
+
+class EngineThread:
+    """A kernel and its RPC server running in a thread: `call` runs a coroutine there."""
+
+    def __init__(self, loaded: LoadedModel, pages: int = 64) -> None:
+        self.kernel = Kernel(loaded, num_pages=pages)
+        self.loop = asyncio.new_event_loop()
+        self.server = EngineServer(self.kernel, heartbeat_timeout=3600)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.call(self.kernel.start())
+        self.call(self.server.start())
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.call(self.kernel.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+async def _attach(kernel: Kernel) -> Syscalls:
+    pid = kernel.attach("rpc-inside", owner="bench")
+    return Syscalls(kernel, kernel.procs[pid])
+
+
+async def _inside(n: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _over_wire(n: int, fn: Callable[[], Any]) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _p(times: list[float], q: int) -> float:
+    """The q-th percentile in µs."""
+    cuts = statistics.quantiles(times, n=100, method="inclusive")
+    return round((statistics.median(times) if q == 50 else cuts[q - 1]) * 1e6, 1)
+
+
+def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per case, (client round trips, in-engine calls), in seconds."""
+    engine = EngineThread(loaded)
+    client = SyncClient(engine.server.connection_info(), name="bench-rpc")
+    try:
+        prompt = [i % loaded.config.vocab_size for i in range(3, 3 + PROMPT)]
+        pid = client.call("attach", {"name": "rpc-client"})
+        f = client.call("kv.create", pid=pid)
+        sys = engine.call(_attach(engine.kernel))
+        g = engine.call(sys.kv.create())
+        greedy = {"kind": "sample", "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+        client.call("forward", {"file": f, "tokens": prompt, "outputs": []}, pid=pid)
+        engine.call(sys.forward(g, prompt, outputs=[]))
+
+        cases: dict[str, tuple[Callable[[], Any], Callable[[], Awaitable[Any]]]] = {
+            "noop": (lambda: client.call("ps", pid=pid), sys.ps),
+            "forward-1": (
+                lambda: client.call("forward", {"file": f, "tokens": [7], "returns": greedy}, pid),
+                lambda: sys.forward(g, [7], returns=Sample()),
+            ),
+        }
+        out: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in cases}
+        for _ in range(runs + 1):  # the first block of each side warms up
+            for case, (wire_fn, inside_fn) in cases.items():
+                remote, local = out[case]
+                remote += _over_wire(BLOCK, wire_fn)
+                local += engine.call(_inside(BLOCK, inside_fn))
+                client.call("kv.truncate", {"handle": f, "n": PROMPT}, pid=pid)
+                engine.call(sys.kv.truncate(g, PROMPT))
+        return {c: (r[BLOCK:], i[BLOCK:]) for c, (r, i) in out.items()}
+    finally:
+        client.close()
+        engine.close()
+
+
+def run(
+    workload: str,
+    models: list[str],
+    runs: int,
+    dtype: str | None,
+    baseline_dtype: str,
+    report: Callable[[Row], None],
+    cases: list[str] | None = None,
+) -> list[Row]:
+    rows: list[Row] = []
+    for name in models:
+        loaded = load_model(bench_model(name), dtype=dtype, show_progress=False)
+        for case, (remote, local) in measure(loaded, runs).items():
+            for q in (50, 99):
+                label = f"{case} p{q}"
+                if cases and label not in cases:
+                    continue
+                e, b = _p(remote, q), _p(local, q)
+                row = Row(workload, label, name, "µs", e, b, round(e / b, 3))
+                report(row)
+                rows.append(row)
+    return rows

@@ -1,0 +1,212 @@
+"""`symphony ps | ls | stat | kill | stop`: the command line as a client of the running engine.
+
+`SyncClient` is the smallest blocking client of `engine.protocol` (one call at a time, no
+heartbeat): enough for commands and benches. Notebooks use `workbench.client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import itertools
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from engine import connection
+from engine.errors import EngineNotRunning
+from engine.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
+
+
+class SyncClient:
+    def __init__(
+        self, info: connection.ConnectionInfo, user: str | None = None, name: str = "symphony-cli"
+    ) -> None:
+        self.info = info
+        self.session = uuid.uuid4().hex
+        self.wire = Wire(info.token, 1 << 30)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(info.address)
+        self._ids = itertools.count(1)
+        self.engine = self.call("hello", {"user": user or getpass.getuser(), "name": name})
+
+    @classmethod
+    def connect(cls, connection_file: str | Path | None = None, **kw: Any) -> SyncClient:
+        return cls(connection.read(connection_file), **kw)
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        pid: int | None = None,
+        timeout: float = 10,
+    ) -> Any:
+        rid = next(self._ids)
+        header = {"kind": REQUEST, "session": self.session, "id": rid}
+        self._sock.send_multipart(self.wire.frames(header, request_body(rid, op, args or {}, pid)))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(int(left * 1000) + 1):
+                break
+            frames = self._sock.recv_multipart()
+            rejected = Wire.rejection(frames)
+            if rejected is not None:
+                raise rejected
+            msg = self.wire.parse(frames)
+            body = msg.body
+            if msg.header.get("kind") == REPLY and isinstance(body, dict) and body["id"] == rid:
+                if body.get("ok"):
+                    return body.get("result")
+                raise rebuild_error(body.get("error"))
+        raise EngineNotRunning(f"no answer from the engine at {self.info.address} in {timeout:g}s")
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- the commands ----
+
+
+def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> None:
+    cells = [tuple(map(str, head))] + [tuple("-" if x is None else str(x) for x in r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
+
+
+def ps(client: SyncClient, args: argparse.Namespace) -> None:
+    procs = client.call("ps")
+    if not args.all:
+        procs = [p for p in procs if p.state != "exited"]
+    head = ("PID", "NAME", "OWNER", "STATE", "PRI", "IN", "OUT", "CALLS", "WAIT_S", "ERROR")
+    _table(
+        [
+            (p.pid, p.name, p.owner, p.state, p.priority, p.tokens_in, p.tokens_out, p.calls)
+            + (f"{p.time_waiting:.3f}", p.error)
+            for p in procs
+        ],
+        head,
+    )
+
+
+def ls(client: SyncClient, args: argparse.Namespace) -> None:
+    for name in client.call("kv.listdir", {"path": args.path}):
+        print(name)
+
+
+def stat(client: SyncClient, args: argparse.Namespace) -> None:
+    s = client.call("kv.stat", {"path": args.path})
+    for field, value in s._asdict().items():
+        if field == "mode":
+            value = oct(value)
+        print(f"{field:13} {value}")
+
+
+def kill(client: SyncClient, args: argparse.Namespace) -> None:
+    client.call("kill", {"pid": args.pid})
+    print(f"killed {args.pid}")
+
+
+def stop(client: SyncClient, args: argparse.Namespace) -> None:
+    pid = client.engine.get("engine_pid")
+    client.call("shutdown")
+    print(f"stopped the engine (pid {pid})")
+
+
+COMMANDS = {"ps": ps, "ls": ls, "stat": stat, "kill": kill, "stop": stop}
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--connection-file", help="the engine's connection file")
+        p.add_argument("--user", help="act as this user (default: your login name)")
+        p.set_defaults(func=run)
+        return p
+
+    add("ps", "list the running engine's processes").add_argument(
+        "-a", "--all", action="store_true", help="exited processes too"
+    )
+    add("ls", "list a KV directory").add_argument("path", nargs="?", default="/")
+    add("stat", "show a KV file").add_argument("path")
+    add("kill", "end a process (one of this user's)").add_argument("pid", type=int)
+    add("stop", "stop the running engine")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with SyncClient.connect(args.connection_file, user=args.user) as client:
+            COMMANDS[args.command](client, args)
+    except Exception as e:  # the engine's errors, rebuilt here: say what, not where
+        print(f"symphony {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`symphony serve`: load the model, start the kernel and its server, write the file."""
+    import asyncio
+
+    from engine.models import DEFAULT_MODEL
+
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    if not (model / "config.json").exists():
+        hint = " (train the bundled model with `symphony train-demo`)" if not args.model else ""
+        print(f"symphony serve: {model} has no config.json: not a model{hint}", file=sys.stderr)
+        return 2
+    if args.threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    return asyncio.run(_serve(model, args))
+
+
+async def _serve(model: Path, args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.kernel import Kernel
+    from engine.loader import load_model
+    from engine.server import EngineServer, serve
+
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(model, device=args.device, show_progress=False)
+    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size)
+
+    def ready(server: EngineServer, path: str) -> None:
+        print(
+            f"symphony engine: {loaded.name} on {args.device}, {args.pages} pages, "
+            f"listening on tcp://{server.host}:{server.port}; connection file {path}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await serve(kernel, args.ip, args.port, args.connection_file, ready)
+    return 0
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the engine as a shared service")
+    p.add_argument("--model", help="local HF-layout model directory (default: the bundled model)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
+    p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    p.add_argument("--ip", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
+    p.add_argument("--connection-file", help="where to write the connection file")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=serve)

@@ -1,0 +1,538 @@
+"""The engine as a shared service: a ZeroMQ ROUTER in the kernel's event loop (see engine.protocol).
+
+A client says `hello` (name, user) and gets a session; `attach` makes a process (a LIP whose code
+runs in the client) and every system call is then an op of the same name, acting as that process
+(`pid` in the request): `forward`, `kv.create`, ..., `ps`, `kill`, `send`, `receive`, `sleep`.
+Without a pid the client acts as itself (`ps`, `kill`, `wait`, and the KV calls on paths:
+`kv.listdir`, `kv.stat`, `kv.unlink`, `kv.link`, `kv.rename`, `kv.chmod`). Beside them: `detach`,
+`trace`, `stat_engine`, `noop`, `goodbye` and `shutdown`.
+
+Each request runs as its own task, so the calls of one client's many tasks are pipelined. Handles
+are looked up per session: a client may only use the descriptors its own processes opened.
+
+Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 2 s has
+its processes detached with the error "client vanished"; when a connection drops (a client killed
+with -9), sessions that have not spoken since are reaped once two heartbeats are overdue.
+Who holds the token may act as any user: users separate clients' files against mistakes, the
+token keeps everyone else out (as with a Jupyter kernel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from engine import connection
+from engine import trace as ev
+from engine.errors import (
+    AuthenticationFailed,
+    BadMessage,
+    InvalidArgument,
+    PermissionDenied,
+    ProcessExited,
+    ProtocolError,
+    UnknownOperation,
+)
+from engine.kernel import Kernel
+from engine.kvfs import Caller, Handle
+from engine.protocol import (
+    MAX_MESSAGE,
+    PING,
+    PONG,
+    REPLY,
+    REQUEST,
+    VERSION,
+    Dropped,
+    Request,
+    Wire,
+    error_reply,
+    handle_to_wire,
+    is_wire_handle,
+    new_token,
+    ok_reply,
+    parse_request,
+    returns_from_wire,
+)
+from engine.syscalls import Syscalls
+
+log = logging.getLogger("symphony.server")
+
+HEARTBEAT_TIMEOUT = 2.0  # seconds of silence after which a session's processes are detached
+DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
+REAP_INTERVAL = 0.1
+MAX_POSTPONE = 0.5  # reaping waits at most this long for unread messages to be read
+HANDLE_ARGS = ("file", "handle", "src", "path")
+KV_OPS = (
+    "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
+    "rename", "unlink", "stat", "listdir", "chmod", "save", "load",
+)  # fmt: skip
+CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # without a process
+PROCESS_OPS = (
+    "tokenize",
+    "detokenize",
+    "forward",
+    "wait",
+    "kill",
+    "ps",
+    "send",
+    "receive",
+    "sleep",
+)
+
+
+@dataclass
+class Session:
+    id: str
+    user: str
+    name: str
+    last_seen: float
+    pids: set[int] = field(default_factory=set)  # its live attached processes
+    ended: set[int] = field(default_factory=set)  # those that have exited
+    tasks: dict[int | None, set[asyncio.Task]] = field(default_factory=dict)
+
+
+class EngineServer:
+    def __init__(
+        self,
+        kernel: Kernel,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        max_message: int = MAX_MESSAGE,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+    ) -> None:
+        self.kernel = kernel
+        self.host, self.port = host, port
+        self.token = token or new_token()
+        self.wire = Wire(self.token, max_message)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.sessions: dict[str, Session] = {}
+        self.syscalls: dict[int, Syscalls] = {}
+        self.dropped = 0  # messages ignored (unsigned, malformed framing)
+        self.stopped = asyncio.Event()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._suspect_since: float | None = None  # a connection dropped at this time
+        self._stopping: asyncio.Task | None = None
+        self._unread_since = 0.0
+        self._inflight: set[asyncio.Task] = set()  # requests being served
+        self._ops: dict[str, Callable[[Session, Request], Awaitable[Any]]] = {
+            "hello": self._hello,
+            "attach": self._attach,
+            "detach": self._detach,
+            "trace": self._trace,
+            "stat_engine": self._stat_engine,
+            "noop": self._noop,
+            "shutdown": self._shutdown,
+            "spawn": self._spawn,
+            "goodbye": self._goodbye,
+        }
+        self._ops.update({op: self._syscall for op in PROCESS_OPS})
+        self._ops.update({f"kv.{op}": self._syscall for op in KV_OPS})
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> EngineServer:
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.wire.max_message + 65536)
+        if self.port:
+            sock.bind(f"tcp://{self.host}:{self.port}")
+        else:
+            self.port = sock.bind_to_random_port(f"tcp://{self.host}")
+        self._sock = sock
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="symphony-rpc"),
+            asyncio.create_task(self._reap_loop(), name="symphony-reaper"),
+            asyncio.create_task(self._monitor_loop(monitor), name="symphony-monitor"),
+        ]
+        return self
+
+    async def stop(self) -> None:
+        for s in list(self.sessions.values()):
+            self._end_session(s, "engine stopped")
+        current = asyncio.current_task()
+        tasks = [t for t in [*self._tasks, *self._inflight] if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        if self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            self._sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+        self._sock = self._ctx = None
+        self.stopped.set()
+
+    def connection_info(self) -> connection.ConnectionInfo:
+        loaded = self.kernel.loaded
+        return connection.ConnectionInfo(
+            "tcp",
+            self.host,
+            self.port,
+            self.token,
+            os.getpid(),
+            str(loaded.path),
+            str(loaded.model.device),
+        )
+
+    # --- the wire --------------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            if len(frames) < 2:
+                self.dropped += 1
+                continue
+            try:
+                self._on_message(frames[0], frames[1:])
+            except Exception:  # a bug here must not stop the engine serving everyone else
+                log.exception("failed to handle a message")
+
+    def _on_message(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            msg = self.wire.parse(frames)
+        except Dropped:
+            self.dropped += 1
+            return
+        except AuthenticationFailed as e:
+            self._send(identity, Wire.unsigned({"kind": REPLY, "id": None}, error_reply(None, e)))
+            return
+        except ProtocolError as e:
+            rid = getattr(e, "request_id", None)
+            self._reply(identity, "", rid, error_reply(rid, e))
+            return
+        header = msg.header
+        session = self.sessions.get(str(header.get("session")))
+        if session is not None:
+            session.last_seen = time.monotonic()
+        if header["kind"] == PING:
+            self._send(
+                identity, self.wire.frames({"kind": PONG, "session": header.get("session")}, {})
+            )
+        elif header["kind"] == REQUEST:
+            task = asyncio.create_task(self._serve(identity, header, msg.body))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            if session is not None:
+                self._track(session, msg.body, task)
+        else:
+            rid = header.get("id")
+            err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
+            self._reply(identity, str(header.get("session", "")), rid, error_reply(rid, err))
+
+    def _send(self, identity: bytes, frames: list[bytes]) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.send_multipart([identity, *frames])
+
+    def _reply(self, identity: bytes, session: str, rid: int | None, body: dict[str, Any]) -> None:
+        header = {"kind": REPLY, "session": session, "id": rid}
+        try:
+            frames = self.wire.frames(header, body)
+        except Exception as e:  # a result msgpack cannot carry
+            frames = self.wire.frames(header, error_reply(rid, InvalidArgument(str(e))))
+        self._send(identity, frames)
+
+    @staticmethod
+    def _track(session: Session, body: Any, task: asyncio.Task) -> None:
+        pid = body.get("pid") if isinstance(body, dict) else None
+        pid = pid if isinstance(pid, int) else None
+        session.tasks.setdefault(pid, set()).add(task)
+        task.add_done_callback(lambda t: session.tasks.get(pid, set()).discard(t))
+
+    # --- serving one request ---------------------------------------------------------------------
+
+    async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
+        sid = str(header.get("session", ""))
+        rid = header.get("id")
+        try:
+            req = parse_request(body)
+            rid = req.id
+            result = await self._dispatch(sid, req)
+            reply = ok_reply(rid, result)
+        except asyncio.CancelledError:
+            if self._sock is None or self.stopped.is_set():
+                raise
+            reply = error_reply(rid, ProcessExited("the process exited during this call"))
+        except Exception as e:  # every error becomes a reply naming it; the engine keeps serving
+            rid = getattr(e, "request_id", rid)
+            reply = error_reply(rid, e)
+        self._reply(identity, sid, rid, reply)
+        if reply.get("ok") and isinstance(body, dict) and body.get("op") == "shutdown":
+            await asyncio.sleep(0.05)  # let the reply leave before the socket closes
+            self.request_stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+
+    async def _dispatch(self, sid: str, req: Request) -> Any:
+        op = self._ops.get(req.op)
+        if op is None:
+            raise UnknownOperation(f"unknown op {req.op!r}")
+        if req.op == "hello":
+            return await self._hello_session(sid, req)
+        session = self.sessions.get(sid)
+        if session is None:
+            raise BadMessage(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
+        return await op(session, req)
+
+    # --- session ops -----------------------------------------------------------------------------
+
+    async def _hello_session(self, sid: str, req: Request) -> dict[str, Any]:
+        if not sid:
+            raise BadMessage("hello needs a session id in the header")
+        user, name = req.args.get("user"), req.args.get("name", "client")
+        if not isinstance(user, str) or not user or "/" in user or not isinstance(name, str):
+            raise InvalidArgument("hello needs a user name (no '/') and a client name")
+        if sid not in self.sessions:
+            self.sessions[sid] = Session(sid, user, name, time.monotonic())
+        return await self._hello(self.sessions[sid], req)
+
+    async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
+        k = self.kernel
+        loaded = k.loaded
+        tok = loaded.path / "tokenizer.json"
+        return {
+            "protocol": VERSION,
+            "session": session.id,
+            "user": session.user,
+            "engine_pid": os.getpid(),
+            "model": loaded.name,
+            "model_id": k.kvfs.model_id,
+            "device": str(loaded.model.device),
+            "vocab_size": k.tokenizer.vocab_size,
+            "tokenizer": tok.read_text() if tok.exists() else None,
+            "tokenizer_config": k.tokenizer.config,
+            "page_size": k.pool.page_size,
+            "pages": k.pool.num_pages,
+            "max_message": self.wire.max_message,
+        }
+
+    async def _attach(self, session: Session, req: Request) -> int:
+        name, priority = req.args.get("name", "lip"), req.args.get("priority", 0)
+        if not isinstance(name, str) or not isinstance(priority, int):
+            raise InvalidArgument("attach takes a name (str) and a priority (int)")
+        pid = self.kernel.attach(name, owner=session.user, priority=priority)
+        session.pids.add(pid)
+        self.syscalls[pid] = Syscalls(self.kernel, self.kernel.procs[pid])
+        return pid
+
+    async def _detach(self, session: Session, req: Request) -> None:
+        pid = req.args.get("pid", req.pid)
+        error = req.args.get("error")
+        if pid in session.ended:
+            return  # already ended (killed, say): detaching again is harmless
+        if pid not in session.pids:
+            raise InvalidArgument(f"detach: process {pid} is not attached by this client")
+        if error is not None and not isinstance(error, str):
+            raise InvalidArgument("detach: error must be a string or None")
+        self._end_process(session, pid, error)
+
+    async def _trace(self, session: Session, req: Request) -> list[Any]:
+        a = dict(req.args)
+        limit = a.pop("limit", 50_000)
+        events = self.kernel.trace.query(**a)
+        return events[:limit] if isinstance(limit, int) and limit >= 0 else events
+
+    async def _stat_engine(self, session: Session, req: Request) -> dict[str, Any]:
+        k = self.kernel
+        pool = k.pool
+        batch = next((e for e in reversed(k.trace.events) if e.kind == ev.BATCH), None)
+        return {
+            "model": k.loaded.name,
+            "device": str(k.loaded.model.device),
+            "dtype": str(k.loaded.model.dtype).removeprefix("torch."),
+            "page_size": pool.page_size,
+            "pages_total": pool.num_pages,
+            "pages_free": pool.num_free,
+            "pages_used": pool.num_pages - pool.num_free,
+            "pages_swapped": sum(len(f.seq.swapped) for _, f in k.kvfs.files()),
+            "batches": batch.data["batch"] if batch is not None else 0,
+            "processes": sum(1 for p in k.procs.values() if p.alive),
+            "sessions": len(self.sessions),
+            "policy": k.scheduler.policy.name,
+            "uptime": round(k.trace.now(), 3),
+        }
+
+    async def _noop(self, session: Session, req: Request) -> None:
+        return None
+
+    async def _shutdown(self, session: Session, req: Request) -> None:
+        return None  # the engine stops once this reply is sent
+
+    async def _goodbye(self, session: Session, req: Request) -> None:
+        """The client is closing: detach its processes now rather than at its heartbeat's end."""
+        for pid in list(session.pids):
+            self._end_process(session, pid, "client closed")
+        self.sessions.pop(session.id, None)
+
+    async def _spawn(self, session: Session, req: Request) -> None:
+        raise NotImplementedError(
+            "spawn ships code to the engine, which the RPC API does not do yet; "
+            "attach another process instead"
+        )
+
+    # --- system calls ----------------------------------------------------------------------------
+
+    async def _syscall(self, session: Session, req: Request) -> Any:
+        if req.pid is not None:
+            self._check_attached(session, req.pid)
+        args = {k: self._handle_arg(session, req.pid, k, v) for k, v in req.args.items()}
+        if req.pid is None:
+            result = await self._client_call(session, req.op, args)
+        else:
+            sys_ = self.syscalls[req.pid]
+            if req.op == "forward" and "returns" in args:
+                args["returns"] = returns_from_wire(args["returns"])
+            target: Any = sys_.kv if req.op.startswith("kv.") else sys_
+            result = getattr(target, req.op.removeprefix("kv."))(**args)
+            if inspect.isawaitable(result):
+                result = await result
+            if req.op == "kill":
+                self._cancel_dead_tasks()
+        return handle_to_wire(result) if isinstance(result, Handle) else result
+
+    async def _client_call(self, session: Session, op: str, args: dict[str, Any]) -> Any:
+        """A call by the client itself, outside any process."""
+        k = self.kernel
+        if op == "ps":
+            return k.ps(**args)
+        if op == "wait":
+            return await k.wait(**args)
+        if op == "kill":
+            pid = args.get("pid")
+            target = k._proc(pid)  # type: ignore[arg-type]
+            if target.owner != session.user:
+                raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
+            k.kill(target.pid)
+            self._cancel_dead_tasks()
+            return None
+        name = op.removeprefix("kv.")
+        if op.startswith("kv.") and name in CLIENT_KV_OPS:
+            if name == "stat" and "path" in args:  # KVCalls.stat(path) is KVFS.stat(target)
+                args["target"] = args.pop("path")
+            return getattr(k.kvfs, name)(Caller(None, session.user), **args)
+        raise InvalidArgument(f"{op} needs an attached process (pid)")
+
+    def _handle_arg(self, session: Session, pid: int | None, key: str, value: Any) -> Any:
+        if key not in HANDLE_ARGS or not is_wire_handle(value):
+            return value
+        h = self.kernel.kvfs.handle(value["fd"])
+        if h is None or h.caller.pid is None or h.caller.pid not in session.pids:
+            raise InvalidArgument(f"handle {value['fd']} is not open in this session")
+        return h
+
+    # --- ending processes and sessions -----------------------------------------------------------
+
+    def _check_attached(self, session: Session, pid: int) -> None:
+        if pid in session.pids:
+            return
+        if pid in session.ended:
+            p = self.kernel.procs[pid]
+            raise ProcessExited(f"process {pid} ({p.name}) has exited: {p.error or 'done'}")
+        raise PermissionDenied(f"process {pid}", "is not attached by this client")
+
+    def _end_process(self, session: Session, pid: int, error: str | None) -> None:
+        self.kernel.detach(pid, error)
+        session.pids.discard(pid)
+        session.ended.add(pid)
+        self.syscalls.pop(pid, None)
+        for task in session.tasks.pop(pid, set()):
+            task.cancel()
+
+    def _end_session(self, session: Session, error: str) -> None:
+        for pid in list(session.pids):
+            self._end_process(session, pid, error)
+        self.sessions.pop(session.id, None)
+
+    def _cancel_dead_tasks(self) -> None:
+        """Calls still in flight for processes that have exited (killed)."""
+        for session in self.sessions.values():
+            for pid in [p for p in session.pids if not self.kernel.procs[p].alive]:
+                self._end_process(session, pid, None)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            try:
+                self._reap()
+            except Exception:
+                log.exception("failed to reap sessions")
+
+    def _reap(self) -> None:
+        self._cancel_dead_tasks()
+        now = time.monotonic()
+        if self._unread() and now - self._unread_since < MAX_POSTPONE:
+            return  # heartbeats may be waiting unread: judge nobody yet
+        self._unread_since = now
+        suspect = self._suspect_since
+        check_drop = suspect is not None and now - suspect >= DISCONNECT_GRACE
+        for s in list(self.sessions.values()):
+            silent = now - s.last_seen > self.heartbeat_timeout
+            dropped = check_drop and s.last_seen < suspect  # type: ignore[operator]
+            if silent or dropped:
+                self._end_session(s, "client vanished")
+        if check_drop:
+            self._suspect_since = None
+
+    def _unread(self) -> bool:
+        """Messages waiting in the socket (the loop was busy, say with a long forward)."""
+        return self._sock is not None and bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
+
+    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_DISCONNECTED and self._suspect_since is None:
+                    self._suspect_since = time.monotonic()
+        finally:
+            monitor.close(linger=0)
+
+
+async def serve(
+    kernel: Kernel,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    connection_file: str | None = None,
+    ready: Callable[[EngineServer, str], None] | None = None,
+) -> None:
+    """Run an engine server until `shutdown` or SIGINT/SIGTERM, with its connection file."""
+    import signal
+
+    async with kernel:
+        server = await EngineServer(kernel, host, port).start()
+        info = server.connection_info()
+        path = connection.write(info, connection_file)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, server.request_stop)
+        if ready is not None:
+            ready(server, str(path))
+        try:
+            await server.stopped.wait()
+        finally:
+            await server.stop()
+            connection.remove(path, info)
+            print("symphony engine stopped", file=sys.stderr, flush=True)
