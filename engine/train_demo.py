@@ -479,6 +479,10 @@ trained by `python -m engine.train_demo` (`symphony train-demo`) on text that sh
 Python. It writes English-like (and Python-like) text; it knows nothing and follows no
 instructions. It exists so that the engine runs on a laptop CPU in seconds.
 
+To reproduce it (the same corpus needs the same Python version; see the hash below):
+
+    python -m engine.train_demo --seed {s["seed"]} --steps {s["steps"]} --out engine/models/tiny
+
 ## Corpus
 
 {sources}, from Python {st["python_version"]} ({st["python_implementation"]}).
@@ -524,6 +528,10 @@ Final, with the weights as saved ({s["save_dtype"]}):
 | held-out, all documents | {final["held_out"]:.3f} |
 | held-out, prose only (language reference + docstrings) | {final["held_out_prose"]:.3f} |
 | baseline: a ~5M model on the language reference alone, best held-out | {BASELINE_HELD_OUT} |
+
+Losses are mean cross-entropy per token (nats). The baseline is the best held-out loss of an
+earlier ~5M-parameter model trained on the language reference alone, which memorized it and
+got worse after that, possibly with another tokenizer, so the comparison is indicative.
 
 Held-out loss during training (it falls for the whole run):
 
