@@ -248,7 +248,7 @@ class Kernel:
                 c.process.counters.time_waiting += start - c.submitted
                 self.trace.emit(ev.CALL_STARTED, c.process.pid, call=c.id, batch=bid)
         try:
-            results = self.runner.forward(segments)
+            results = self.runner.forward(segments, validate=False)  # checked at submission
         except Exception as e:  # validated at submission, so this is the engine's own failure
             for c in batch.calls:
                 self._finish(c, error=e)
