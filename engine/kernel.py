@@ -382,4 +382,6 @@ class Kernel:
             await asyncio.sleep(0.01)
 
     def _swapped_pages(self) -> int:
-        return sum(len(f.seq.swapped) for _, f in self.kvfs.files())
+        """Only suspended processes hold swapped pages (resuming brings all of them back)."""
+        suspended = [p for p in self.procs.values() if p.state is State.SUSPENDED]
+        return sum(len(f.seq.swapped) for p in suspended for f in self._private_files(p))

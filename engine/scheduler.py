@@ -131,7 +131,7 @@ class Adaptive(BatchPolicy):
     name = "adaptive"
 
     def delay(self, view: QueueView) -> float:
-        if view.running == 0 or view.calls >= view.last_batch > 0:
+        if view.running == 0:  # everyone who could join is already queued
             return 0.0
         return max(0.0, self.max_wait - view.oldest_wait)
 
