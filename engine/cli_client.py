@@ -195,7 +195,7 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    await serve(kernel, args.ip, args.port, args.connection_file, ready)
+    await serve(kernel, args.ip, args.port, args.connection_file, ready, args.idle_exit)
     return 0
 
 
@@ -209,4 +209,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
     p.add_argument("--connection-file", help="where to write the connection file")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without clients or processes (default: never)",
+    )
     p.set_defaults(func=serve)

@@ -63,7 +63,26 @@ class IncompatibleFile(_PathProblem):
 
 
 class ProcessFailed(EngineError):
-    """`wait` on a process that raised or was killed."""
+    """`wait` on a process that raised or was killed, or a server run that failed.
+
+    traceback: the failed code's traceback where there is one (a `%%lip --server` cell's).
+    """
+
+    traceback: str | None = None
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+class ToolFailed(EngineError):
+    """A tool call that raised, ran past its time limit, or lost its host (see engine.tools)."""
+
+    traceback: str | None = None
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 # ---- talking to an engine over the wire (engine.protocol) ----

@@ -24,6 +24,7 @@ from engine.process import Process, ProcessInfo, State
 from engine.runner import Runner
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.sequence import pages_for
+from engine.tools import Tools
 from engine.trace import Trace
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
@@ -60,6 +61,7 @@ class Kernel:
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)
         self.procs: dict[int, Process] = {}
+        self.tools = Tools()  # functions any LIP may call; their host starts on first use
         self._pids = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._batch_ids = itertools.count(1)
@@ -84,6 +86,7 @@ class Kernel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        await self.tools.stop()
 
     async def __aenter__(self) -> Kernel:
         return await self.start()

@@ -7,6 +7,11 @@ Without a pid the client acts as itself (`ps`, `kill`, `wait`, and the KV calls 
 `kv.listdir`, `kv.stat`, `kv.unlink`, `kv.link`, `kv.rename`, `kv.chmod`). Beside them: `detach`,
 `trace`, `stat_engine`, `noop`, `goodbye` and `shutdown`.
 
+Server runs (`%%lip --server`, see engine.workers): `run` starts a worker subprocess for some code
+and returns its pid at once; `output` long-polls what it prints; the worker itself says
+`worker.adopt` (its one-time key) and `worker.exit`. Tools (engine.tools): `tool.register`,
+`tool.list`, and `tool` (a process calls one).
+
 Each request runs as its own task, so the calls of one client's many tasks are pipelined. Handles
 are looked up per session: a client may only use the descriptors its own processes opened.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -66,6 +72,7 @@ from engine.protocol import (
     returns_from_wire,
 )
 from engine.syscalls import Syscalls
+from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
 
@@ -112,8 +119,11 @@ class EngineServer:
         token: str | None = None,
         max_message: int = MAX_MESSAGE,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        idle_exit: float | None = None,
     ) -> None:
         self.kernel = kernel
+        self.idle_exit = idle_exit  # stop after this long with no clients and no processes
+        self._idle_since = time.monotonic()
         self.host, self.port = host, port
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
@@ -142,6 +152,18 @@ class EngineServer:
         }
         self._ops.update({op: self._syscall for op in PROCESS_OPS})
         self._ops.update({f"kv.{op}": self._syscall for op in KV_OPS})
+        self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
+        self._ops.update(
+            {
+                "run": self._run_worker,
+                "output": self._output,
+                "worker.adopt": self._adopt,
+                "worker.exit": self._worker_exit,
+                "tool.register": self._tool_register,
+                "tool.list": self._tool_list,
+                "tool": self._tool,
+            }
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -167,6 +189,7 @@ class EngineServer:
     async def stop(self) -> None:
         for s in list(self.sessions.values()):
             self._end_session(s, "engine stopped")
+        await self.workers.stop()
         current = asyncio.current_task()
         tasks = [t for t in [*self._tasks, *self._inflight] if t is not current]
         for t in tasks:
@@ -386,6 +409,7 @@ class EngineServer:
         for pid in list(session.pids):
             self._end_process(session, pid, "client closed")
         self.sessions.pop(session.id, None)
+        self.workers.session_ended(session.id, "client closed")
 
     async def _spawn(self, session: Session, req: Request) -> None:
         raise NotImplementedError(
@@ -443,6 +467,54 @@ class EngineServer:
             raise InvalidArgument(f"handle {value['fd']} is not open in this session")
         return h
 
+    # --- server runs (engine.workers) and tools (engine.tools) ----------------------------------
+
+    async def _run_worker(self, session: Session, req: Request) -> int:
+        """Start a worker for the code in args; its pid, at once (the session owns it)."""
+        if req.pid is not None:
+            raise InvalidArgument("run is a client call: send it without a pid")
+        info = dataclasses.asdict(self.connection_info())
+        if info["ip"] in ("0.0.0.0", "*", "", "::"):
+            info["ip"] = "127.0.0.1"
+        return await self.workers.launch(session.id, session.user, req.args, info)
+
+    async def _output(self, session: Session, req: Request) -> dict[str, Any]:
+        """New output of a server run after chunk `after` (long-polled), and whether it ended."""
+        run = self.workers.run_of(req.args.get("pid"), session.id, session.user)
+        return await self.workers.output(run, req.args.get("after", 0))
+
+    async def _adopt(self, session: Session, req: Request) -> dict[str, Any]:
+        """A worker presents its one-time key: its pid becomes this session's, with its code."""
+        run = self.workers.adopt(req.args.get("key"), session.user)
+        session.pids.add(run.pid)
+        self.syscalls[run.pid] = Syscalls(self.kernel, self.kernel.procs[run.pid])
+        return {"pid": run.pid, "name": run.name, "code": run.code, "memory_mb": run.memory_mb}
+
+    async def _worker_exit(self, session: Session, req: Request) -> None:
+        """A worker's cell ended: error {type, message} or None, and its traceback."""
+        pid = req.args.get("pid")
+        if pid not in session.pids or pid not in self.workers.runs:
+            raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
+        error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))
+        self._end_process(session, pid, error)
+
+    async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
+        a = req.args
+        return await self.kernel.tools.register(a.get("name"), a.get("source"), a.get("timeout"))
+
+    async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
+        return self.kernel.tools.list()
+
+    async def _tool(self, session: Session, req: Request) -> Any:
+        """A process calls a tool: {name, args, kwargs}."""
+        if req.pid is None:
+            raise InvalidArgument("tool needs an attached process (pid)")
+        self._check_attached(session, req.pid)
+        args, kwargs = req.args.get("args") or [], req.args.get("kwargs") or {}
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InvalidArgument("tool takes args (a list) and kwargs (a map)")
+        return await self.syscalls[req.pid].tool(req.args.get("name"), *args, **kwargs)
+
     # --- ending processes and sessions -----------------------------------------------------------
 
     def _check_attached(self, session: Session, pid: int) -> None:
@@ -465,6 +537,7 @@ class EngineServer:
         for pid in list(session.pids):
             self._end_process(session, pid, error)
         self.sessions.pop(session.id, None)
+        self.workers.session_ended(session.id, error)
 
     def _cancel_dead_tasks(self) -> None:
         """Calls still in flight for processes that have exited (killed)."""
@@ -495,6 +568,16 @@ class EngineServer:
                 self._end_session(s, "client vanished")
         if check_drop:
             self._suspect_since = None
+        self._stop_if_idle(now)
+
+    def _stop_if_idle(self, now: float) -> None:
+        """An engine a client started for itself goes away once nobody uses it."""
+        busy = self.sessions or any(p.alive for p in self.kernel.procs.values())
+        if busy or self.idle_exit is None:
+            self._idle_since = now
+        elif now - self._idle_since >= self.idle_exit:
+            log.info("no clients for %.0f s: stopping", self.idle_exit)
+            self.request_stop()
 
     def _unread(self) -> bool:
         """Messages waiting in the socket (the loop was busy, say with a long forward)."""
@@ -516,12 +599,13 @@ async def serve(
     port: int = 0,
     connection_file: str | None = None,
     ready: Callable[[EngineServer, str], None] | None = None,
+    idle_exit: float | None = None,
 ) -> None:
     """Run an engine server until `shutdown` or SIGINT/SIGTERM, with its connection file."""
     import signal
 
     async with kernel:
-        server = await EngineServer(kernel, host, port).start()
+        server = await EngineServer(kernel, host, port, idle_exit=idle_exit).start()
         info = server.connection_info()
         path = connection.write(info, connection_file)
         loop = asyncio.get_running_loop()

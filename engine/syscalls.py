@@ -245,6 +245,13 @@ class Syscalls:
     async def sleep(self, seconds: float) -> None:
         await self._waiting(asyncio.sleep(seconds))
 
+    # --- tools -----------------------------------------------------------------------------------
+
+    async def tool(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call a tool registered on the engine (see `engine.tools`); it runs beside the engine."""
+        await self._caller()
+        return await self._waiting(self.kernel.tools.call(name, list(args), kwargs))
+
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process
         if p.state is State.READY:

@@ -25,10 +25,11 @@ import contextlib
 import getpass
 import itertools
 import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from engine import connection
-from engine.errors import EngineError, EngineNotRunning, InvalidArgument
+from engine.errors import EngineError, EngineNotRunning, InvalidArgument, ProcessFailed
 from engine.protocol import (
     PING,
     PONG,
@@ -67,6 +68,7 @@ from engine.records import (
 HEARTBEAT_INTERVAL = 0.5
 ENGINE_DEAD_AFTER = 10.0  # seconds without a pong: calls in flight fail
 REPLY_LIMIT = 1 << 30
+USER_ENV = "SYMPHONY_USER"  # who this client acts as (default: the login name)
 
 
 class Client:
@@ -92,14 +94,22 @@ class Client:
     @classmethod
     async def connect(
         cls,
-        connection_file: str | Path | None = None,
+        connection_file: str | Path | connection.ConnectionInfo | None = None,
         user: str | None = None,
         name: str | None = None,
         timeout: float = 10.0,
     ) -> Client:
-        """Connect to the running engine; EngineNotRunning when there is none."""
-        info = connection.read(connection_file)
-        client = cls(info, user or getpass.getuser(), name or f"client-{os.getpid()}")
+        """Connect to the running engine; EngineNotRunning when there is none.
+
+        user: whose /home this client works in (default `$SYMPHONY_USER`, else the login name).
+        """
+        info = (
+            connection_file
+            if isinstance(connection_file, connection.ConnectionInfo)
+            else connection.read(connection_file)
+        )  # an engine-side worker is given the info itself
+        user = user or os.environ.get(USER_ENV) or getpass.getuser()
+        client = cls(info, user, name or f"client-{os.getpid()}")
         client._reader = asyncio.create_task(client._read_loop(), name="symphony-client")
         loop = asyncio.get_running_loop()
         client._heartbeat = _Heartbeat(
@@ -238,6 +248,77 @@ class Client:
     async def stat_engine(self) -> dict[str, Any]:
         """Pages free and used, batches run, model, device, processes, sessions."""
         return await self.call("stat_engine")
+
+    # --- server runs and tools -------------------------------------------------------------------
+
+    async def run(
+        self,
+        code: str,
+        name: str = "lip",
+        priority: int = 0,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        on_output: Callable[[str, str], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> int:
+        """Run a LIP cell's code in an engine-side worker (`%%lip --server`); its pid.
+
+        on_start(pid) is called once the process exists; its output streams to
+        on_output(stream, text) (default: this sys.stdout and stderr).
+        timeout (seconds) and memory_mb (address space beyond the worker's own) default to the
+        engine's (600 s, 4096 MB); `math.inf` seconds is no time limit. ProcessFailed (with the
+        worker's traceback) when the code raised, ran too long or used too much memory.
+        Cancelling the awaiting task kills the process.
+        """
+        args: dict[str, Any] = {"code": code, "name": name, "priority": priority}
+        limits = {"timeout": timeout, "memory_mb": memory_mb}
+        args.update({k: v for k, v in limits.items() if v is not None})
+        pid = await self.call("run", args)
+        if on_start is not None:
+            on_start(pid)
+        try:
+            reply = await self._follow(pid, on_output or _write_output)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.kill(pid))
+            raise
+        if reply["error"] is not None:
+            raise ProcessFailed(
+                f"process {pid} ({name}) ended: {reply['error']}", reply.get("traceback")
+            )
+        return pid
+
+    async def _follow(self, pid: int, on_output: Callable[[str, str], None]) -> dict[str, Any]:
+        """Long-poll a server run's output until it ended; the last reply."""
+        after = dropped = 0
+        while True:
+            reply = await self.call("output", {"pid": pid, "after": after})
+            if reply.get("dropped", 0) > dropped:
+                on_output("stderr", f"[{reply['dropped'] - dropped} characters of output lost]\n")
+                dropped = reply["dropped"]
+            for seq, stream, text in reply["chunks"]:
+                on_output(stream, text)
+                after = seq
+            if reply["done"]:
+                return reply
+
+    async def register_tool(
+        self, fn: Callable[..., Any] | str, name: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Register a tool on the engine: a self-contained function, or its source.
+
+        Any LIP may then call it (`await lip.tool(name, ...)`); it runs beside the engine, for
+        at most timeout seconds (default 30). Returns its name, signature and docstring.
+        """
+        from workbench.tools import tool_source
+
+        fn_name, source = tool_source(fn)
+        args = {"name": name or fn_name, "source": source, "timeout": timeout}
+        return await self.call("tool.register", args)
+
+    async def tools(self) -> list[dict[str, Any]]:
+        """The engine's tools: name, signature, docstring."""
+        return await self.call("tool.list")
 
 
 class KVCalls:
@@ -393,6 +474,18 @@ class LIP:
 
     async def sleep(self, seconds: float) -> None:
         await self._call("sleep", seconds=seconds)
+
+    # --- tools -----------------------------------------------------------------------------------
+
+    async def tool(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call a tool registered on the engine; it runs beside the engine (ToolFailed if not)."""
+        return await self._call("tool", name=name, args=list(args), kwargs=kwargs)
+
+
+def _write_output(stream: str, text: str) -> None:
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write(text)
+    out.flush()
 
 
 def _ints(xs: Sequence[int]) -> list[int]:

@@ -1,0 +1,240 @@
+"""Tools: Python functions registered on the engine, callable from any LIP, run beside the engine.
+
+    kernel.tools.register("add", "def add(a, b):\\n    return a + b\\n")
+    await sys.tool("add", 1, 2)                          # in a LIP: 3
+
+Tools run in one tool host subprocess (`engine.tool_host`, no torch), started on the first
+registration, never in the engine process. Arguments and results are msgpack values. A tool is
+registered by its source, which must be self-contained (imports inside it); registering a name
+again replaces the tool. Who holds the engine's token may register code, as with a Jupyter kernel.
+
+Failures are the caller's, never the engine's: a tool that raises fails that call with
+`ToolFailed` (its traceback attached); a call past its time limit (30 s unless registered with
+another) kills the host, fails the calls then in flight, and the next call starts a new host
+with every tool registered again; a host that dies (over its memory limit, say) is reported the
+same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import InvalidArgument, ToolFailed
+from engine.protocol import unpackb
+from engine.tool_host import HEADER, MAX_FRAME, MEMORY_ENV, frame
+
+TOOL_HOST_COMMAND = (sys.executable, "-u", "-m", "engine.tool_host")
+DEFAULT_TIMEOUT = 30.0  # seconds a tool call may take
+MEMORY_MB = 4096  # address space the host may add to its own
+REGISTER_TIMEOUT = 30.0
+
+
+@dataclass
+class Tool:
+    name: str
+    source: str
+    timeout: float
+    signature: str = "(...)"
+    doc: str = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "signature": self.signature, "doc": self.doc}
+
+
+class ToolHost:
+    """One tool host subprocess: requests out on its stdin, replies matched by id."""
+
+    def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = memory_mb
+        self.proc: asyncio.subprocess.Process | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+        self.ended: str | None = None  # why it is gone, once it is
+
+    async def start(self) -> ToolHost:
+        env = {**os.environ, MEMORY_ENV: str(self.memory_mb)}
+        self.proc = await asyncio.create_subprocess_exec(
+            *TOOL_HOST_COMMAND,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read_loop(), name="symphony-tool-host")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.ended is None and self.proc is not None and self.proc.returncode is None
+
+    async def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send msg and wait for its reply; TimeoutError after timeout seconds."""
+        assert self.proc is not None and self.proc.stdin is not None
+        if not self.alive:
+            raise ToolFailed(f"the tool host is gone: {self.ended}")
+        rid = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            self.proc.stdin.write(frame({**msg, "id": rid}))
+            await self.proc.stdin.drain()
+            return await asyncio.wait_for(future, timeout)
+        except (BrokenPipeError, ConnectionResetError):
+            raise ToolFailed(f"the tool host is gone: {self.ended or 'its pipe closed'}") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _read_loop(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        out = self.proc.stdout
+        try:
+            while True:
+                (n,) = HEADER.unpack(await out.readexactly(HEADER.size))
+                if n > MAX_FRAME:
+                    raise ValueError(f"a reply of {n} bytes")
+                self._resolve(unpackb(await out.readexactly(n)))
+        except (asyncio.IncompleteReadError, ValueError):
+            pass
+        code = await self.proc.wait()
+        self._fail_all(self.ended or f"the tool host died ({_exit_text(code, self.memory_mb)})")
+
+    def _resolve(self, reply: Any) -> None:
+        future = self._pending.get(reply.get("id")) if isinstance(reply, dict) else None
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _fail_all(self, why: str) -> None:
+        self.ended = self.ended or why
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ToolFailed(why))
+
+    async def kill(self, why: str) -> None:
+        """End the host now; the calls in flight fail with why."""
+        self.ended = self.ended or why
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._fail_all(why)
+
+
+class Tools:
+    """The registry of tools (`kernel.tools`) and the host that runs them."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = MEMORY_MB) -> None:
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.tools: dict[str, Tool] = {}
+        self._host: ToolHost | None = None
+        self._lock: asyncio.Lock | None = None
+        self.restarts = 0  # hosts ended because a call hung or the host died
+
+    def list(self) -> list[dict[str, Any]]:
+        """Each tool's name, signature and docstring."""
+        return [t.info() for t in self.tools.values()]
+
+    async def register(
+        self, name: str, source: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Define a tool from its source (see `engine.tool_host.define`); returns its info."""
+        _check_name(name)
+        if not isinstance(source, str):
+            raise InvalidArgument("a tool's source is a str")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidArgument(f"a tool's time limit is a number of seconds > 0, not {timeout}")
+        tool = Tool(name, source, float(timeout or self.timeout))
+        host = await self._ready_host()
+        await self._define(host, tool)
+        self.tools[name] = tool
+        return tool.info()
+
+    async def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run tool name with msgpack-able args; ToolFailed when it raises, hangs or dies."""
+        tool = self.tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            known = ", ".join(sorted(self.tools)) or "none"
+            raise InvalidArgument(f"no tool named {name!r} (registered: {known})")
+        host = await self._ready_host()
+        msg = {"op": "call", "name": name, "args": list(args), "kwargs": dict(kwargs)}
+        try:
+            reply = await host.request(msg, tool.timeout)
+        except asyncio.TimeoutError:
+            why = f"tool {name!r} exceeded its time limit of {tool.timeout:g}s"
+            await self._restart(host, f"{why}; the tool host was restarted")
+            raise ToolFailed(f"{why}; the tool host was restarted") from None
+        if not reply.get("ok"):
+            raise _failure(f"tool {name!r}", reply)
+        return reply.get("result")
+
+    async def stop(self) -> None:
+        if self._host is not None:
+            await self._host.kill("the engine stopped")
+            self._host = None
+
+    # --- the host ---------------------------------------------------------------------------------
+
+    async def _ready_host(self) -> ToolHost:
+        """The running host, starting one (with every tool registered) when there is none."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._host is not None and self._host.alive:
+                return self._host
+            if self._host is not None:
+                self.restarts += 1
+            host = await ToolHost(self.memory_mb).start()
+            for tool in self.tools.values():
+                with contextlib.suppress(ToolFailed):
+                    await self._define(host, tool)
+            self._host = host
+            return host
+
+    async def _define(self, host: ToolHost, tool: Tool) -> None:
+        msg = {"op": "register", "name": tool.name, "source": tool.source}
+        try:
+            reply = await host.request(msg, REGISTER_TIMEOUT)
+        except asyncio.TimeoutError:
+            why = f"defining tool {tool.name!r} took over {REGISTER_TIMEOUT:g}s"
+            await self._restart(host, f"{why}; the tool host was restarted")
+            raise ToolFailed(why) from None
+        if not reply.get("ok"):
+            raise _failure(f"registering tool {tool.name!r}", reply)
+        tool.signature = str(reply["result"].get("signature", "(...)"))
+        tool.doc = str(reply["result"].get("doc", ""))
+
+    async def _restart(self, host: ToolHost, why: str) -> None:
+        await host.kill(why)
+        if self._host is host:
+            self._host = None
+            self.restarts += 1
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InvalidArgument(f"a tool's name is a Python identifier, not {name!r}")
+
+
+def _failure(what: str, reply: dict[str, Any]) -> ToolFailed:
+    error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+    kind, message = error.get("type", "Error"), error.get("message", "")
+    text = f"{what} raised {kind}: {message}" if message else f"{what} raised {kind}"
+    return ToolFailed(text, error.get("traceback") or None)
+
+
+def _exit_text(code: int | None, memory_mb: int) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return f"ended by {name}; over its memory limit of {memory_mb} MB?"
+    return f"exit code {code}"

@@ -1,0 +1,286 @@
+"""Two real Jupyter kernels (jupyter_client) sharing one real engine process through `%%lip`.
+
+The kernels act as two users, alice and bob (`$SYMPHONY_USER`), and find the engine through the
+connection file in their Jupyter runtime directory, as notebooks of one Jupyter server do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+from engine.cli_client import SyncClient
+
+INTRO = "Python is a programming language that lets you work quickly and integrate systems " * 3
+DECODE = """%%lip --name {name}
+f = await kv.create()
+d = await forward(f, tokenize({prompt!r}))
+out = []
+for _ in range({n}):
+    out.append(d.argmax())
+    print("token", out[-1], flush=True)
+    d = await forward(f, [out[-1]])
+{after}
+print("done", out)
+"""
+
+
+@dataclass
+class Output:
+    status: str
+    stdout: str = ""
+    displays: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        match = re.search(r"LIP (\d+)", " ".join(self.displays))
+        assert match, self.displays
+        return int(match.group(1))
+
+    def done(self) -> list[int]:
+        match = re.search(r"done \[(.*)\]", self.stdout)
+        assert match, (self.stdout, self.error)
+        return [int(x) for x in match.group(1).split(",")]
+
+
+class Kernel:
+    def __init__(self, user: str, runtime: Path) -> None:
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "SYMPHONY_USER": user}
+        env["OMP_NUM_THREADS"] = "1"
+        env.pop("SYMPHONY_CONNECTION_FILE", None)
+        self.user = user
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        assert self.run("%load_ext workbench").status == "ok"
+
+    def start(self, code: str) -> str:
+        return self.kc.execute(code)
+
+    def collect(self, msg_id: str, timeout: float = 120, until: str | None = None) -> Output:
+        """Outputs of one execution until it is idle (or until `until` appears in stdout)."""
+        out = Output("running")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.kc.get_iopub_msg(timeout=deadline - time.monotonic())
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.stdout += content["text"]
+                if until is not None and until in out.stdout:
+                    return out
+            elif kind in ("display_data", "update_display_data"):
+                out.displays.append(content["data"]["text/plain"])
+            elif kind == "error":
+                out.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                out.status = "error" if out.error else "ok"
+                return out
+        raise TimeoutError(f"{self.user}'s cell did not finish in {timeout}s: {out}")
+
+    def run(self, code: str, timeout: float = 120) -> Output:
+        return self.collect(self.start(code), timeout)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid  # type: ignore[union-attr]
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@dataclass
+class Engine:
+    proc: subprocess.Popen
+    conn: Path
+    runtime: Path
+
+    def client(self, user: str = "tester") -> SyncClient:
+        return SyncClient.connect(self.conn, user=user)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    runtime = tmp_path_factory.mktemp("runtime")
+    conn = runtime / "symphony-engine.json"
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--connection-file", str(conn)]
+    cmd += ["--threads", "1", "--pages", "256"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(runtime / "engine.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while not conn.exists():
+        assert proc.poll() is None, (runtime / "engine.log").read_text()
+        assert time.monotonic() < deadline, "the engine did not start"
+        time.sleep(0.1)
+    yield Engine(proc, conn, runtime)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def kernels(engine: Engine) -> Iterator[dict[str, Kernel]]:
+    started = {user: Kernel(user, engine.runtime) for user in ("alice", "bob")}
+    yield started
+    for k in started.values():
+        k.shutdown()
+
+
+def decode_cell(name: str, prompt: str, n: int, after: str = "") -> str:
+    return DECODE.format(name=name, prompt=prompt, n=n, after=after)
+
+
+def test_lips_in_two_kernels_run_together_and_share_batches(
+    engine: Engine, kernels: dict[str, Kernel]
+) -> None:
+    prompts = {"alice": "The return value of", "bob": "A list is"}
+    alone = {u: kernels[u].run(decode_cell("alone", p, 48)).done() for u, p in prompts.items()}
+    ids = {u: kernels[u].start(decode_cell("together", p, 48)) for u, p in prompts.items()}
+    outs = {u: kernels[u].collect(ids[u]) for u in ("alice", "bob")}
+    for user, out in outs.items():
+        assert out.status == "ok", out.error
+        assert out.done() == alone[user]  # batching with the other kernel changed nothing
+        assert "exited" in out.displays[-1]
+    pids = {outs["alice"].pid, outs["bob"].pid}
+    with engine.client() as c:
+        batches = c.call("trace", {"kinds": ["batch"]})
+        procs = {p.pid: p for p in c.call("ps")}
+    assert any(pids <= set(b.data["pids"]) for b in batches)
+    assert procs[outs["alice"].pid].owner == "alice" and procs[outs["bob"].pid].owner == "bob"
+    assert all(procs[p].state == "exited" for p in pids)
+
+
+def test_a_file_in_shared_is_forked_by_the_other_kernel(kernels: dict[str, Kernel]) -> None:
+    alice, bob = kernels["alice"], kernels["bob"]
+    made = alice.run(
+        f"""%%lip --name publish
+f = await kv.create("/shared/intro")
+await forward(f, tokenize({INTRO!r}))
+await kv.close(f)
+"""
+    )
+    assert made.status == "ok", made.error
+    continuation = """%%lip --name {name}
+g = await kv.fork("/shared/intro")
+d = await forward(g, tokenize(" lets"))
+st = await kv.stat(g)
+print("top", d.ids[:5])
+print("shared", st.shared_pages, sorted(st.shared_with), st.parent)
+"""
+    outs = [k.run(continuation.format(name=f"fork-{k.user}")) for k in (bob, alice)]
+    for out in outs:
+        assert out.status == "ok", out.error
+        assert "'/shared/intro'] /shared/intro" in out.stdout  # shares pages with its parent
+    tops = [re.search(r"top (\[.*\])", o.stdout).group(1) for o in outs]  # type: ignore[union-attr]
+    assert tops[0] == tops[1]  # bob's fork continues alice's file exactly as her own fork does
+    assert int(re.search(r"shared (\d+)", outs[0].stdout).group(1)) >= 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("owner,other", [("alice", "bob"), ("bob", "alice")])
+def test_neither_kernel_can_write_or_unlink_the_others_home(
+    kernels: dict[str, Kernel], owner: str, other: str
+) -> None:
+    made = kernels[owner].run(
+        f"""%%lip
+f = await kv.create("/home/{owner}/notes")
+await forward(f, tokenize("private notes"))
+await kv.close(f)
+"""
+    )
+    assert made.status == "ok", made.error
+    for attempt in (
+        f'await kv.open("/home/{owner}/notes", write=True)',
+        f'await kv.unlink("/home/{owner}/notes")',
+        f'await kv.create("/home/{owner}/intruder")',
+        f'await kv.chmod("/home/{owner}/notes", 0o666)',
+    ):
+        out = kernels[other].run(f"%%lip\n{attempt}\n")
+        assert out.status == "error" and out.error is not None
+        assert out.error["ename"] == "PermissionDenied", (attempt, out.error)
+    check = kernels[owner].run(f'%%lip\nprint((await kv.stat("/home/{owner}/notes")).tokens)\n')
+    assert check.status == "ok" and int(check.stdout.split()[-1]) > 0
+
+
+def test_kill_9_of_a_kernel_mid_lip_reaps_it_and_the_other_finishes(engine: Engine) -> None:
+    victim, bob = Kernel("carol", engine.runtime), Kernel("dave", engine.runtime)
+    pages = 'print("pages", (await kv.stat(f)).pages, flush=True)'
+    try:
+        with engine.client() as c:
+            before = c.call("stat_engine")["pages_used"]
+        reference = bob.run(decode_cell("reference", "The module", 200, after=pages))
+        bob_pages = int(reference.stdout.split("pages")[-1].split()[0])  # the most it holds
+        victim_cell = (
+            decode_cell("victim", INTRO * 8, 200)
+            .replace("out = []\n", f"out = []\n{pages}\n")
+            .replace("    out.append", "    await sleep(0.01)\n    out.append")
+        )  # runs for seconds
+        victim_id = victim.start(victim_cell)
+        bob_id = bob.start(decode_cell("survivor", "The module", 200))
+        started = victim.collect(victim_id, until="token")
+        pid, victim_pages = started.pid, int(started.stdout.split("pages")[1].split()[0])
+        assert victim_pages > bob_pages  # so that a page it kept would show below
+        os.kill(victim.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        with engine.client() as c:
+            while next(p.state for p in c.call("ps") if p.pid == pid) != "exited":
+                assert time.monotonic() - killed < 2.0, "not reaped within 2 s"
+                time.sleep(0.02)
+            reaped = time.monotonic() - killed
+            assert c.call("stat_engine")["pages_used"] <= before + bob_pages
+        out = bob.collect(bob_id)
+        assert out.status == "ok", out.error
+        assert out.done() == reference.done()  # the survivor's output is unharmed
+        with engine.client() as c:
+            assert c.call("stat_engine")["pages_used"] == before  # every page came back
+        print(f"reaped {reaped:.2f} s after kill -9")
+    finally:
+        for k in (bob, victim):
+            with contextlib.suppress(Exception):
+                k.shutdown()
+
+
+def test_a_server_cell_runs_beside_the_engine_and_calls_a_tool(kernels: dict[str, Kernel]) -> None:
+    alice, bob = kernels["alice"], kernels["bob"]
+    defined = alice.run(
+        """from workbench import tool
+
+@tool
+def word_count(text: str) -> int:
+    return len(text.split())
+"""
+    )
+    assert defined.status == "ok", defined.error
+    body = 'f = await kv.create()\nd = await forward(f, tokenize("The return value"))\n'
+    body += 'print("top", d.ids[:3])\n'
+    remote = alice.run(
+        f"%%lip --server --name remote\n{body}print(await tool('word_count', 'a b c'))\n"
+    )
+    local = alice.run(f"%%lip --name local\n{body}")
+    assert remote.status == "ok", remote.error
+    assert "engine-side worker" in remote.displays[0] and "exited" in remote.displays[-1]
+    top = re.search(r"top \[.*\]", remote.stdout)
+    assert top is not None and top.group(0) in local.stdout  # same model, same answer
+    assert remote.stdout.splitlines()[-1] == "3"
+    from_bob = bob.run('%%lip\nprint(await tool("word_count", "x y"))\n')  # any LIP may call it
+    assert from_bob.status == "ok" and from_bob.stdout.strip() == "2", from_bob.error
+    failed = alice.run('%%lip --server\nx = 1\nraise ValueError("nope")\n')
+    assert failed.status == "error" and failed.error is not None
+    assert failed.error["ename"] == "ProcessFailed" and "ValueError: nope" in failed.stdout
+    assert "line 3" in failed.stdout  # the worker's traceback names the cell's line

@@ -1,0 +1,301 @@
+"""Server runs (`%%lip --server`) and engine-side tools, against a real `symphony serve` process.
+
+The tests share one engine and run in file order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
+from workbench import tools as wb_tools
+from workbench.client import Client
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SYMPHONY_")}
+ENV.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
+
+
+@pytest.fixture(scope="module")
+def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from checkpoints import write_checkpoint
+
+    tmp = tmp_path_factory.mktemp("workers")
+    ckpt = tmp / "ckpt"
+    ckpt.mkdir()
+    write_checkpoint(ckpt, "llama-tied")
+    path = tmp / "conn.json"
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(ckpt)]
+    cmd += ["--connection-file", str(path), "--threads", "1", "--pages", "512", "--page-size", "4"]
+    with open(tmp / "engine.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stderr=log, stdout=log)
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, (tmp / "engine.log").read_text()
+        assert time.monotonic() < deadline, "the engine did not write its connection file"
+        time.sleep(0.05)
+    yield path
+    proc.terminate()
+    assert proc.wait(10) == 0, (tmp / "engine.log").read_text()
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+class Output:
+    """An on_output that keeps what a server run printed."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[str, str]] = []
+
+    def __call__(self, stream: str, text: str) -> None:
+        self.chunks.append((stream, text))
+
+    def text(self, stream: str = "stdout") -> str:
+        return "".join(t for s, t in self.chunks if s == stream)
+
+    async def os_pid(self) -> int:
+        """The worker's OS pid, once it printed `os <pid>`."""
+        while "os " not in self.text():
+            await asyncio.sleep(0.02)
+        return int(self.text().split("os ")[1].split()[0])
+
+
+async def os_pid_gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+FORWARDS = f"""
+import sys
+f = await kv.create()
+d = await forward(f, {PROMPT})
+for i in range(20):
+    print("line", i)
+print("first", d.ids)
+d = await forward(f, [d.argmax()])
+print("second", d.ids)
+print("to stderr", file=sys.stderr)
+try:
+    key = open("/proc/self/environ", "rb").read().split(b"SYMPHONY_WORKER_KEY=")[1]
+    await lip.client.call("worker.adopt", {{"key": key.split(b"\\0")[0].decode()}})
+except FileNotFoundError:
+    print("reused key refused")
+except Exception as e:
+    print("reused key refused" if type(e).__name__ == "PermissionDenied" else repr(e))
+"""
+
+
+def test_a_server_cell_streams_its_output_and_computes_as_a_client_lip(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        out = Output()
+        pid = await alice.run(FORWARDS, name="server-cell", on_output=out)
+        lines = out.text().splitlines()
+        assert lines[:20] == [f"line {i}" for i in range(20)]
+        assert out.text("stderr") == "to stderr\n"
+        assert lines[-1] == "reused key refused"
+
+        lip = await alice.attach("client-side")
+        f = await lip.kv.create()
+        d = await lip.forward(f, PROMPT)
+        second = await lip.forward(f, [d.argmax()])
+        assert lines[20:22] == [f"first {d.ids}", f"second {second.ids}"]
+        await lip.exit()
+
+        info = {p.pid: p for p in await alice.ps()}[pid]
+        assert (info.name, info.owner, info.state, info.error) == (
+            "server-cell", "alice", "exited", None,
+        )  # fmt: skip
+        assert info.calls == 2
+        with pytest.raises(PermissionDenied):
+            await alice.call("worker.adopt", {"key": "0" * 32})
+        bob = await Client.connect(conn, user="bob")
+        with pytest.raises(PermissionDenied):
+            await bob.call("output", {"pid": pid, "after": 0})
+        await bob.close()
+        await alice.close()
+
+    run(body())
+
+
+def test_a_raising_cell_reports_its_traceback_and_the_engine_serves_on(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        out = Output()
+        with pytest.raises(ProcessFailed) as err:
+            await alice.run('x = 1\nraise ValueError("bad value")\n', on_output=out)
+        assert "raised ValueError: bad value" in str(err.value)
+        tb = err.value.traceback or ""
+        assert 'File "<lip-cell>", line 2' in tb and 'raise ValueError("bad value")' in tb
+        assert tb.rstrip().endswith("ValueError: bad value") and "worker.py" not in tb
+        assert tb in out.text("stderr")
+        with pytest.raises(ProcessFailed, match="raised NameError"):
+            await alice.run("await forward(nothing, [1])", on_output=Output())
+        with pytest.raises(ProcessFailed, match="ended: exit code 4$"):
+            await alice.run("import os\nos._exit(4)", on_output=Output())
+        again = Output()
+        await alice.run("print(tokenize('abc') == lip.tokenize('abc'))", on_output=again)
+        assert again.text() == "True\n"
+        await alice.close()
+
+    run(body())
+
+
+def test_a_hanging_cell_is_ended_at_its_time_limit_and_its_pages_reclaimed(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        before = (await alice.stat_engine())["pages_used"]
+        out = Output()
+        cell = f"f = await kv.create()\nawait forward(f, {PROMPT * 4})\nprint('os', os.getpid())\n"
+        start = time.monotonic()
+        with pytest.raises(ProcessFailed, match="exceeded its time limit of 2s"):
+            await alice.run(
+                "import os\n" + cell + "while True:\n    pass\n", timeout=2, on_output=out
+            )
+        assert time.monotonic() - start < 6
+        assert await os_pid_gone(await out.os_pid())
+        assert (await alice.stat_engine())["pages_used"] == before
+        await alice.close()
+
+    run(body())
+
+
+def test_a_cell_over_its_memory_limit_is_ended(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        with pytest.raises(ProcessFailed, match="exceeded its memory limit of 200 MB") as err:
+            await alice.run("big = bytearray(4 * 2**30)", memory_mb=200, on_output=Output())
+        assert "MemoryError" in (err.value.traceback or "")
+        await alice.run("small = bytearray(50 * 2**20)", memory_mb=200, on_output=Output())
+        await alice.close()
+
+    run(body())
+
+
+SLEEPER = "import os\nprint('os', os.getpid())\nwhile True:\n    await sleep(0.05)\n"
+
+
+def test_killing_or_cancelling_a_server_run_ends_its_worker(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        out = Output()
+        task = asyncio.create_task(alice.run(SLEEPER, name="to-kill", on_output=out))
+        os_pid = await out.os_pid()
+        pid = next(p.pid for p in await alice.ps() if p.name == "to-kill" and p.state != "exited")
+        await alice.kill(pid)
+        with pytest.raises(ProcessFailed, match="killed"):
+            await task
+        assert await os_pid_gone(os_pid)
+
+        out = Output()
+        task = asyncio.create_task(alice.run(SLEEPER, name="to-cancel", on_output=out))
+        os_pid = await out.os_pid()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await os_pid_gone(os_pid)
+        info = next(p for p in await alice.ps() if p.name == "to-cancel")
+        assert (info.state, info.error) == ("exited", "killed")
+
+        out = Output()
+        task = asyncio.create_task(alice.run(SLEEPER, name="to-orphan", on_output=out))
+        os_pid = await out.os_pid()
+        await alice.close()  # the session that ran it goes: so does its worker
+        with pytest.raises(EngineError):
+            await task
+        assert await os_pid_gone(os_pid)
+
+    run(body())
+
+
+def add(a: int, b: int = 0) -> int:
+    """a + b, beside the engine."""
+    return a + b
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def die() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@wb_tools.tool(timeout=1)
+def hang() -> None:
+    import time
+
+    time.sleep(60)
+
+
+def test_tools_are_callable_from_every_lip_and_fail_cleanly(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        bob = await Client.connect(conn, user="bob")
+        info = await alice.register_tool(add)
+        assert info == {"name": "add", "signature": "(a: int, b: int = 0) -> int",
+                        "doc": "a + b, beside the engine."}  # fmt: skip
+        await bob.register_tool(divide, name="div")
+        assert await wb_tools.register_pending(alice) == ["hang"] and not wb_tools.PENDING
+        assert [t["name"] for t in await bob.tools()] == ["add", "div", "hang"]
+
+        a, b = await alice.attach("a"), await bob.attach("b")
+        assert await a.tool("add", 1, 2) == 3 and await b.tool("add", 40, b=2) == 42
+        out = Output()
+        await bob.run("print(await tool('div', 1, 4))", on_output=out)
+        assert out.text() == "0.25\n"
+        with pytest.raises(ToolFailed, match="'div' raised ZeroDivisionError") as err:
+            await a.tool("div", 1, 0)
+        assert "return a / b" in (err.value.traceback or "")
+        start = time.monotonic()
+        with pytest.raises(ToolFailed, match="'hang' exceeded its time limit of 1s"):
+            await b.tool("hang")
+        assert time.monotonic() - start < 4
+        assert await a.tool("add", 2) == 2  # a new host, with the tools registered again
+        await alice.register_tool(die)
+        with pytest.raises(ToolFailed, match="the tool host died"):
+            await a.tool("die")
+        assert await b.tool("add", 5) == 5
+        await a.exit()
+        await b.exit()
+        await alice.close()
+        await bob.close()
+
+    run(body())
+
+
+def test_syscalls_tool_in_process(tiny_loaded) -> None:  # noqa: ANN001
+    from engine.kernel import Kernel
+
+    async def main(sys: Any) -> Any:
+        return await sys.tool("mul", 6, b=7)
+
+    async def body() -> None:
+        async with Kernel(tiny_loaded, num_pages=16) as kernel:
+            await kernel.tools.register("mul", "def mul(a, b):\n    return a * b\n")
+            assert await kernel.wait(kernel.spawn(main)) == 42
+            host = kernel.tools._host
+        assert host is not None and host.proc is not None and host.proc.returncode is not None
+
+    run(body())

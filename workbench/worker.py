@@ -1,0 +1,97 @@
+"""An engine-side worker: `python -m workbench.worker`, started by the engine for a server run.
+
+The engine (engine.workers) launches it with its connection info, pid and a one-time key in the
+environment. It connects as a client, adopts the pid (`worker.adopt`, which hands it the cell's
+code), caps its address space, runs the cell with the names a `%%lip` cell has, and reports how
+it ended (`worker.exit`): a raising cell prints its traceback (the cell's frames) to stderr and
+exits 1. Its stdout and stderr stream back to the cell through the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import linecache
+import os
+import sys
+import traceback
+
+from engine import connection
+from engine.errors import EngineError
+from workbench.client import LIP, Client
+from workbench.names import compile_cell, lip_names, run_cell
+
+CELL = "<lip-cell>"
+
+
+async def main() -> int:
+    env = os.environ
+    info = connection.ConnectionInfo(**json.loads(env["SYMPHONY_WORKER_ENGINE"]))
+    name = f"worker-{env['SYMPHONY_WORKER_PID']}"
+    client = await Client.connect(info, user=env["SYMPHONY_WORKER_USER"], name=name)
+    try:
+        job = await client.call("worker.adopt", {"key": env.pop("SYMPHONY_WORKER_KEY", "")})
+        lip = LIP(client, job["pid"], job["name"])
+        error, tb = await run(lip, job["code"], int(job["memory_mb"]))
+        if tb:
+            print(tb, end="", file=sys.stderr, flush=True)
+        with contextlib.suppress(EngineError):  # the cell may have ended its process itself
+            await client.call("worker.exit", {"pid": lip.pid, "error": error, "traceback": tb})
+        return 0 if error is None else 1
+    finally:
+        await client.close()
+
+
+async def run(lip: LIP, code: str, memory_mb: int) -> tuple[dict[str, str] | None, str | None]:
+    """Run the cell; (None, None), or its error {type, message} and traceback."""
+    linecache.cache[CELL] = (len(code), None, code.splitlines(keepends=True), CELL)
+    namespace = {**lip_names(lip), "__name__": "__main__"}
+    if lip.client.tokenizer is not None:
+        lip.tokenize("warm up")  # the tokenizer's own allocations are not the cell's
+    limit_memory(memory_mb)
+    try:
+        await run_cell(compile_cell(code, CELL), namespace)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            return None, None
+        return {"type": "SystemExit", "message": str(e.code)}, None
+    except BaseException as e:  # the cell's failure is reported, not the worker's
+        return {"type": type(e).__name__, "message": str(e)}, cell_traceback(e, CELL)
+    return None, None
+
+
+def limit_memory(megabytes: int) -> None:
+    """Cap the address space at what is mapped now plus megabytes (Linux; elsewhere a no-op)."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            cap = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + megabytes * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def cell_traceback(error: BaseException, filename: str) -> str:
+    """The traceback of error showing only the frames of code compiled as filename."""
+    tb = traceback.TracebackException.from_exception(error)
+    seen: set[int] = set()
+    todo = [tb]
+    while todo:
+        t = todo.pop()
+        if id(t) not in seen:
+            seen.add(id(t))
+            t.stack = traceback.StackSummary.from_list(
+                [f for f in t.stack if f.filename == filename]
+            )
+            todo += [c for c in (t.__cause__, t.__context__) if c is not None]
+    return "".join(tb.format())
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main()))
+    except Exception:
+        traceback.print_exc()
+        sys.exit(2)
