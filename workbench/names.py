@@ -31,8 +31,9 @@ RECORDS = {
 
 
 def lip_names(lip: LIP) -> dict[str, Any]:
-    """`lip`, `pid`, `kv` and each system call of the process, bound to it."""
+    """`lip`, `pid`, `kv`, `home` and each system call of the process, bound to it."""
     names: dict[str, Any] = {"lip": lip, "pid": lip.pid, "kv": lip.kv}
+    names["home"] = f"/home/{lip.client.user}"  # this user's KV directory, kept after exit
     names.update({name: getattr(lip, name) for name in CALLS})
     if hasattr(lip, "tool"):
         names["tool"] = lip.tool
