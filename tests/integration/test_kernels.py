@@ -284,3 +284,32 @@ def word_count(text: str) -> int:
     assert failed.status == "error" and failed.error is not None
     assert failed.error["ename"] == "ProcessFailed" and "ValueError: nope" in failed.stdout
     assert "line 3" in failed.stdout  # the worker's traceback names the cell's line
+
+
+def test_the_stop_button_ends_the_process_and_reclaims_its_pages(
+    engine: Engine, kernels: dict[str, Kernel]
+) -> None:
+    alice = kernels["alice"]
+    with engine.client() as c:
+        before = c.call("stat_engine")["pages_used"]
+    cell = decode_cell("endless", INTRO * 4, 100_000).replace(
+        "    out.append", "    await sleep(0.005)\n    out.append"
+    )
+    msg_id = alice.start(cell)
+    running = alice.collect(msg_id, until="token")
+    with engine.client() as c:
+        listed = {p.pid: p for p in c.call("ps")}[running.pid]
+        assert listed.state != "exited" and listed.name == "endless"  # listed while it runs
+        assert c.call("stat_engine")["pages_used"] > before
+    alice.km.interrupt_kernel()
+    stopped = time.monotonic()
+    out = alice.collect(msg_id)
+    assert out.status == "error" and out.error is not None
+    assert out.error["ename"] == "KeyboardInterrupt"
+    assert "ended: interrupted" in out.displays[-1]
+    with engine.client() as c:
+        info = {p.pid: p for p in c.call("ps")}[running.pid]
+        assert info.state == "exited" and info.error == "interrupted"
+        assert c.call("stat_engine")["pages_used"] == before  # at once: no heartbeat involved
+    assert time.monotonic() - stopped < 5
+    assert alice.run("print(1 + 1)").stdout.strip() == "2"  # the kernel is fine
