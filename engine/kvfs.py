@@ -14,6 +14,9 @@ Directories are implicit: one exists while a file lies under it. `listdir` shows
 caller may read: files it may open and directories holding one (the three roots always).
 A file lives while it has a name or an open handle, like unix: unlinking the last name of an open
 file keeps its pages until the last close. Handles are capabilities: whoever holds one may use it.
+
+Views (the widgets' data): `walk` stats every readable file under a path, `pages` shows the pool
+with the readable files behind each page, `read` returns a readable file's token ids.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from engine.errors import (
     PermissionDenied,
 )
 from engine.page_pool import PagePool
-from engine.records import FileStat
+from engine.records import FileStat, PageMap
 from engine.sequence import KVSequence, pages_for
 
 ROOTS = ("proc", "home", "shared")
@@ -273,30 +276,7 @@ class KVFS:
 
     def stat(self, caller: Caller, target: Handle | str) -> FileStat:
         path, f = self._resolve(caller, target, READ)
-        pages = f.seq.pages
-        mine = set(pages)
-        shared_with = {
-            name: len(mine & set(other.seq.pages))
-            for name, other in self._names.items()
-            if other is not f and _may(caller, name, other, READ) and mine & set(other.seq.pages)
-        }
-        return FileStat(
-            path=path,
-            tokens=len(f.seq),
-            pages=len(pages),
-            shared_pages=sum(1 for p in pages if self.pool.refcount[p] > 1),
-            shared_with=shared_with,
-            parent=f.parent,
-            owner=f.owner,
-            pid=f.pid,
-            mode=f.mode,
-            created=f.created,
-            last_use=f.last_use,
-            hidden=len(f.seq.hidden),
-            page_table=tuple(pages),
-            names=tuple(sorted(f.names)),
-            open_handles=f.open_handles,
-        )
+        return self._file_stat(f, path, self._holders(caller, set(f.seq.pages)))
 
     def listdir(self, caller: Caller, path: str = "/") -> list[str]:
         """Direct children the caller may read: file names, and directories with a trailing /."""
@@ -326,6 +306,109 @@ class KVFS:
             for p in f.seq.pages:
                 owners.setdefault(p, []).append(path)
         return owners
+
+    # ---- views: what the workbench's widgets read (walk and pages touch no file) ----
+
+    def walk(self, caller: Caller, path: str = "/") -> list[FileStat]:
+        """The stat of every file under path the caller may read: one per readable name, by name.
+
+        As `stat` on each name, in one call: `shared_with` lists only readable names.
+        """
+        norm = normpath(path)
+        prefix = norm.rstrip("/") + "/"
+        named = [
+            (name, f)
+            for name, f in sorted(self._names.items())
+            if (name == norm or name.startswith(prefix)) and _may(caller, name, f, READ)
+        ]
+        holders = self._holders(caller)
+        return [self._file_stat(f, name, holders) for name, f in named]
+
+    def pages(self, caller: Caller) -> PageMap:
+        """The page pool as the caller sees it: per page its holders, named where readable.
+
+        `owners[p]` has one readable name of each file holding page p (its first readable name
+        in sorted order), so `refcount[p] - len(owners[p])` files hold it unseen. Swapped-out
+        pages (in host memory, see `KVSequence.swap_out`) are counted per readable file.
+        """
+        owners: list[list[str]] = [[] for _ in range(self.pool.num_pages)]
+        swapped: dict[str, int] = {}
+        for name, f in self._first_readable_names(caller):
+            for p in sorted({p for p in f.seq.pages if p >= 0}):
+                owners[p].append(name)
+            if f.seq.swapped:
+                swapped[name] = len(f.seq.swapped)
+        return PageMap(
+            page_size=self.pool.page_size,
+            refcount=list(self.pool.refcount),
+            owners=owners,
+            swapped=swapped,
+            swapped_total=sum(len(f.seq.swapped) for f in self._all_files()),
+        )
+
+    def read(
+        self, caller: Caller, path: Handle | str, start: int = 0, stop: int | None = None
+    ) -> list[int]:
+        """The token ids of a file the caller may read, `tokens[start:stop]`."""
+        if not isinstance(start, int) or not (stop is None or isinstance(stop, int)):
+            raise InvalidArgument("read takes int start and stop (or None)")
+        _, f = self._resolve(caller, path, READ)
+        return list(f.seq.tokens[start:stop])
+
+    def _holders(
+        self, caller: Caller, pages: set[int] | None = None
+    ) -> dict[int, list[tuple[str, KVFile]]]:
+        """Pool page -> the readable (name, file) pairs holding it (only `pages`, if given)."""
+        out: dict[int, list[tuple[str, KVFile]]] = {}
+        for name, f in sorted(self._names.items()):
+            if not _may(caller, name, f, READ):
+                continue
+            for p in set(f.seq.pages):
+                if p >= 0 and (pages is None or p in pages):
+                    out.setdefault(p, []).append((name, f))
+        return out
+
+    def _file_stat(
+        self, f: KVFile, path: str, holders: dict[int, list[tuple[str, KVFile]]]
+    ) -> FileStat:
+        pages = f.seq.pages
+        shared_with: dict[str, int] = {}
+        for p in {p for p in pages if p >= 0}:
+            for name, other in holders.get(p, ()):
+                if other is not f:
+                    shared_with[name] = shared_with.get(name, 0) + 1
+        return FileStat(
+            path=path,
+            tokens=len(f.seq),
+            pages=len(pages),
+            shared_pages=sum(1 for p in pages if p >= 0 and self.pool.refcount[p] > 1),
+            shared_with=dict(sorted(shared_with.items())),
+            parent=f.parent,
+            owner=f.owner,
+            pid=f.pid,
+            mode=f.mode,
+            created=f.created,
+            last_use=f.last_use,
+            hidden=len(f.seq.hidden),
+            page_table=tuple(pages),
+            names=tuple(sorted(f.names)),
+            open_handles=f.open_handles,
+        )
+
+    def _first_readable_names(self, caller: Caller) -> list[tuple[str, KVFile]]:
+        """Each file the caller may read once, by its first readable name."""
+        seen: set[int] = set()
+        out = []
+        for name, f in sorted(self._names.items()):
+            if id(f) not in seen and _may(caller, name, f, READ):
+                seen.add(id(f))
+                out.append((name, f))
+        return out
+
+    def _all_files(self) -> list[KVFile]:
+        """Every live file once: named, or unlinked but still open."""
+        unique = {id(f): f for _, f in self.files()}
+        return list(unique.values())
 
     # ---- persistence ----
 

@@ -15,8 +15,8 @@ header + body keyed by the connection token, checked with `hmac.compare_digest`.
                                                        "message": "...", "attrs": {...}}}
 
 Values are plain msgpack; the records of `engine.records` (Distribution, FileStat, ProcessInfo,
-Message, Event) travel as msgpack extension 1 holding `[name, {field: value}]`, so both ends
-rebuild the same NamedTuple. A KV file handle is `{"fd", "path", "writable"}`; forward's
+Message, Event, PageMap) travel as msgpack extension 1 holding `[name, {field: value}]`, so both
+ends rebuild the same NamedTuple. A KV file handle is `{"fd", "path", "writable"}`; forward's
 `returns=` is `{"kind": "topk", "k"}`, `{"kind": "sample", "temperature", "top_k", "top_p",
 "min_p", "seed"}`, `{"kind": "logprobs", "tokens"}` or `{"kind": "logits"}`.
 

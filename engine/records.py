@@ -121,6 +121,16 @@ class FileStat(NamedTuple):
     open_handles: int
 
 
+class PageMap(NamedTuple):
+    """The page pool as one caller sees it (`kv.pages`): per pool page its holders."""
+
+    page_size: int
+    refcount: list[int]  # per pool page: files holding it (0: free)
+    owners: list[list[str]]  # per pool page: a readable name of each file holding it
+    swapped: dict[str, int]  # readable file name -> its pages swapped out to host memory
+    swapped_total: int  # every file's swapped-out pages, readable or not
+
+
 class ProcessInfo(NamedTuple):
     """What `ps` shows of a process."""
 
@@ -180,6 +190,6 @@ class FileHandle(NamedTuple):
 
 # Records that cross the wire by name (engine.protocol); tuples come back as tuples.
 RECORDS: dict[str, type[tuple]] = {
-    cls.__name__: cls for cls in (Distribution, Message, FileStat, ProcessInfo, Event)
+    cls.__name__: cls for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap)
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {"FileStat": ("page_table", "names")}

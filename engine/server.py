@@ -5,7 +5,11 @@ runs in the client) and every system call is then an op of the same name, acting
 (`pid` in the request): `forward`, `kv.create`, ..., `ps`, `kill`, `send`, `receive`, `sleep`.
 Without a pid the client acts as itself (`ps`, `kill`, `wait`, and the KV calls on paths:
 `kv.listdir`, `kv.stat`, `kv.unlink`, `kv.link`, `kv.rename`, `kv.chmod`). Beside them: `detach`,
-`trace`, `stat_engine`, `noop`, `goodbye` and `shutdown`.
+`trace`, `stat_engine`, `sessions`, `noop`, `goodbye` and `shutdown`.
+
+Views, for the workbench's widgets (with or without a pid; each sees what its caller may read):
+`kv.walk` (the stat of every readable file under a path), `kv.pages` (the page pool: reference
+counts and the readable files behind each page) and `kv.read` (a readable file's token ids).
 
 Server runs (`%%lip --server`, see engine.workers): `run` starts a worker subprocess for some code
 and returns its pid at once; `output` long-polls what it prints; the worker itself says
@@ -98,6 +102,10 @@ PROCESS_OPS = (
     "sleep",
 )
 
+# --- views: read-only KV calls for the widgets (engine.kvfs.KVFS.walk, .pages, .read) ----------
+
+VIEW_KV_OPS = ("walk", "pages", "read")  # by a process or by the client itself
+
 
 @dataclass
 class Session:
@@ -145,6 +153,7 @@ class EngineServer:
             "detach": self._detach,
             "trace": self._trace,
             "stat_engine": self._stat_engine,
+            "sessions": self._sessions,
             "noop": self._noop,
             "shutdown": self._shutdown,
             "spawn": self._spawn,
@@ -152,6 +161,7 @@ class EngineServer:
         }
         self._ops.update({op: self._syscall for op in PROCESS_OPS})
         self._ops.update({f"kv.{op}": self._syscall for op in KV_OPS})
+        self._ops.update({f"kv.{op}": self._syscall for op in VIEW_KV_OPS})
         self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
         self._ops.update(
             {
@@ -398,6 +408,13 @@ class EngineServer:
             "uptime": round(k.trace.now(), 3),
         }
 
+    async def _sessions(self, session: Session, req: Request) -> list[dict[str, Any]]:
+        """The connected clients: user, client name, and the pids of their processes."""
+        return [
+            {"user": s.user, "name": s.name, "pids": sorted(s.pids | s.ended)}
+            for s in self.sessions.values()
+        ]
+
     async def _noop(self, session: Session, req: Request) -> None:
         return None
 
@@ -453,7 +470,7 @@ class EngineServer:
             self._cancel_dead_tasks()
             return None
         name = op.removeprefix("kv.")
-        if op.startswith("kv.") and name in CLIENT_KV_OPS:
+        if op.startswith("kv.") and name in CLIENT_KV_OPS + VIEW_KV_OPS:
             if name == "stat" and "path" in args:  # KVCalls.stat(path) is KVFS.stat(target)
                 args["target"] = args.pop("path")
             return getattr(k.kvfs, name)(Caller(None, session.user), **args)

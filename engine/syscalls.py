@@ -23,6 +23,7 @@ from engine.records import (
     Logits,
     LogProbs,
     Message,
+    PageMap,
     ProcessInfo,
     Returns,
     Sample,
@@ -103,6 +104,20 @@ class KVCalls:
 
     async def load(self, src: str | Path, path: str | None = None) -> Handle:
         return self._fs.load(await self._sys._caller(), src, path)
+
+    # --- views: what the workbench's widgets read (see KVFS.walk, .pages, .read) ---------------
+
+    async def walk(self, path: str = "/") -> list[FileStat]:
+        """The stat of every file under path this process may read."""
+        return self._fs.walk(await self._sys._caller(), path)
+
+    async def pages(self) -> PageMap:
+        """The page pool: per page its reference count and the readable files holding it."""
+        return self._fs.pages(await self._sys._caller())
+
+    async def read(self, path: Handle | str, start: int = 0, stop: int | None = None) -> list[int]:
+        """The token ids of a readable file, `tokens[start:stop]`."""
+        return self._fs.read(await self._sys._caller(), path, start, stop)
 
 
 class Syscalls:

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine import connection
@@ -42,21 +42,32 @@ async def connect(
 
 def ensure_engine(path: Path, timeout: float = START_TIMEOUT) -> connection.ConnectionInfo:
     """The engine behind path, started (and waited for) when none runs."""
+    return start_engine(path, timeout)[0]
+
+
+def start_engine(
+    path: Path, timeout: float = START_TIMEOUT, args: Sequence[str] = ()
+) -> tuple[connection.ConnectionInfo, subprocess.Popen | None]:
+    """The engine behind path, and its process when it was started here (None: it ran already).
+
+    args: more `symphony serve` options (`--model`, `--pages`, ...) for an engine started here.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(path.with_name(path.name + ".lock")):
         with contextlib.suppress(EngineNotRunning):
-            return connection.read(path)  # another kernel started it while we waited
+            return connection.read(path), None  # another kernel started it while we waited
         log = path.with_name(path.stem + ".log")
-        proc = _launch(path, log)
+        proc = _launch(path, log, args)
         print(f"started the Symphony engine (pid {proc.pid}; log {log})", file=sys.stderr)
-        return _wait_for(path, proc, log, timeout)
+        return _wait_for(path, proc, log, timeout), proc
 
 
-def _launch(path: Path, log: Path) -> subprocess.Popen:
+def _launch(path: Path, log: Path, args: Sequence[str] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--connection-file", str(path)]
     cmd += ["--idle-exit", str(IDLE_EXIT)]
-    if os.environ.get(MODEL_ENV):
+    if os.environ.get(MODEL_ENV) and "--model" not in args:
         cmd += ["--model", os.environ[MODEL_ENV]]
+    cmd += list(args)
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd,

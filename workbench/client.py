@@ -58,6 +58,7 @@ from engine.records import (
     Logits,
     LogProbs,
     Message,
+    PageMap,
     ProcessInfo,
     Returns,
     Sample,
@@ -249,6 +250,24 @@ class Client:
         """Pages free and used, batches run, model, device, processes, sessions."""
         return await self.call("stat_engine")
 
+    async def sessions(self) -> list[dict[str, Any]]:
+        """The engine's connected clients: each one's user, name and pids (live and ended)."""
+        return await self.call("sessions")
+
+    # --- views: what the widgets read (the same calls a user has) -------------------------------
+
+    async def walk(self, path: str = "/") -> list[FileStat]:
+        """The stat of every file under path this client may read (one per readable name)."""
+        return await self.call("kv.walk", {"path": path})
+
+    async def pages(self) -> PageMap:
+        """The page pool: per page its reference count and the readable files holding it."""
+        return await self.call("kv.pages")
+
+    async def read(self, path: str, start: int = 0, stop: int | None = None) -> list[int]:
+        """The token ids of a file this client may read, `tokens[start:stop]`."""
+        return await self.call("kv.read", {"path": path, "start": start, "stop": stop})
+
     # --- server runs and tools -------------------------------------------------------------------
 
     async def run(
@@ -375,6 +394,19 @@ class KVCalls:
 
     async def load(self, src: str | Path, path: str | None = None) -> FileHandle:
         return await self._handle("kv.load", src=str(src), path=path)
+
+    # --- views: what the widgets read (see Client.walk, .pages, .read) --------------------------
+
+    async def walk(self, path: str = "/") -> list[FileStat]:
+        return await self._lip._call("kv.walk", path=path)
+
+    async def pages(self) -> PageMap:
+        return await self._lip._call("kv.pages")
+
+    async def read(
+        self, path: FileHandle | str, start: int = 0, stop: int | None = None
+    ) -> list[int]:
+        return await self._lip._call("kv.read", path=path, start=start, stop=stop)
 
 
 class LIP:
@@ -549,6 +581,7 @@ __all__ = [
     "Logits",
     "LogProbs",
     "Message",
+    "PageMap",
     "ProcessInfo",
     "Sample",
     "SamplingParams",

@@ -29,6 +29,7 @@ import shlex
 import sys
 import time
 import tokenize
+from pathlib import Path
 from typing import Any
 
 from IPython import get_ipython
@@ -74,8 +75,19 @@ async def connect() -> Client:
     loop = asyncio.get_running_loop()
     client = _clients.get(id(loop))
     if client is None:
-        client = _clients[id(loop)] = await autostart.connect()
+        client = _clients[id(loop)] = await autostart.connect(name=client_name())
     return client
+
+
+def client_name() -> str:
+    """`kernel-<id>` in a Jupyter kernel (the server extension maps it to its notebook)."""
+    try:
+        from ipykernel.connect import get_connection_file
+
+        stem = Path(get_connection_file()).stem  # kernel-<id>.json, as jupyter_server names it
+    except Exception:  # not in a kernel
+        stem = ""
+    return stem if stem.startswith("kernel-") else f"client-{os.getpid()}"
 
 
 async def _attach(name: str, priority: int) -> LIP:

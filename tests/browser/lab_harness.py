@@ -1,0 +1,188 @@
+"""What the browser tests share: the running JupyterLab (`Lab`), notebooks, and the page helpers
+that wait for JupyterLab's own state (`window.jupyterapp`) rather than for what the toolbar says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+USER = "tester"  # the server's (and so its kernels') $SYMPHONY_USER
+TOKEN = "symphony-browser-test-token"
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    runtime: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def api(
+        self, endpoint: str, body: Any = None, token: str | None = "", method: str | None = None
+    ) -> tuple[int, Any]:
+        """(status, JSON) of a request to /symphony/<endpoint>; token None sends none."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"token {token or self.token}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            f"{self.url}/symphony/{endpoint}", data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            with contextlib.suppress(ValueError):
+                return e.code, json.loads(raw or b"null")
+            return e.code, raw.decode(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        code, doc = self.api("status")
+        assert code == 200, doc
+        return doc
+
+    def wait_for(self, what: str, check: Any, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not happen in {timeout:g}s")
+            time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_notebook(path: Path, cells: list[str]) -> Path:
+    """A notebook of code cells (no outputs), as nbformat 4 JSON."""
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"cell-{i}",
+                "metadata": {},
+                "outputs": [],
+                "source": src,
+            }
+            for i, src in enumerate(cells)
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+# ---- JupyterLab in the page ---------------------------------------------------------------------
+
+KERNEL_READY = """() => {
+    const app = window.jupyterapp;
+    if (!app || !app.started) return false;
+    const panel = app.shell.currentWidget;
+    if (!panel || !panel.sessionContext || !panel.context || !panel.content) return false;
+    if (!panel.context.isReady || panel.content.widgets.length === 0) return false;
+    const ctx = panel.sessionContext;
+    if (!ctx.isReady || ctx.hasNoKernel || ctx.isTerminating || ctx.isRestarting) return false;
+    const kernel = ctx.session && ctx.session.kernel;
+    return !!kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle';
+}"""
+
+NOTEBOOK_OUTPUTS = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const cells = panel.content.model.cells;
+    const out = [];
+    for (let i = 0; i < cells.length; i++) {
+        const cell = cells.get(i);
+        if (cell.type !== 'code') continue;
+        out.push({source: cell.sharedModel.getSource(), count: cell.executionCount,
+                  outputs: cell.outputs.toJSON()});
+    }
+    return out;
+}"""
+
+BUSY = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+    const pending = panel.node.querySelectorAll('.jp-InputPrompt');
+    const running = [...pending].some(p => p.textContent.includes('*'));
+    return running || !kernel || kernel.status !== 'idle';
+}"""
+
+
+def open_notebook(page: Any, lab: Lab, relpath: str) -> None:
+    """Open a notebook in JupyterLab and wait until its kernel is connected and idle.
+
+    Each page gets a workspace of its own, so that no tab of an earlier test is restored.
+    """
+    workspace = f"w{uuid.uuid4().hex[:12]}"
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{relpath}?token={lab.token}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=60_000)
+    page.wait_for_function(
+        "() => window.jupyterapp.shell.currentWidget && "
+        "window.jupyterapp.shell.currentWidget.sessionContext",
+        timeout=60_000,
+    )
+    deadline = time.monotonic() + 90
+    ready = 0
+    while ready < 3:  # connected and idle, and still so a moment later
+        assert time.monotonic() < deadline, "the notebook's kernel did not become ready"
+        ready = ready + 1 if page.evaluate(KERNEL_READY) else 0
+        time.sleep(0.25)
+
+
+def run_command(page: Any, command: str, args: dict[str, Any] | None = None) -> None:
+    page.evaluate(
+        "([id, args]) => { window.jupyterapp.commands.execute(id, args); }", [command, args or {}]
+    )
+
+
+def wait_idle(page: Any, timeout: float = 120) -> None:
+    """Until no cell is queued or running and the kernel is idle (seen twice in a row)."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2:
+        assert time.monotonic() < deadline, "the notebook did not finish running"
+        quiet = 0 if page.evaluate(BUSY) else quiet + 1
+        time.sleep(0.3)
+
+
+def cell_outputs(page: Any) -> list[dict[str, Any]]:
+    return page.evaluate(NOTEBOOK_OUTPUTS)

@@ -1,0 +1,223 @@
+"""The widgets' data, from made-up engine replies: tree, fork graph, page map, timeline, tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.records import Distribution, Event, FileStat, PageMap, ProcessInfo
+from workbench.widgets.kv_data import (
+    Filter,
+    common_prefix,
+    file_pages,
+    fork_graph,
+    grid_shape,
+    page_map,
+    sharing,
+    tree_nodes,
+    unique_files,
+)
+from workbench.widgets.token_data import token_steps
+from workbench.widgets.trace_data import TimelineBuilder
+
+
+def stat(path: str, pages: tuple[int, ...] = (), **kw: object) -> FileStat:
+    fields = dict(
+        path=path,
+        tokens=4 * len(pages),
+        pages=len(pages),
+        shared_pages=0,
+        shared_with={},
+        parent=None,
+        owner="alice",
+        pid=None,
+        mode=0o600,
+        created=0.0,
+        last_use=0.0,
+        hidden=0,
+        page_table=pages,
+        names=(path,),
+        open_handles=0,
+    )
+    fields.update(kw)
+    return FileStat(**fields)  # type: ignore[arg-type]
+
+
+# ---- tree ----
+
+
+def test_tree_has_the_roots_and_sums_directories() -> None:
+    stats = [stat("/home/a/x", (1, 2)), stat("/home/a/deep/y", (3,)), stat("/shared/z", (4,))]
+    nodes = {n.id: n for n in tree_nodes(stats)}
+    assert set(nodes) == {
+        "/", "/proc", "/home", "/shared", "/home/a", "/home/a/deep",
+        "/home/a/x", "/home/a/deep/y", "/shared/z",
+    }  # fmt: skip
+    assert nodes["/"].parent == "" and nodes["/home/a/deep/y"].parent == "/home/a/deep"
+    assert (nodes["/home/a"].files, nodes["/home/a"].pages, nodes["/"].pages) == (2, 3, 4)
+    assert nodes["/proc"].files == 0 and nodes["/home/a/x"].stat == stats[0]
+
+
+def test_tree_filters_by_path_and_pid() -> None:
+    stats = [stat("/home/a/x", pid=3), stat("/home/a/y", pid=4), stat("/shared/z", pid=3)]
+    files = lambda flt: [n.id for n in tree_nodes(stats, flt) if n.kind == "file"]  # noqa: E731
+    assert files(Filter("/home/a")) == ["/home/a/x", "/home/a/y"]
+    assert files(Filter("/home/a/")) == ["/home/a/x", "/home/a/y"]
+    assert files(Filter("/home/a/x")) == ["/home/a/x"]
+    assert files(Filter(pid=3)) == ["/home/a/x", "/shared/z"]
+    assert files(Filter("/home", pid=4)) == ["/home/a/y"]
+    assert files(Filter("/home/a/xy")) == []  # a prefix of a name is not a directory
+
+
+# ---- one file's pages ----
+
+
+def test_file_pages_cut_tokens_and_name_sharers() -> None:
+    pm = PageMap(4, [0, 2, 3, 1], [[], ["/f"], ["/f", "/g"], ["/f"]], {}, 0)
+    st = stat("/f", (1, 2, 3), tokens=10)
+    runs = file_pages(st, list(range(10)), [str(i) for i in range(10)], pm)
+    assert [r.tokens for r in runs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [r.sharers for r in runs] == [(), ("/g",), ()]
+    assert [r.unseen for r in runs] == [1, 1, 0]  # one holder each that this reader cannot see
+    assert runs[2].start == 8 and runs[2].pieces == ["8", "9"]
+
+
+# ---- fork graph ----
+
+
+def test_fork_graph_labels_edges_with_the_shared_prefix() -> None:
+    stats = [
+        stat("/p", (1, 2)),
+        stat("/a", (1, 3), parent="/p", shared_with={"/p": 1}),
+        stat("/b", (1, 2), parent="/p", shared_with={"/p": 2}, names=("/b", "/s/b")),
+        stat("/s/b", (1, 2), parent="/p", shared_with={"/p": 2}, names=("/b", "/s/b")),
+        stat("/c", (4,), parent="/gone"),
+    ]
+    tokens = {"/p": [1, 2, 3, 4], "/a": [1, 2, 9], "/b": [1, 2, 3, 4, 5], "/c": [7]}
+    g = fork_graph(stats, tokens)
+    assert {n.id: n.kind for n in g.nodes} == {
+        "/p": "file", "/a": "file", "/b": "file", "/gone": "gone", "/c": "file",
+    }  # fmt: skip
+    edges = {(e.parent, e.child): (e.prefix, e.shared_pages) for e in g.edges}
+    assert edges == {("/p", "/a"): (2, 1), ("/p", "/b"): (4, 2), ("/gone", "/c"): (None, 0)}
+    depth = {n.id: n.depth for n in g.nodes}
+    assert depth == {"/p": 0, "/a": 1, "/b": 1, "/gone": 0, "/c": 1}
+    y = {n.id: n.y for n in g.nodes}
+    assert y["/p"] == (y["/a"] + y["/b"]) / 2 and len(set(y.values())) == 4
+    assert sharing(stats[1], g) == {"/p": 1}
+
+
+def test_fork_graph_collapses_many_children_until_expanded() -> None:
+    stats = [stat("/p")] + [stat(f"/k{i}", parent="/p") for i in range(6)]
+    g = fork_graph(stats, {}, max_children=3)
+    kinds = sorted(n.kind for n in g.nodes)
+    assert kinds == ["collapsed", "file", "file", "file"]
+    group = next(n for n in g.nodes if n.kind == "collapsed")
+    assert group.hidden == ("/k2", "/k3", "/k4", "/k5") and group.id == "/p (+4 more)"
+    assert len(g.edges) == 3
+    assert len(fork_graph(stats, {}, max_children=3, expanded={"/p"}).nodes) == 7
+
+
+def test_fork_graph_survives_a_cycle_of_renames() -> None:
+    stats = [stat("/a", parent="/b"), stat("/b", parent="/a"), stat("/c", parent="/c")]
+    g = fork_graph(stats, {})
+    assert sorted(n.id for n in g.nodes) == ["/a", "/b", "/c"]
+
+
+def test_unique_files_and_common_prefix() -> None:
+    one = ("/x", "/y")
+    assert [s.path for s in unique_files([stat("/y", names=one), stat("/x", names=one)])] == ["/x"]
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0
+
+
+# ---- page map ----
+
+
+def test_page_map_states_counts_swapped_and_filter() -> None:
+    pm = PageMap(16, [0, 1, 2, 3, 1], [[], ["/a"], ["/a", "/b"], ["/a"], []], {"/a": 2}, 3)
+    data = page_map(pm)
+    assert [c.state for c in data.cells] == [
+        "free", "private", "shared", "shared", "private", "swapped", "swapped", "swapped",
+    ]  # fmt: skip
+    assert data.counts == {"free": 1, "private": 2, "shared": 2, "swapped": 3}
+    assert data.shared_by == {2: 1, 3: 1}
+    assert [c.owners for c in data.cells[5:]] == [("/a",), ("/a",), ()]
+    kept = page_map(pm, [stat("/a", pid=7), stat("/b", pid=8)], Filter(pid=8))
+    assert [c.kept for c in kept.cells] == [False, False, True, False, False, False, False, False]
+    assert [c.kept for c in page_map(pm, flt=Filter("/a")).cells][:6] == [
+        False, True, True, True, False, True,
+    ]  # fmt: skip
+    assert grid_shape(8) == (2, 4) and grid_shape(1024) == (23, 45) and grid_shape(5, 2) == (3, 2)
+
+
+# ---- timeline ----
+
+
+def ev(seq: int, t: float, kind: str, pid: int | None, **data: object) -> Event:
+    return Event(seq, t, kind, pid, data)
+
+
+EVENTS = [
+    ev(0, 0.0, "process", 1, old=None, new="ready", name="one", owner="alice"),
+    ev(1, 0.1, "process", 2, old=None, new="ready", name="two", owner="bob"),
+    ev(2, 0.2, "call.submitted", 1, call=1, tokens=5),
+    ev(3, 0.25, "call.submitted", 2, call=2, tokens=1),
+    ev(4, 0.3, "call.started", 1, call=1, batch=1),
+    ev(5, 0.3, "call.started", 2, call=2, batch=1),
+    ev(6, 0.4, "batch", None, batch=1, pids=[1, 2], calls=[1, 2], sizes=[5, 1], tokens=6,
+       seconds=0.1),
+    ev(7, 0.4, "call.finished", 1, call=1, tokens=5, waited=0.1, error=None),
+    ev(8, 0.4, "call.finished", 2, call=2, tokens=1, waited=0.05, error=None),
+    ev(9, 0.5, "process", 2, old="ready", new="suspended", pages_swapped=3),
+    ev(10, 0.6, "call.submitted", 1, call=3, tokens=1),
+    ev(11, 0.7, "process", 2, old="suspended", new="ready"),
+    ev(12, 0.8, "call.submitted", 2, call=4, tokens=1),
+    ev(13, 0.9, "process", 2, old="ready", new="exited", error="killed", pages_freed=3),
+]  # fmt: skip
+
+
+def test_timeline_folds_calls_batches_and_suspensions() -> None:
+    b = TimelineBuilder()
+    assert b.add(EVENTS) == len(EVENTS) and b.last_seq == 13
+    d = b.data()
+    assert [(lane.pid, lane.name, lane.owner, lane.end) for lane in d.lanes] == [
+        (1, "one", "alice", None),
+        (2, "two", "bob", 0.9),
+    ]
+    calls = {c.call: c for c in d.calls}
+    assert (calls[1].submitted, calls[1].started, calls[1].finished) == (0.2, 0.3, 0.4)
+    assert calls[3].started is None and calls[3].finished is None  # still waiting
+    assert calls[4].finished == 0.9 and calls[4].error == "process exited"
+    assert [(s.pid, s.start, s.end, s.pages) for s in d.suspensions] == [(2, 0.5, 0.7, 3)]
+    (batch,) = d.batches
+    assert (batch.start, batch.end, batch.size, batch.tokens) == (pytest.approx(0.3), 0.4, 2, 6)
+    assert d.now == 0.9
+    only = b.data(pid=1)
+    assert [lane.pid for lane in only.lanes] == [1] and {c.pid for c in only.calls} == {1}
+    assert only.batches == d.batches and b.data(pid=9).lanes == []
+
+
+def test_timeline_pages_on_and_names_processes_it_saw_late() -> None:
+    b = TimelineBuilder(max_calls=2)
+    b.add(EVENTS[2:6])
+    assert b.add(EVENTS[:8]) == 2  # what it had seen is skipped
+    assert b.data().lanes[0].name == "?"
+    info = ProcessInfo(1, "late", "carol", "ready", 0, None, 0, 0, 0, 0.0, 0.0, 0.0, None, None)
+    b.add_processes([info])
+    assert b.data().lanes[0][:3] == (1, "late", "carol")
+    b.add(EVENTS[8:])
+    assert len(b.calls) == 2  # the oldest forgotten
+
+
+# ---- tokens ----
+
+
+def test_token_steps_rank_the_chosen_token() -> None:
+    dists = [Distribution([3, 1, 2], [0.5, 0.3, 0.2]), Distribution([4, 5], [0.9, 0.1])]
+    steps = token_steps(dists, [1, 7], lambda ids: f"<{ids[0]}>", k=2)
+    assert [(s.chosen.id, s.chosen.prob, s.rank) for s in steps] == [(1, 0.3, 1), (7, None, None)]
+    assert [(c.id, c.text, c.prob) for c in steps[0].alternatives] == [
+        (3, "<3>", 0.5),
+        (1, "<1>", 0.3),
+    ]
+    with pytest.raises(ValueError):
+        token_steps(dists, [1], str)
