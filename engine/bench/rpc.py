@@ -1,9 +1,10 @@
 """`symphony bench rpc`: what a system call costs over the wire.
 
-The engine (kernel and RPC server) runs in a thread of this process with its own event loop; a
-blocking client (`engine.cli_client.SyncClient`) calls it over TCP loopback from the main thread.
-Each row is a latency in µs:
-- engine: the round trip of the call as the client sees it (sign, send, serve, reply, check);
+The engine (kernel and RPC server) runs in a thread of this process with its own event loop. A
+separate process plays the notebook kernel: `workbench.rpc_probe` (launched by module name; the
+engine never imports `workbench`) calls it over TCP loopback with the async `workbench.client`,
+as a `%%lip` cell does. Each row is a latency in µs:
+- engine: the round trip of the call as the kernel sees it (sign, send, serve, reply, check);
 - baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
 Cases: `noop` is `ps` with one process (the cheapest system call); `forward-1` appends one token
 to a 64-token KV file and samples greedily (the file is rolled back after every block of calls).
@@ -17,15 +18,21 @@ such rows "(lower is better)".
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+from engine import connection
 from engine.bench.common import Row
 from engine.bench.models import bench_model
-from engine.cli_client import SyncClient
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
 from engine.records import Sample
@@ -75,54 +82,70 @@ async def _inside(n: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
     return times
 
 
-def _over_wire(n: int, fn: Callable[[], Any]) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _p(times: list[float], q: int) -> float:
     """The q-th percentile in µs."""
     cuts = statistics.quantiles(times, n=100, method="inclusive")
     return round((statistics.median(times) if q == 50 else cuts[q - 1]) * 1e6, 1)
 
 
-def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list[float]]]:
-    """Per case, (client round trips, in-engine calls), in seconds."""
-    engine = EngineThread(loaded)
-    client = SyncClient(engine.server.connection_info(), name="bench-rpc")
-    try:
-        prompt = [i % loaded.config.vocab_size for i in range(3, 3 + PROMPT)]
-        pid = client.call("attach", {"name": "rpc-client"})
-        f = client.call("kv.create", pid=pid)
-        sys = engine.call(_attach(engine.kernel))
-        g = engine.call(sys.kv.create())
-        greedy = {"kind": "sample", "temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
-        client.call("forward", {"file": f, "tokens": prompt, "outputs": []}, pid=pid)
-        engine.call(sys.forward(g, prompt, outputs=[]))
+PROBE_COMMAND = (sys.executable, "-m", "workbench.rpc_probe")  # a module name, not an import
 
-        cases: dict[str, tuple[Callable[[], Any], Callable[[], Awaitable[Any]]]] = {
-            "noop": (lambda: client.call("ps", pid=pid), sys.ps),
-            "forward-1": (
-                lambda: client.call("forward", {"file": f, "tokens": [7], "returns": greedy}, pid),
-                lambda: sys.forward(g, [7], returns=Sample()),
-            ),
-        }
-        out: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in cases}
-        for _ in range(runs + 1):  # the first block of each side warms up
-            for case, (wire_fn, inside_fn) in cases.items():
-                remote, local = out[case]
-                remote += _over_wire(BLOCK, wire_fn)
-                local += engine.call(_inside(BLOCK, inside_fn))
-                client.call("kv.truncate", {"handle": f, "n": PROMPT}, pid=pid)
-                engine.call(sys.kv.truncate(g, PROMPT))
-        return {c: (r[BLOCK:], i[BLOCK:]) for c, (r, i) in out.items()}
-    finally:
-        client.close()
-        engine.close()
+
+class Probe:
+    """The kernel-side process: `block(case, n)` runs n calls there and returns their times."""
+
+    def __init__(self, connection_file: Path) -> None:
+        cmd = [*PROBE_COMMAND, str(connection_file), str(PROMPT)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self._line() != "ready":
+            raise RuntimeError("the rpc probe did not start")
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the rpc probe exited with code {self.proc.wait()}")
+        return line.strip()
+
+    def block(self, case: str, n: int) -> list[float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{case} {n}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.communicate("quit\n", timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per case, (round trips from a kernel process, in-engine calls), in seconds."""
+    engine = EngineThread(loaded)
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = connection.write(engine.server.connection_info(), Path(tmp) / "engine.json")
+        probe = Probe(conn)
+        try:
+            calls = engine.call(_attach(engine.kernel))
+            g = engine.call(calls.kv.create())
+            prompt = [i % loaded.config.vocab_size for i in range(3, 3 + PROMPT)]
+            engine.call(calls.forward(g, prompt, outputs=[]))
+            inside = {
+                "noop": calls.ps,
+                "forward-1": lambda: calls.forward(g, [7], returns=Sample()),
+            }
+            over_wire = {"noop": "noop", "forward-1": "forward"}
+            out: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in inside}
+            for _ in range(runs + 1):  # the first block of each side warms up
+                for case, (remote, local) in out.items():
+                    remote += probe.block(over_wire[case], BLOCK)
+                    local += engine.call(_inside(BLOCK, inside[case]))
+                    engine.call(calls.kv.truncate(g, PROMPT))
+            return {c: (r[BLOCK:], i[BLOCK:]) for c, (r, i) in out.items()}
+        finally:
+            probe.close()
+            engine.close()
 
 
 def run(
