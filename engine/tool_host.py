@@ -21,12 +21,12 @@ import os
 import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from engine.protocol import packb, unpackb
+from engine.sandbox import cell_traceback, limit_memory
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 2**20
@@ -49,34 +49,6 @@ def read_frame(stream: IO[bytes]) -> Any:
 def frame(msg: Any) -> bytes:
     body = packb(msg)
     return HEADER.pack(len(body)) + body
-
-
-def limit_memory(megabytes: int) -> None:
-    """Cap the address space at what is mapped now plus megabytes (Linux; elsewhere a no-op)."""
-    try:
-        import resource
-
-        with open("/proc/self/statm") as f:
-            cap = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + megabytes * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    except (ImportError, OSError, ValueError):
-        pass
-
-
-def cell_traceback(error: BaseException, filename: str) -> str:
-    """The traceback of error showing only the frames of code compiled as filename."""
-    tb = traceback.TracebackException.from_exception(error)
-    seen: set[int] = set()
-    todo = [tb]
-    while todo:
-        t = todo.pop()
-        if id(t) not in seen:
-            seen.add(id(t))
-            t.stack = traceback.StackSummary.from_list(
-                [f for f in t.stack if f.filename == filename]
-            )
-            todo += [c for c in (t.__cause__, t.__context__) if c is not None]
-    return "".join(tb.format())
 
 
 def define(name: str, source: str) -> Callable[..., Any]:

@@ -19,6 +19,7 @@ import traceback
 
 from engine import connection
 from engine.errors import EngineError
+from engine.sandbox import cell_traceback, limit_memory
 from workbench.client import LIP, Client
 from workbench.names import compile_cell, lip_names, run_cell
 
@@ -59,34 +60,6 @@ async def run(lip: LIP, code: str, memory_mb: int) -> tuple[dict[str, str] | Non
     except BaseException as e:  # the cell's failure is reported, not the worker's
         return {"type": type(e).__name__, "message": str(e)}, cell_traceback(e, CELL)
     return None, None
-
-
-def limit_memory(megabytes: int) -> None:
-    """Cap the address space at what is mapped now plus megabytes (Linux; elsewhere a no-op)."""
-    try:
-        import resource
-
-        with open("/proc/self/statm") as f:
-            cap = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE") + megabytes * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    except (ImportError, OSError, ValueError):
-        pass
-
-
-def cell_traceback(error: BaseException, filename: str) -> str:
-    """The traceback of error showing only the frames of code compiled as filename."""
-    tb = traceback.TracebackException.from_exception(error)
-    seen: set[int] = set()
-    todo = [tb]
-    while todo:
-        t = todo.pop()
-        if id(t) not in seen:
-            seen.add(id(t))
-            t.stack = traceback.StackSummary.from_list(
-                [f for f in t.stack if f.filename == filename]
-            )
-            todo += [c for c in (t.__cause__, t.__context__) if c is not None]
-    return "".join(tb.format())
 
 
 if __name__ == "__main__":

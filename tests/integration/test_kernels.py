@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_process import engine_process
 from jupyter_client.manager import KernelManager
 
 from engine.cli_client import SyncClient
@@ -118,21 +118,10 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    runtime = tmp_path_factory.mktemp("runtime")
+    runtime = tmp_path_factory.mktemp("runtime")  # the kernels' Jupyter runtime directory
     conn = runtime / "symphony-engine.json"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--connection-file", str(conn)]
-    cmd += ["--threads", "1", "--pages", "256"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(runtime / "engine.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while not conn.exists():
-        assert proc.poll() is None, (runtime / "engine.log").read_text()
-        assert time.monotonic() < deadline, "the engine did not start"
-        time.sleep(0.1)
-    yield Engine(proc, conn, runtime)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    with engine_process(runtime, "--pages", "256", arch=None, conn=conn) as e:
+        yield Engine(e.proc, e.conn, runtime)
 
 
 @pytest.fixture(scope="module")

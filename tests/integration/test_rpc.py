@@ -13,12 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from engine_process import EngineProcess, engine_process
 
 from engine import connection
 from engine.cli_client import SyncClient
@@ -59,35 +59,10 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
-@dataclass
-class Engine:
-    proc: subprocess.Popen
-    conn: Path
-    tmp: Path
-
-
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    from checkpoints import write_checkpoint
-
-    tmp = tmp_path_factory.mktemp("rpc")
-    ckpt = tmp / "ckpt"
-    ckpt.mkdir()
-    write_checkpoint(ckpt, "llama-tied")
-    conn = tmp / "conn.json"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(ckpt)]
-    cmd += ["--connection-file", str(conn), "--threads", "1", "--pages", "512", "--page-size", "4"]
-    with open(tmp / "engine.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stderr=log, stdout=log)
-    deadline = time.monotonic() + 120
-    while not conn.exists():
-        assert proc.poll() is None, (tmp / "engine.log").read_text()
-        assert time.monotonic() < deadline, "the engine did not write its connection file"
-        time.sleep(0.05)
-    yield Engine(proc, conn, tmp)
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    with engine_process(tmp_path_factory.mktemp("rpc"), "--pages", "512", "--page-size", "4") as e:
+        yield e
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -108,7 +83,7 @@ async def greedy(
     return out
 
 
-def test_two_clients_batch_together_and_a_killed_one_is_reaped(engine: Engine) -> None:
+def test_two_clients_batch_together_and_a_killed_one_is_reaped(engine: EngineProcess) -> None:
     async def body() -> None:
         alice = await Client.connect(engine.conn, user="alice")
         solo_lip = await alice.attach("solo")
@@ -153,7 +128,7 @@ def test_two_clients_batch_together_and_a_killed_one_is_reaped(engine: Engine) -
     run(body())
 
 
-def test_shared_files_and_permissions_between_users(engine: Engine) -> None:
+def test_shared_files_and_permissions_between_users(engine: EngineProcess) -> None:
     async def body() -> None:
         alice = await Client.connect(engine.conn, user="alice")
         bob = await Client.connect(engine.conn, user="bob")
@@ -218,7 +193,7 @@ def _error(frames: list[bytes] | None, wire: Wire) -> BaseException:
     return rebuild_error(body["error"])
 
 
-def test_bad_messages_are_refused_and_change_nothing(engine: Engine) -> None:
+def test_bad_messages_are_refused_and_change_nothing(engine: EngineProcess) -> None:
     info = connection.read(engine.conn)
     good = Wire(info.token)
     with SyncClient(info, user="alice") as probe:
@@ -289,12 +264,12 @@ def test_bad_messages_are_refused_and_change_nothing(engine: Engine) -> None:
     ]
 
 
-def _cli(engine: Engine, *args: str) -> subprocess.CompletedProcess:
+def _cli(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "engine.cli", *args, "--connection-file", str(engine.conn)]
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=30)
 
 
-def test_cli_commands_then_stop(engine: Engine) -> None:
+def test_cli_commands_then_stop(engine: EngineProcess) -> None:
     async def body() -> None:
         alice = await Client.connect(engine.conn, user="alice")
         lip = await alice.attach("cli-target")

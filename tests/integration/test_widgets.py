@@ -5,27 +5,20 @@ objects, built in-process without a browser, hold figures with the expected numb
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_process import engine_process
 
-from engine import connection
 from engine.errors import PermissionDenied
 from engine.records import Distribution, Event, FileStat, PageMap, ProcessInfo
 from workbench.client import LIP, Client, Sample
 from workbench.widgets import ForkGraphView, KVTreeView, PageMapView, TimelineView, TokenView
 from workbench.widgets.kv_data import SHARED, unique_files
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {k: v for k, v in os.environ.items() if k != connection.ENV_VAR}
-ENV.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]  # 10 tokens: pages of 4 + 4 + 2
 DECODERS = 3
 STEPS = 12
@@ -33,25 +26,9 @@ STEPS = 12
 
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from checkpoints import write_checkpoint
-
     tmp = tmp_path_factory.mktemp("widgets")
-    ckpt = tmp / "ckpt"
-    ckpt.mkdir()
-    write_checkpoint(ckpt, "llama-tied")
-    path = tmp / "conn.json"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(ckpt), "--threads", "1"]
-    cmd += ["--connection-file", str(path), "--pages", "128", "--page-size", "4"]
-    with open(tmp / "engine.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stderr=log, stdout=log)
-    deadline = time.monotonic() + 120
-    while not path.exists():
-        assert proc.poll() is None, (tmp / "engine.log").read_text()
-        assert time.monotonic() < deadline, "the engine did not write its connection file"
-        time.sleep(0.05)
-    yield path
-    proc.terminate()
-    proc.wait(10)
+    with engine_process(tmp, "--pages", "128", "--page-size", "4") as engine:
+        yield engine.conn
 
 
 @dataclass

@@ -7,46 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_process import engine_process
 
 from engine.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
 from workbench import tools as wb_tools
 from workbench.client import Client
 
-REPO = Path(__file__).resolve().parents[2]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SYMPHONY_")}
-ENV.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
 
 
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from checkpoints import write_checkpoint
-
     tmp = tmp_path_factory.mktemp("workers")
-    ckpt = tmp / "ckpt"
-    ckpt.mkdir()
-    write_checkpoint(ckpt, "llama-tied")
-    path = tmp / "conn.json"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(ckpt)]
-    cmd += ["--connection-file", str(path), "--threads", "1", "--pages", "512", "--page-size", "4"]
-    with open(tmp / "engine.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stderr=log, stdout=log)
-    deadline = time.monotonic() + 120
-    while not path.exists():
-        assert proc.poll() is None, (tmp / "engine.log").read_text()
-        assert time.monotonic() < deadline, "the engine did not write its connection file"
-        time.sleep(0.05)
-    yield path
-    proc.terminate()
-    assert proc.wait(10) == 0, (tmp / "engine.log").read_text()
+    with engine_process(tmp, "--pages", "512", "--page-size", "4") as engine:
+        yield engine.conn
+        engine.proc.terminate()
+        assert engine.proc.wait(10) == 0, engine.log  # it survived every worker and tool
 
 
 def run(coro: Awaitable[Any]) -> Any:
