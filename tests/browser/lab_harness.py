@@ -186,3 +186,25 @@ def wait_idle(page: Any, timeout: float = 120) -> None:
 
 def cell_outputs(page: Any) -> list[dict[str, Any]]:
     return page.evaluate(NOTEBOOK_OUTPUTS)
+
+
+def output_text(outputs: list[dict[str, Any]]) -> str:
+    """What a cell's outputs say as text: its streams and plain-text results."""
+    parts = []
+    for o in outputs:
+        if o["output_type"] == "stream":
+            parts.append(o["text"] if isinstance(o["text"], str) else "".join(o["text"]))
+        elif "data" in o and "text/plain" in o["data"]:
+            plain = o["data"]["text/plain"]
+            parts.append(plain if isinstance(plain, str) else "".join(plain))
+    return "".join(parts)
+
+
+def output_errors(cells: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """(the cell's start, ename, evalue) of each error output."""
+    return [
+        (c["source"][:60], o.get("ename"), o.get("evalue"))
+        for c in cells
+        for o in c["outputs"]
+        if o["output_type"] == "error"
+    ]

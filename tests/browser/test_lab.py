@@ -18,6 +18,8 @@ from lab_harness import (
     run_command,
     wait_idle,
 )
+from lab_harness import output_errors as _errors
+from lab_harness import output_text as _text
 
 GALLERY_FIRST = ROOT / "gallery" / "01-first-lip.ipynb"
 SIDEBAR_TAB = '.jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id="symphony-workbench-sidebar"]'
@@ -32,26 +34,6 @@ print("holding", (await kv.stat(f)).pages, "pages", flush=True)
 for i in range(3000):
     await sleep(0.1)
 """
-
-
-def _text(outputs: list[dict[str, Any]]) -> str:
-    parts = []
-    for o in outputs:
-        if o["output_type"] == "stream":
-            parts.append(o["text"] if isinstance(o["text"], str) else "".join(o["text"]))
-        elif "data" in o and "text/plain" in o["data"]:
-            plain = o["data"]["text/plain"]
-            parts.append(plain if isinstance(plain, str) else "".join(plain))
-    return "".join(parts)
-
-
-def _errors(cells: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    return [
-        (c["source"][:60], o.get("ename"), o.get("evalue"))
-        for c in cells
-        for o in c["outputs"]
-        if o["output_type"] == "error"
-    ]
 
 
 def test_a_notebook_runs_its_lip_cells_in_jupyterlab(page: Any, lab: Lab, artifacts: Path) -> None:

@@ -1,0 +1,333 @@
+"""gallery/02-fork-and-share.ipynb in JupyterLab: each of the workbench's views renders in the page
+and shows what the engine reports.
+
+The notebook runs from a copy in the server's root. Then, for each view, what the browser drew
+(plotly's figure on its `.js-plotly-plot` element, `gd.data` and `gd._fullLayout`, and the SVG
+plotly made of it; the HTML of the ipywidgets) is compared with the engine's own answers, asked
+here through a `SyncClient` on the server's connection file and the server's REST endpoints.
+The views poll the engine, so each comparison is retried until it holds (or time runs out).
+One screenshot per view goes to artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from lab_harness import (
+    ROOT,
+    USER,
+    Lab,
+    cell_outputs,
+    open_notebook,
+    output_errors,
+    output_text,
+    run_command,
+    wait_idle,
+)
+
+from engine.cli_client import SyncClient
+from workbench.widgets.style import piece
+
+NOTEBOOK = "gallery/02-fork-and-share.ipynb"
+N, STEPS = 6, 24  # the notebook's forks, and the steps each decodes
+DEMO = f"/home/{USER}/fork-demo"
+PROMPT = f"{DEMO}/prompt"
+T = TypeVar("T")
+
+# the cells, by a piece of their source
+TIMELINE_CELL = "timeline = TimelineView(client)"
+LIP_CELL = "%%lip --name parallel-sampling"
+GRAPH_CELL = "graph = ForkGraphView(client"
+PAGES_CELL = "pages = PageMapView(client"
+TREE_CELL = "tree = KVTreeView(client"
+TIMELINE_AGAIN_CELL = "await timeline.refresh()"
+
+# plotly's figure as the page holds it: its traces' data (typed arrays as lists) and y categories
+FIGURE = """gd => {
+    const list = v => Array.from(v, x => (x !== null && typeof x === 'object') ? Array.from(x) : x);
+    const keys = ['type', 'name', 'mode', 'level', 'x', 'y', 'z', 'text', 'customdata', 'ids',
+                  'labels', 'parents', 'values'];
+    const traces = (gd.data || []).map(t => {
+        const out = {};
+        for (const k of keys) {
+            const v = t[k];
+            if (v === undefined || v === null) continue;
+            out[k] = (typeof v === 'object') ? list(v) : v;
+        }
+        return out;
+    });
+    const y = gd._fullLayout && gd._fullLayout.yaxis;
+    const categories = y && y._categories ? [...y._categories] : [];
+    return {traces, drawn: !!gd._fullLayout, categories};
+}"""
+
+# the path data of each SVG path a selector finds under an element
+D_OF = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.getAttribute('d') || '')"
+# the text of each SVG element a selector finds under an element
+TEXTS = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.textContent)"
+
+
+class Engine:
+    """The engine the server started, asked as the server's user (the notebook's too).
+
+    A `SyncClient` sends no heartbeats, so the engine forgets it after a moment of silence:
+    each question gets a connection of its own.
+    """
+
+    def __init__(self, lab: Lab) -> None:
+        self.connection_file = lab.runtime / "symphony-engine.json"
+        with self._client() as client:
+            self.info = client.engine  # hello's reply: page size, tokenizer, ...
+
+    def _client(self) -> SyncClient:
+        return SyncClient.connect(self.connection_file, user=USER, name="widget-test")
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        with self._client() as client:
+            return client.call(op, args)
+
+
+def settle(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
+    """check() once its assertions hold; the last AssertionError when they never do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: {e}") from e
+            time.sleep(0.5)
+
+
+def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
+    page: Any, lab: Lab, artifacts: Path
+) -> None:
+    shutil.copytree(ROOT / "gallery", lab.root / "gallery", dirs_exist_ok=True)
+    open_notebook(page, lab, NOTEBOOK)
+    run_command(page, "notebook:run-all-cells")
+    wait_idle(page, timeout=150)
+    cells = cell_outputs(page)
+    assert not output_errors(cells), output_errors(cells)
+    assert all(c["count"] for c in cells), [c["source"][:40] for c in cells if not c["count"]]
+    lip_out = output_text(next(c for c in cells if c["source"].startswith(LIP_CELL))["outputs"])
+    assert "(parallel-sampling) exited" in lip_out, lip_out
+
+    def cell(needle: str) -> Any:
+        return page.locator(".jp-Notebook .jp-CodeCell").filter(
+            has=page.locator(".jp-InputArea", has_text=needle)
+        )
+
+    def view(needle: str) -> Any:
+        """The widget a cell displayed (the view's outer box)."""
+        box = cell(needle).locator(".jp-OutputArea-output > .widget-vbox")
+        box.first.wait_for(state="visible")
+        assert box.count() == 1, needle
+        return box
+
+    def figure(box: Any) -> dict[str, Any]:
+        """The view's plotly figure, once plotly drew it with data."""
+        plot = box.locator(".js-plotly-plot")
+        plot.wait_for(state="attached")
+        fig = plot.evaluate(FIGURE)
+        assert fig["drawn"] and fig["traces"], fig
+        return fig
+
+    engine = Engine(lab)
+    stats = {s.path: s for s in engine("kv.walk", path=DEMO)}
+    prompt = stats[PROMPT]
+    size = engine.info["page_size"]
+    assert sorted(stats) == [PROMPT] + [f"{DEMO}/sample-{i}" for i in range(N)]
+
+    # ---- the fork graph: a node per file, an edge per fork labelled with the shared prefix -----
+    graph = view(GRAPH_CELL)
+    tokens = {p: engine("kv.read", path=p, start=0, stop=None) for p in stats}
+    forks = {
+        (s.parent, p): _prefix(tokens[s.parent], tokens[p]) for p, s in stats.items() if s.parent
+    }
+    assert prompt.parent is None and len(forks) == N
+    assert set(forks.values()) == {prompt.tokens}  # each fork holds the prompt, then its own
+
+    def graph_matches() -> None:
+        lines, labels, nodes = figure(graph)["traces"]
+        xy_ids = nodes["x"], nodes["y"], nodes["customdata"]
+        at = {(x, y): node for x, y, node in zip(*xy_ids, strict=True)}
+        assert sorted(nodes["customdata"]) == sorted(stats)
+        xs, ys = lines["x"], lines["y"]
+        drawn = {(at[xs[i], ys[i]], at[xs[i + 1], ys[i + 1]]) for i in range(0, len(xs), 3)}
+        assert len(xs) == 3 * len(forks) and drawn == set(forks)
+        assert sorted(labels["text"]) == sorted(str(n) for n in forks.values())
+        # plotly's SVG: a marker per file with its name, a line and a label per fork
+        svg = graph.locator(".js-plotly-plot .scatterlayer .trace")
+        assert svg.count() == 3
+        segments = svg.nth(0).evaluate(D_OF, "path.js-line")  # one path per edge
+        assert len(segments) == len(forks) and all(d.count("M") == 1 for d in segments), segments
+        edge_labels = svg.nth(1).evaluate(TEXTS, ".textpoint text")
+        assert sorted(edge_labels) == sorted(str(n) for n in forks.values())
+        assert svg.nth(2).locator(".point").count() == len(stats)
+        names = svg.nth(2).evaluate(TEXTS, ".textpoint text")
+        assert sorted(names) == sorted(p.rsplit("/", 1)[1] for p in stats)
+
+    settle("the fork graph", graph_matches)
+    # the prompt is selected: its details name every fork with the pages they share
+    details = graph.locator(".widget-html-content", has_text=f"{PROMPT}:")
+    text = details.inner_text()
+    assert f"{PROMPT}: {prompt.pages} pages, {prompt.shared_pages} shared with" in text, text
+    for other, n in prompt.shared_with.items():
+        assert f"{other} ({n})" in text, (other, n, text)
+    assert details.locator("span[title^='page ']").count() == prompt.pages
+    graph.screenshot(path=str(artifacts / "gallery-02-fork-graph.png"))
+
+    # ---- the page map: the pool's pages coloured by state; counts as stat_engine says ---------
+    pages = view(PAGES_CELL)
+
+    def pages_match() -> None:
+        pm = engine("kv.pages")
+        st = engine("stat_engine")
+        assert pm.swapped_total == 0 and st["pages_total"] == len(pm.refcount)
+        # cells: the filter (our directory) keeps pages one of its files holds; the rest grey (8)
+        want = [
+            min(n, 6) if n and any(o.startswith(DEMO + "/") for o in owners) else 8
+            for n, owners in zip(pm.refcount, pm.owners, strict=True)
+        ]
+        (heat,) = figure(pages)["traces"]
+        drawn = [c for row in heat["z"] for c in row if c is not None]
+        assert drawn == want, Counter(drawn) - Counter(want) or Counter(want) - Counter(drawn)
+        full = prompt.tokens // size  # the prompt's full pages: held by all N + 1 files
+        assert [pm.refcount[p] for p in prompt.page_table[:full]] == [N + 1] * full
+        assert Counter(drawn)[6] == full
+        # the counts line above the grid
+        line = pages.locator(".widget-html-content", has_text="tokens per page").inner_text()
+        counts = {k: int(v) for k, v in re.findall(r"(free|private|shared|out) (\d+)", line)}
+        shared_by = Counter(n for n in pm.refcount if n > 1)
+        assert counts == {
+            "free": st["pages_free"],
+            "private": sum(n == 1 for n in pm.refcount),
+            "shared": sum(shared_by.values()),
+            "out": st["pages_swapped"],
+        }, line
+        assert counts["private"] + counts["shared"] == st["pages_used"]
+        by = dict(re.findall(r"(\d+) files: (\d+)", line))
+        assert {int(k): int(v) for k, v in by.items()} == dict(shared_by), line
+
+    settle("the page map", pages_match)
+    pages.screenshot(path=str(artifacts / "gallery-02-page-map.png"))
+
+    # ---- the KV file tree: the directory and its files as an icicle; sample-0's pages ---------
+    tree = view(TREE_CELL)
+    sample0 = stats[f"{DEMO}/sample-0"]
+
+    def tree_matches() -> None:
+        (icicle,) = figure(tree)["traces"]
+        about = zip(icicle["labels"], icicle["parents"], icicle["values"], strict=True)
+        nodes = dict(zip(icicle["ids"], about, strict=True))
+        files = {i for i in nodes if i.startswith(DEMO + "/")}
+        assert files == set(stats)
+        for path, st in stats.items():
+            assert nodes[path] == (path.rsplit("/", 1)[1], DEMO, st.pages), path
+        assert icicle["level"] == DEMO
+        # plotly's SVG: the directory (zoomed in on) and a box per file, named
+        slices = tree.evaluate(TEXTS, ".trace.icicle g.slice text.slicetext")
+        assert sorted(slices) == sorted(["fork-demo", *(p.rsplit("/", 1)[1] for p in stats)])
+
+    settle("the KV tree", tree_matches)
+    chosen = tree.locator(".widget-html-content", has_text=f"{sample0.path}:")
+    head = f"{sample0.path}: {sample0.tokens} tokens, {sample0.pages} pages, "
+    assert head + f"{sample0.shared_pages} shared" in chosen.inner_text()
+    runs = chosen.locator("span[title^='page ']")
+    assert runs.count() == sample0.pages
+    for i in range(sample0.shared_pages):  # the prompt's full pages: shared with all the others
+        title = runs.nth(i).get_attribute("title") or ""
+        assert all(o in title for o in stats if o != sample0.path), title
+    tree.screenshot(path=str(artifacts / "gallery-02-kv-tree.png"))
+
+    # ---- the token view: sample 0's steps, the tokens it appended to its fork ------------------
+    steps = view(LIP_CELL)
+    tokenizer = _tokenizer(engine)
+    appended = tokens[sample0.path][prompt.tokens :]
+    assert len(appended) == STEPS
+    want = [_shown(tokenizer.decode([t], skip_special_tokens=False)) for t in appended]
+
+    def steps_match() -> None:
+        assert steps.locator("table tr").count() == 1 + STEPS  # a header, then a row per step
+        chosen = steps.evaluate(TEXTS, "table tr td:nth-child(2)")
+        assert [t.replace("\xa0", " ") for t in chosen] == want
+        probs = steps.evaluate(TEXTS, "table tr td:nth-child(3)")
+        ranks = steps.evaluate(TEXTS, "table tr td:nth-child(4)")
+        assert all(0 < float(p) <= 1 for p in probs), probs
+        assert all(1 <= int(r) <= 20 for r in ranks), ranks  # drawn from the top 20
+
+    settle("the token view", steps_match)
+    steps.screenshot(path=str(artifacts / "gallery-02-token-view.png"))
+
+    # ---- the timeline: filtered to the notebook's LIP, its lane and the batches it was in -----
+    _, doc = lab.api("processes?exited=1000")
+    ran = [p for p in doc["processes"] if p["notebook"] == NOTEBOOK]
+    assert [p["name"] for p in ran] == ["parallel-sampling"], ran
+    pid = ran[0]["pid"]
+    mine = [
+        e.data
+        for e in engine("trace", kinds=["batch"], limit=100_000)
+        if pid in e.data.get("pids", ())
+    ]
+    timelines = [view(TIMELINE_CELL), view(TIMELINE_AGAIN_CELL)]
+
+    def timeline_matches(box: Any, lanes: list[str]) -> dict[str, Any]:
+        fig = figure(box)
+        assert fig["categories"] == ["batches", *lanes]
+        ticks = box.evaluate(TEXTS, ".subplot.xy .yaxislayer-above .ytick text")
+        assert sorted(ticks) == sorted(["batches", *lanes])
+        return fig
+
+    for box in timelines:  # both show the one widget, filtered by pid in the last cell
+        assert box.locator(".widget-text input").input_value() == str(pid)
+        fig = settle(
+            "the timeline", lambda box=box: timeline_matches(box, [f"{pid} {ran[0]['name']}"])
+        )
+        _, computing, _, batches, sizes = fig["traces"]
+        assert len(batches["x"]) == len(mine)  # a bar per batch the LIP was in
+        assert sizes["y"] == [len(d["sizes"]) for d in mine]
+        assert max(sizes["y"]) > 1  # the forks' decodes ran in the same forward passes
+        lip = next(p for p in engine("ps") if p.pid == pid)
+        assert len(computing["x"]) == lip.calls  # a bar per call
+    timelines[1].screenshot(path=str(artifacts / "gallery-02-timeline.png"))
+
+    # no pid: a lane for every process in the trace, the notebook's LIP among them
+    pid_box = timelines[1].locator(".widget-text input")
+    pid_box.fill("")
+    pid_box.press("Enter")
+    names = {p.pid: p.name for p in engine("ps")}  # every process, the exited ones too
+
+    def every_lane() -> None:
+        for box in timelines:
+            timeline_matches(box, [f"{p} {name}" for p, name in sorted(names.items())])
+
+    settle("the timeline of every process", every_lane)
+    timelines[0].screenshot(path=str(artifacts / "gallery-02-timeline-all.png"))
+
+    for box in (graph, pages, tree, *timelines):  # no view says it failed or stopped updating
+        assert box.locator(":scope > .widget-html").last.inner_text().strip() == ""
+
+
+def _prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _tokenizer(engine: Engine) -> Any:
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_str(engine.info["tokenizer"])
+
+
+def _shown(text: str) -> str:
+    """A token as the view shows it (whitespace made visible; &nbsp; read back as a space)."""
+    return html.unescape(piece(text)).replace("\xa0", " ")
