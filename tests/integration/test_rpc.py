@@ -269,6 +269,13 @@ def _cli(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=30)
 
 
+def test_a_sync_client_silent_past_its_heartbeat_says_hello_again(engine: EngineProcess) -> None:
+    with SyncClient.connect(engine.conn, user="carol") as client:
+        client.call("ps")
+        time.sleep(2.6)  # no heartbeats: the engine has forgotten this session by now
+        assert isinstance(client.call("kv.listdir", {"path": "/"}), list)
+
+
 def test_cli_commands_then_stop(engine: EngineProcess) -> None:
     async def body() -> None:
         alice = await Client.connect(engine.conn, user="alice")
