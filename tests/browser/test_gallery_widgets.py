@@ -66,7 +66,8 @@ FIGURE = """gd => {
     });
     const y = gd._fullLayout && gd._fullLayout.yaxis;
     const categories = y && y._categories ? [...y._categories] : [];
-    return {traces, drawn: !!gd._fullLayout, categories};
+    const width = gd._fullLayout ? gd._fullLayout.width : 0;
+    return {traces, drawn: !!gd._fullLayout, categories, width, room: gd.clientWidth};
 }"""
 
 # the path data of each SVG path a selector finds under an element
@@ -138,6 +139,9 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         plot.wait_for(state="attached")
         fig = plot.evaluate(FIGURE)
         assert fig["drawn"] and fig["traces"], fig
+        # as wide as the output (plotly drew it at 700 px before the page showed it)
+        width, room = fig["width"], fig["room"]
+        assert room > 800 and abs(width - room) <= 2, (width, room)
         return fig
 
     engine = Engine(lab)
@@ -192,9 +196,10 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         pm = engine("kv.pages")
         st = engine("stat_engine")
         assert pm.swapped_total == 0 and st["pages_total"] == len(pm.refcount)
-        # cells: the filter (our directory) keeps pages one of its files holds; the rest grey (8)
+        # cells: the filter (our directory) keeps pages one of its files holds; free pages stay
+        # free (0), the other files' pages are grey (8)
         want = [
-            min(n, 6) if n and any(o.startswith(DEMO + "/") for o in owners) else 8
+            0 if not n else min(n, 6) if any(o.startswith(DEMO + "/") for o in owners) else 8
             for n, owners in zip(pm.refcount, pm.owners, strict=True)
         ]
         (heat,) = figure(pages)["traces"]

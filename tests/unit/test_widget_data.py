@@ -6,6 +6,7 @@ import pytest
 
 from engine.records import Distribution, Event, FileStat, PageMap, ProcessInfo
 from workbench.widgets.kv_data import (
+    FREE,
     Filter,
     common_prefix,
     file_pages,
@@ -16,6 +17,8 @@ from workbench.widgets.kv_data import (
     tree_nodes,
     unique_files,
 )
+from workbench.widgets.page_map import COLOURS, code, counts_line
+from workbench.widgets.style import OTHER_COLOUR, shared_colour
 from workbench.widgets.token_data import token_steps
 from workbench.widgets.trace_data import TimelineBuilder
 
@@ -147,6 +150,22 @@ def test_page_map_states_counts_swapped_and_filter() -> None:
         False, True, True, True, False, True,
     ]  # fmt: skip
     assert grid_shape(8) == (2, 4) and grid_shape(1024) == (23, 45) and grid_shape(5, 2) == (3, 2)
+
+
+def test_page_map_colours_have_keys_and_free_pages_stay_free() -> None:
+    seven = [f"/s{i}" for i in range(7)]
+    pm = PageMap(16, [0, 1, 2, 7, 7], [[], ["/a"], ["/a", "/b"], seven, seven], {}, 0)
+    data = page_map(pm)
+    assert [COLOURS[code(c)] for c in data.cells[2:]] == [shared_colour(2)] + [shared_colour(7)] * 2
+    line = counts_line(data)
+    assert "shared 3:" in line and "by 2 files: 1" in line and "by 7 files: 2" in line
+    assert shared_colour(2) in line and shared_colour(7) in line and OTHER_COLOUR not in line
+    # filtered to /a: the free page is drawn free, the pages of the other files grey
+    only_a = page_map(pm, flt=Filter("/a"))
+    assert [code(c) for c in only_a.cells] == [0, 1, 2, 8, 8]
+    assert only_a.cells[0].state == FREE and not only_a.cells[0].kept
+    line = counts_line(only_a)
+    assert OTHER_COLOUR in line and "outside the filter 2" in line
 
 
 # ---- timeline ----

@@ -18,7 +18,7 @@ from workbench.widgets.kv_data import (
     sharing,
     short_names,
 )
-from workbench.widgets.live import LiveView, Source, zoomable
+from workbench.widgets.live import TOP_MARGIN, LiveView, Source, fit, set_height, zoomable
 from workbench.widgets.style import (
     FONT,
     GONE_COLOUR,
@@ -73,7 +73,7 @@ class ForkGraphView(LiveView):
         super().__init__(*args, **kwargs)
 
     def body(self) -> list[widgets.Widget]:
-        self.figure = zoomable(go.FigureWidget(layout=_layout(300)))
+        self.figure = fit(zoomable(go.FigureWidget(layout=_layout(300))))
         self.figure.add_scatter(mode="lines", line=dict(color="#999", width=1), hoverinfo="skip")
         self.figure.add_scatter(mode="text", textposition="top center", hoverinfo="text")
         self.figure.add_scatter(mode="markers+text", textposition="middle right", hoverinfo="text")
@@ -121,8 +121,8 @@ class ForkGraphView(LiveView):
                     line=dict(width=[3 if n.id == self.selected else 0 for n in graph.nodes]),
                 ),
             )
-            self.figure.layout.height = _height(graph)
             self.figure.layout.xaxis.range = _x_range(graph, label)
+        set_height(self.figure, _height(graph))
         current = self.file_box.value
         self.file_box.options = ["", *files]
         self.file_box.value = current if current in files else ""
@@ -246,14 +246,14 @@ def _x_range(graph: ForkGraphData, short: Any, width: int = 650) -> list[float]:
 
 def _height(graph: ForkGraphData) -> int:
     leaves = max((n.y for n in graph.nodes), default=0.0) + 1
-    return int(min(800, max(260, 80 + 28 * leaves)))
+    return int(min(800, max(260, TOP_MARGIN + 70 + 28 * leaves)))
 
 
 def _layout(height: int) -> go.Layout:
     axis = dict(showgrid=False, zeroline=False, showticklabels=False)
     return go.Layout(
         height=height,
-        margin=dict(l=10, r=10, t=10, b=10),
+        margin=dict(l=10, r=10, t=TOP_MARGIN, b=10),
         showlegend=False,
         xaxis=dict(axis, title=None),
         yaxis=axis,

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from engine.records import FileStat, PageMap
 from workbench.widgets.kv_data import Filter, PageRun, TreeNode, describe, file_pages, tree_nodes
-from workbench.widgets.live import LiveView, run_soon
+from workbench.widgets.live import TOP_MARGIN, LiveView, fit, run_soon
 from workbench.widgets.style import (
     FONT,
     FREE_COLOUR,
@@ -37,8 +37,10 @@ class KVTreeView(LiveView):
     title = "KV files"
 
     def body(self) -> list[widgets.Widget]:
-        self.figure = go.FigureWidget(
-            layout=go.Layout(height=320, margin=dict(l=4, r=4, t=4, b=4), uirevision="tree")
+        # above the boxes: plotly's mode bar, then the path of the directory shown
+        margin = dict(l=4, r=4, t=TOP_MARGIN + 24, b=4)
+        self.figure = fit(
+            go.FigureWidget(layout=go.Layout(height=360, margin=margin, uirevision="tree"))
         )
         self.figure.add_icicle(ids=[], labels=[], parents=[], branchvalues="remainder")
         self.figure.data[0].on_click(self._on_click)

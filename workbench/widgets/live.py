@@ -24,6 +24,7 @@ from workbench.widgets.kv_data import Filter
 from workbench.widgets.trace_data import KINDS
 
 MAX_BACKOFF = 5.0  # a quiet view polls this many times less often, at most
+TOP_MARGIN = 32  # px above a figure's plot: where plotly's mode bar (its tools) shows
 
 
 class Source:
@@ -104,7 +105,7 @@ class LiveView(widgets.VBox):
         self.status = widgets.HTML()
         header = widgets.HBox([widgets.HTML(f"<b>{self.title}</b>"), *self.filters()])
         self.parts = self.body()
-        super().__init__([header, *self.parts, self.status])
+        super().__init__([header, *self.parts, self.status], layout=widgets.Layout(width="100%"))
         if live:
             self.start()
 
@@ -197,6 +198,38 @@ class LiveView(widgets.VBox):
         value = f'<span style="color: {colour}">{html.escape(text)}</span>' if text else ""
         if self.status.value != value:
             self.status.value = value
+
+
+def fit(figure: go.FigureWidget) -> go.FigureWidget:
+    """Keep the figure as wide as the output it is shown in.
+
+    plotly draws a FigureWidget before the page shows it, so at its default 700 px, and sizes
+    it again only on a relayout while `autosize` holds (a relayout of the height alone fixes the
+    width as it is then). So the figure is sized again whenever a view of it comes on the page
+    (the frontend counts them in `_view_count`), and by `set_height`.
+    """
+    figure.update_layout(autosize=True, width=None)
+    figure.observe(lambda change: _shown(figure, change), names="_view_count")
+    return figure
+
+
+def set_height(figure: go.FigureWidget, height: int) -> None:
+    """Give the figure this height, keeping it as wide as its output (not in a batch_update)."""
+    if figure.layout.height != height:
+        figure.layout.height = height
+        refit(figure)
+
+
+def refit(figure: go.FigureWidget) -> None:
+    """Size the figure to its output's width again, at the height it has."""
+    height = figure.layout.height
+    layout = {**({"height": height} if height else {}), "width": None, "autosize": True}
+    figure._send_relayout_msg(layout)  # sent as is: plotly would leave out what is unchanged
+
+
+def _shown(figure: go.FigureWidget, change: dict[str, Any]) -> None:
+    if (change["new"] or 0) > (change["old"] or 0):  # one more view of it on the page
+        refit(figure)
 
 
 def zoomable(figure: go.FigureWidget) -> go.FigureWidget:

@@ -21,7 +21,7 @@ from workbench.widgets.kv_data import (
     grid_shape,
     page_map,
 )
-from workbench.widgets.live import LiveView
+from workbench.widgets.live import TOP_MARGIN, LiveView, fit, set_height
 from workbench.widgets.style import (
     FONT,
     FREE_COLOUR,
@@ -43,6 +43,8 @@ class PageFetch(NamedTuple):
 
 
 def code(c: PageCell) -> int:
+    if c.state == FREE:
+        return 0  # free whatever the filter: no file holds it
     if not c.kept:
         return 8
     if c.state == SWAPPED:
@@ -62,7 +64,7 @@ def colourscale() -> list[tuple[float, str]]:
 class PageMapView(LiveView):
     """Every page of the pool: free, private, shared by n files, or swapped out to host memory.
 
-    With a path or pid filter, pages no kept file holds are greyed out.
+    With a path or pid filter, the pages of other files are greyed out (free pages stay free).
     """
 
     title = "Page map"
@@ -72,7 +74,7 @@ class PageMapView(LiveView):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def body(self) -> list[widgets.Widget]:
-        self.figure = go.FigureWidget(layout=_layout())
+        self.figure = fit(go.FigureWidget(layout=_layout()))
         self.figure.add_heatmap(
             z=[[]],
             zmin=-0.5,
@@ -99,30 +101,47 @@ class PageMapView(LiveView):
         for i, c in enumerate(data.cells):
             z[i // cols][i % cols] = code(c)
             text[i // cols][i % cols] = html.escape(cell_text(c, data.page_size))
-        with self.figure.batch_update():
-            self.figure.data[0].update(z=z, text=text)
-            self.figure.layout.height = int(min(700, max(120, 40 + rows * 14)))
+        self.figure.data[0].update(z=z, text=text)
+        set_height(self.figure, _height(rows, cols))
         self.counts_html.value = counts_line(data)
 
 
 def counts_line(data: PageMapData) -> str:
+    """The page size, then a key per colour drawn, with its count of pages.
+
+    Shared pages get a key per number of files holding them ("by 7 files: 2"), in that number's
+    colour; with a filter, a key for the grey pages of the files it leaves out.
+    """
     c = data.counts
-    by = ", ".join(f"{n} files: {k}" for n, k in data.shared_by.items())
-    items = [
-        (FREE_COLOUR, f"free {c[FREE]}"),
-        (PRIVATE_COLOUR, f"private {c[PRIVATE]}"),
-        (shared_colour(2), f"shared {c[SHARED]}" + (f" (by {by})" if by else "")),
-        (SWAPPED_COLOUR, f"swapped out {c[SWAPPED]}"),
-    ]
-    return f'<div style="{FONT}">{data.page_size} tokens per page {legend(items)}</div>'
+    keys = legend([(FREE_COLOUR, f"free {c[FREE]}"), (PRIVATE_COLOUR, f"private {c[PRIVATE]}")])
+    if data.shared_by:
+        by = [(shared_colour(n), f"by {n} files: {k}") for n, k in data.shared_by.items()]
+        keys += f'<span style="margin-left:10px">shared {c[SHARED]}:</span>{legend(by)}'
+    else:
+        keys += legend([(shared_colour(2), f"shared {c[SHARED]}")])
+    others = sum(1 for cell in data.cells if not cell.kept and cell.state != FREE)
+    rest = [(SWAPPED_COLOUR, f"swapped out {c[SWAPPED]}")]
+    rest += [(OTHER_COLOUR, f"outside the filter {others}")] if others else []
+    return f'<div style="{FONT}">{data.page_size} tokens per page {keys}{legend(rest)}</div>'
+
+
+BOTTOM = 4  # px below the grid
+
+
+def _height(rows: int, cols: int) -> int:
+    """Square cells of 24 px, smaller where there are many columns; at most 720 px high."""
+    cell = max(8, min(24, 960 // max(cols, 1)))
+    return int(min(720, max(120, TOP_MARGIN + BOTTOM + rows * cell)))
 
 
 def _layout() -> go.Layout:
-    axis = dict(showgrid=False, zeroline=False, showticklabels=False)
+    # square cells; the plot shrinks to the grid, which sits at the figure's top left
+    axis = dict(showgrid=False, zeroline=False, showticklabels=False, constrain="domain")
     return go.Layout(
         height=200,
-        margin=dict(l=4, r=4, t=4, b=4),
-        xaxis=axis,
-        yaxis=dict(axis, autorange="reversed", scaleanchor="x"),
+        margin=dict(l=4, r=4, t=TOP_MARGIN, b=BOTTOM),
+        plot_bgcolor="rgba(0,0,0,0)",  # no band after the last page
+        xaxis=dict(axis, constraintoward="left"),
+        yaxis=dict(axis, autorange="reversed", scaleanchor="x", constraintoward="top"),
         uirevision="pages",
     )

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.widgets.kv_data import Filter
-from workbench.widgets.live import LiveView, zoomable
+from workbench.widgets.live import TOP_MARGIN, LiveView, fit, set_height, zoomable
 from workbench.widgets.style import (
     COMPUTING_COLOUR,
     SHARED_COLOURS,
@@ -29,6 +29,7 @@ from workbench.widgets.trace_data import (
 PAGE = 20_000  # trace events per request
 BATCH_LANE = "batches"
 WAITING, COMPUTING, SUSPENDED, BATCHES, SIZES = range(5)  # the figure's traces
+TOP, LEGEND = TOP_MARGIN, 28  # px above the plot: the mode bar's, then the legend's
 
 
 class TimelineView(LiveView):
@@ -48,7 +49,7 @@ class TimelineView(LiveView):
 
     def body(self) -> list[widgets.Widget]:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25])
-        self.figure = zoomable(go.FigureWidget(fig))
+        self.figure = fit(zoomable(go.FigureWidget(fig)))
         bar = dict(orientation="h", hoverinfo="text", showlegend=True)
         self.figure.add_bar(name="waiting", marker_color=WAITING_COLOUR, **bar, row=1, col=1)
         self.figure.add_bar(name="computing", marker_color=COMPUTING_COLOUR, **bar, row=1, col=1)
@@ -65,8 +66,9 @@ class TimelineView(LiveView):
         self.figure.update_layout(
             height=360,
             barmode="overlay",
-            margin=dict(l=10, r=10, t=10, b=30),
-            legend=dict(orientation="h", y=1.08),
+            margin=dict(l=10, r=10, t=TOP + LEGEND, b=30),
+            # the legend above the plot, at the left; plotly's mode bar above it, at the right
+            legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
             dragmode="pan",
             uirevision="timeline",
         )
@@ -105,7 +107,7 @@ class TimelineView(LiveView):
             self.figure.update_yaxes(
                 categoryorder="array", categoryarray=order, autorange="reversed", row=1, col=1
             )
-            self.figure.layout.height = int(min(900, 200 + 26 * len(order)))
+        set_height(self.figure, int(min(900, TOP + LEGEND + 180 + 26 * len(order))))
 
 
 def _bars(trace: Any, y: Any, base: Any, width: Any, text: Any) -> None:
