@@ -30,6 +30,7 @@ What the receiver refuses, and how (nothing changes in any case):
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 import functools
@@ -42,6 +43,7 @@ from pathlib import PurePath
 from typing import Any
 
 import msgpack
+import zmq
 
 from engine import errors
 from engine.errors import (
@@ -378,3 +380,37 @@ def returns_from_wire(spec: Any) -> Returns | None:
     except (KeyError, TypeError, ValueError) as e:
         raise InvalidArgument(f"returns {kind!r}: {e}") from None
     raise InvalidArgument(f"returns kind must be topk, sample, logprobs or logits, not {kind!r}")
+
+
+class SocketReader:
+    """Reads a plain ZeroMQ socket from an asyncio loop: `on_frames(frames)` runs in the loop for
+    each message as soon as it arrives.
+
+    Cheaper than `zmq.asyncio` by a loop turn or two per message, which is most of a round trip
+    on loopback. ZeroMQ's FD is edge-triggered and also changes when the socket sends, so after
+    each send call `poke()`, or a reply that came in meanwhile could wait unnoticed.
+    """
+
+    def __init__(self, sock: zmq.Socket, on_frames: Any) -> None:
+        self.sock, self.on_frames = sock, on_frames
+        self.loop = asyncio.get_running_loop()
+        self.fd = sock.getsockopt(zmq.FD)
+        self._poked = False
+        self.loop.add_reader(self.fd, self.drain)
+
+    def drain(self) -> None:
+        self._poked = False
+        while not self.sock.closed and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.on_frames(frames)
+
+    def poke(self) -> None:
+        if not self._poked:
+            self._poked = True
+            self.loop.call_soon(self.drain)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.fd)

@@ -66,6 +66,7 @@ from engine.protocol import (
     VERSION,
     Dropped,
     Request,
+    SocketReader,
     Wire,
     error_reply,
     handle_to_wire,
@@ -140,8 +141,9 @@ class EngineServer:
         self.syscalls: dict[int, Syscalls] = {}
         self.dropped = 0  # messages ignored (unsigned, malformed framing)
         self.stopped = asyncio.Event()
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._reader: SocketReader | None = None
         self._tasks: list[asyncio.Task] = []
         self._suspect_since: float | None = None  # a connection dropped at this time
         self._stopping: asyncio.Task | None = None
@@ -178,7 +180,7 @@ class EngineServer:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> EngineServer:
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -188,9 +190,9 @@ class EngineServer:
         else:
             self.port = sock.bind_to_random_port(f"tcp://{self.host}")
         self._sock = sock
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._reader = SocketReader(sock, self._on_frames)
+        monitor = zmq.asyncio.Socket.from_socket(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
         self._tasks = [
-            asyncio.create_task(self._receive_loop(), name="symphony-rpc"),
             asyncio.create_task(self._reap_loop(), name="symphony-reaper"),
             asyncio.create_task(self._monitor_loop(monitor), name="symphony-monitor"),
         ]
@@ -206,6 +208,9 @@ class EngineServer:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._sock is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._sock.disable_monitor()
@@ -229,17 +234,14 @@ class EngineServer:
 
     # --- the wire --------------------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart()
-            if len(frames) < 2:
-                self.dropped += 1
-                continue
-            try:
-                self._on_message(frames[0], frames[1:])
-            except Exception:  # a bug here must not stop the engine serving everyone else
-                log.exception("failed to handle a message")
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.dropped += 1
+            return
+        try:
+            self._on_message(frames[0], frames[1:])
+        except Exception:  # a bug here must not stop the engine serving everyone else
+            log.exception("failed to handle a message")
 
     def _on_message(self, identity: bytes, frames: list[bytes]) -> None:
         try:
@@ -276,7 +278,9 @@ class EngineServer:
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         if self._sock is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._sock.send_multipart([identity, *frames])
+                self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            if self._reader is not None:
+                self._reader.poke()
 
     def _reply(self, identity: bytes, session: str, rid: int | None, body: dict[str, Any]) -> None:
         header = {"kind": REPLY, "session": session, "id": rid}

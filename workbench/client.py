@@ -35,7 +35,6 @@ from typing import Any
 
 import tokenizers
 import zmq
-import zmq.asyncio
 
 from engine import connection
 from engine.errors import EngineError, EngineNotRunning, InvalidArgument, ProcessFailed
@@ -44,6 +43,7 @@ from engine.protocol import (
     PONG,
     REPLY,
     REQUEST,
+    SocketReader,
     Wire,
     handle_to_wire,
     rebuild_error,
@@ -82,14 +82,14 @@ class Client:
         self.wire = Wire(info.token, REPLY_LIMIT)
         self.engine: dict[str, Any] = {}  # what hello said: model, vocab_size, page_size, ...
         self.tokenizer: tokenizers.Tokenizer | None = None
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTING_ID, f"{self.session}/calls".encode())
         self._sock.connect(info.address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
+        self._reader: SocketReader | None = None
         self._heartbeat: _Heartbeat | None = None
 
     @classmethod
@@ -111,7 +111,7 @@ class Client:
         )  # an engine-side worker is given the info itself
         user = user or os.environ.get(USER_ENV) or getpass.getuser()
         client = cls(info, user, name or f"client-{os.getpid()}")
-        client._reader = asyncio.create_task(client._read_loop(), name="symphony-client")
+        client._reader = SocketReader(client._sock, client._on_frames)
         loop = asyncio.get_running_loop()
         client._heartbeat = _Heartbeat(
             info.address,
@@ -146,9 +146,7 @@ class Client:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            self._reader.close()
         self._fail_all(EngineError("the client was closed"))
         self._sock.close(linger=0)
         self._ctx.destroy(linger=0)
@@ -174,33 +172,41 @@ class Client:
                 frames = self.wire.frames(header, request_body(rid, op, args or {}, pid))
             except TypeError as e:
                 raise InvalidArgument(f"{op}: {e}") from None
-            await self._sock.send_multipart(frames)
+            await self._send(frames)
             return await future
         finally:
             self._pending.pop(rid, None)
 
-    async def _read_loop(self) -> None:
+    async def _send(self, frames: list[bytes]) -> None:
         while True:
-            frames = await self._sock.recv_multipart()
-            rejected = Wire.rejection(frames)
-            if rejected is not None:
-                self._fail_all(rejected)
-                continue
             try:
-                msg = self.wire.parse(frames)
-            except EngineError:
-                continue  # not from our engine, or damaged: nobody waits for it
-            body = msg.body
-            if msg.header.get("kind") != REPLY or not isinstance(body, dict):
-                continue
-            future = self._pending.get(body.get("id"))  # type: ignore[arg-type]
-            if body.get("id") is None and not body.get("ok"):
-                self._fail_all(rebuild_error(body.get("error")))
-            elif future is not None and not future.done():
-                if body.get("ok"):
-                    future.set_result(body.get("result"))
-                else:
-                    future.set_exception(rebuild_error(body.get("error")))
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+                break
+            except zmq.Again:  # the send queue is full: the engine is behind; wait a little
+                await asyncio.sleep(0.001)
+        if self._reader is not None:
+            self._reader.poke()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        rejected = Wire.rejection(frames)
+        if rejected is not None:
+            self._fail_all(rejected)
+            return
+        try:
+            msg = self.wire.parse(frames)
+        except EngineError:
+            return  # not from our engine, or damaged: nobody waits for it
+        body = msg.body
+        if msg.header.get("kind") != REPLY or not isinstance(body, dict):
+            return
+        future = self._pending.get(body.get("id"))  # type: ignore[arg-type]
+        if body.get("id") is None and not body.get("ok"):
+            self._fail_all(rebuild_error(body.get("error")))
+        elif future is not None and not future.done():
+            if body.get("ok"):
+                future.set_result(body.get("result"))
+            else:
+                future.set_exception(rebuild_error(body.get("error")))
 
     def _fail_all(self, error: BaseException) -> None:
         for future in list(self._pending.values()):
