@@ -1,9 +1,11 @@
 """A real JupyterLab on localhost (with the workbench's server extension and its engine), and
 Debian's Chromium driven by Python Playwright.
 
-One server for the whole directory: a free port, a temporary root, runtime and config
+One server for the whole directory (`lab`): a free port, a temporary root, runtime and config
 directory, a token, and `--LabApp.expose_app_in_browser=True` so a test can wait for the
-session's kernel through `window.jupyterapp`. Screenshots go to `artifacts/browser/`.
+session's kernel through `window.jupyterapp`. `notebook7` is the same for Jupyter Notebook 7
+(`python -m notebook`, a server and engine of its own, for the module that asks for it).
+Screenshots go to `artifacts/browser/`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,20 @@ from lab_harness import (
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """JupyterLab serving a temporary root; its engine started by the server extension."""
-    base = tmp_path_factory.mktemp("lab")
+    yield from _serve(tmp_path_factory, "lab")
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Jupyter Notebook 7 (`python -m notebook`), as `lab` is JupyterLab: an engine of its own."""
+    pytest.importorskip("notebook", minversion="7", reason="needs notebook 7: pip install notebook")
+    yield from _serve(tmp_path_factory, "notebook")
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory, app: str) -> Iterator[Lab]:
+    """A Jupyter server (`app` "lab": JupyterLab, "notebook": Notebook 7) until the generator
+    ends; then it is stopped, and so is the engine its server extension started."""
+    base = tmp_path_factory.mktemp(app)
     root, runtime, config = base / "root", base / "runtime", base / "config"
     for d in (root, runtime, config):
         d.mkdir()
@@ -54,16 +69,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root"]
+    starter = {"lab": "jupyterlab", "notebook": "notebook"}[app]
+    cmd = [sys.executable, "-m", starter, "--no-browser", "--allow-root"]
     cmd += [f"--port={port}", "--ip=127.0.0.1", f"--ServerApp.root_dir={root}"]
     cmd += [f"--IdentityProvider.token={TOKEN}", "--LabApp.expose_app_in_browser=True"]
+    cmd += ["--JupyterNotebookApp.expose_app_in_browser=True"] if app == "notebook" else []
     cmd += ["--ServerApp.port_retries=0", "--LabApp.news_url=None"]
     cmd += ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     cmd += ["--SymphonyWorkbench.pages=256", "--SymphonyWorkbench.threads=1"]
     log = base / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    lab = Lab(f"http://127.0.0.1:{port}", TOKEN, root, runtime, proc, log)
+    lab = Lab(f"http://127.0.0.1:{port}", TOKEN, root, runtime, proc, log, app)
 
     def running() -> bool:
         assert proc.poll() is None, log.read_text()
@@ -74,6 +91,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         return False
 
     engine_pid = None
+    suffix = "" if app == "lab" else f"-{app}"
     try:
         lab.wait_for("the server and its engine starting", running, START_TIMEOUT)
         engine_pid = lab.status()["engine_pid"]
@@ -85,10 +103,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.copy(log, _artifacts() / "server.log")
+        shutil.copy(log, _artifacts() / f"server{suffix}.log")
         engine_log = runtime / "symphony-engine.log"
         if engine_log.exists():
-            shutil.copy(engine_log, _artifacts() / "engine.log")
+            shutil.copy(engine_log, _artifacts() / f"engine{suffix}.log")
     # the engine the server started stops with it, and takes its connection file along
     assert not (runtime / "symphony-engine.json").exists()
     assert engine_pid is not None and not _alive(engine_pid), f"engine {engine_pid} outlived"
@@ -145,7 +163,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, lab: Lab, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Any]:
+def page(browser: Any, request: pytest.FixtureRequest, artifacts: Path) -> Iterator[Any]:
     """A fresh page; its last screenshot is kept under artifacts/browser/ (also on failure)."""
     context = browser.new_context(viewport={"width": 1500, "height": 950})
     pg = context.new_page()

@@ -1,5 +1,6 @@
-"""What the browser tests share: the running JupyterLab (`Lab`), notebooks, and the page helpers
-that wait for JupyterLab's own state (`window.jupyterapp`) rather than for what the toolbar says.
+"""What the browser tests share: the running JupyterLab or Notebook 7 (`Lab`), notebooks, and the
+page helpers that wait for the app's own state (`window.jupyterapp`) rather than for what the
+toolbar says. Notebook 7 is built from JupyterLab's pieces: the same helpers serve both.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "browser"
@@ -33,6 +35,7 @@ CHROMIUM_FLAGS = [
 USER = "tester"  # the server's (and so its kernels') $SYMPHONY_USER
 TOKEN = "symphony-browser-test-token"
 START_TIMEOUT = 120.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Lab:
     runtime: Path
     proc: subprocess.Popen
     log: Path
+    app: str = "lab"  # the front end it serves by default: "lab" (JupyterLab), "notebook" (7)
 
     def api(
         self, endpoint: str, body: Any = None, token: str | None = "", method: str | None = None
@@ -148,12 +152,17 @@ BUSY = """() => {
 
 
 def open_notebook(page: Any, lab: Lab, relpath: str) -> None:
-    """Open a notebook in JupyterLab and wait until its kernel is connected and idle.
+    """Open a notebook in the server's front end and wait until its kernel is connected and idle.
 
-    Each page gets a workspace of its own, so that no tab of an earlier test is restored.
+    JupyterLab: each page gets a workspace of its own, so that no tab of an earlier test is
+    restored. Notebook 7: the notebook's own page (`/notebooks/...`), a JupyterLab-built app
+    whose `shell.currentWidget` is the notebook panel, so the same checks apply.
     """
-    workspace = f"w{uuid.uuid4().hex[:12]}"
-    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{relpath}?token={lab.token}")
+    if lab.app == "notebook":
+        page.goto(f"{lab.url}/notebooks/{relpath}?token={lab.token}")
+    else:
+        workspace = f"w{uuid.uuid4().hex[:12]}"
+        page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{relpath}?token={lab.token}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=60_000)
     page.wait_for_function(
         "() => window.jupyterapp.shell.currentWidget && "
@@ -208,3 +217,43 @@ def output_errors(cells: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:
         for o in c["outputs"]
         if o["output_type"] == "error"
     ]
+
+
+# ---- what the widgets drew ----------------------------------------------------------------------
+
+# plotly's figure as the page holds it: its traces' data (typed arrays as lists) and y categories
+FIGURE = """gd => {
+    const list = v => Array.from(v, x => (x !== null && typeof x === 'object') ? Array.from(x) : x);
+    const keys = ['type', 'name', 'mode', 'level', 'x', 'y', 'z', 'text', 'customdata', 'ids',
+                  'labels', 'parents', 'values'];
+    const traces = (gd.data || []).map(t => {
+        const out = {};
+        for (const k of keys) {
+            const v = t[k];
+            if (v === undefined || v === null) continue;
+            out[k] = (typeof v === 'object') ? list(v) : v;
+        }
+        return out;
+    });
+    const y = gd._fullLayout && gd._fullLayout.yaxis;
+    const categories = y && y._categories ? [...y._categories] : [];
+    const width = gd._fullLayout ? gd._fullLayout.width : 0;
+    return {traces, drawn: !!gd._fullLayout, categories, width, room: gd.clientWidth};
+}"""
+
+# the path data of each SVG path a selector finds under an element
+D_OF = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.getAttribute('d') || '')"
+# the text of each SVG element a selector finds under an element
+TEXTS = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.textContent)"
+
+
+def settle(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
+    """check() once its assertions hold; the last AssertionError when they never do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: {e}") from e
+            time.sleep(0.5)

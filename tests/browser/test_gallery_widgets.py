@@ -14,15 +14,16 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from lab_harness import (
+    D_OF,
+    FIGURE,
     ROOT,
+    TEXTS,
     USER,
     Lab,
     cell_outputs,
@@ -30,6 +31,7 @@ from lab_harness import (
     output_errors,
     output_text,
     run_command,
+    settle,
     wait_idle,
 )
 
@@ -40,7 +42,6 @@ NOTEBOOK = "gallery/02-fork-and-share.ipynb"
 N, STEPS = 6, 24  # the notebook's forks, and the steps each decodes
 DEMO = f"/home/{USER}/fork-demo"
 PROMPT = f"{DEMO}/prompt"
-T = TypeVar("T")
 
 # the cells, by a piece of their source
 TIMELINE_CELL = "timeline = TimelineView(client)"
@@ -49,31 +50,6 @@ GRAPH_CELL = "graph = ForkGraphView(client"
 PAGES_CELL = "pages = PageMapView(client"
 TREE_CELL = "tree = KVTreeView(client"
 TIMELINE_AGAIN_CELL = "await timeline.refresh()"
-
-# plotly's figure as the page holds it: its traces' data (typed arrays as lists) and y categories
-FIGURE = """gd => {
-    const list = v => Array.from(v, x => (x !== null && typeof x === 'object') ? Array.from(x) : x);
-    const keys = ['type', 'name', 'mode', 'level', 'x', 'y', 'z', 'text', 'customdata', 'ids',
-                  'labels', 'parents', 'values'];
-    const traces = (gd.data || []).map(t => {
-        const out = {};
-        for (const k of keys) {
-            const v = t[k];
-            if (v === undefined || v === null) continue;
-            out[k] = (typeof v === 'object') ? list(v) : v;
-        }
-        return out;
-    });
-    const y = gd._fullLayout && gd._fullLayout.yaxis;
-    const categories = y && y._categories ? [...y._categories] : [];
-    const width = gd._fullLayout ? gd._fullLayout.width : 0;
-    return {traces, drawn: !!gd._fullLayout, categories, width, room: gd.clientWidth};
-}"""
-
-# the path data of each SVG path a selector finds under an element
-D_OF = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.getAttribute('d') || '')"
-# the text of each SVG element a selector finds under an element
-TEXTS = "(el, sel) => [...el.querySelectorAll(sel)].map(e => e.textContent)"
 
 
 class Engine:
@@ -94,18 +70,6 @@ class Engine:
     def __call__(self, op: str, **args: Any) -> Any:
         with self._client() as client:
             return client.call(op, args)
-
-
-def settle(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
-    """check() once its assertions hold; the last AssertionError when they never do."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {e}") from e
-            time.sleep(0.5)
 
 
 def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(

@@ -14,6 +14,7 @@ WAITING_COLOUR = "#f2c14e"
 COMPUTING_COLOUR = "#4c78a8"
 SUSPENDED_COLOUR = "#8e6bbf"
 GONE_COLOUR = "#bbbbbb"
+BATCH_COLOUR = "#54a24b"  # the batch lane: apart from waiting (yellow) and computing (blue)
 PALETTE = (
     "#e45756", "#f58518", "#54a24b", "#b279a2", "#ff9da6", "#9d755d", "#72b7b2", "#eeca3b",
 )  # fmt: skip

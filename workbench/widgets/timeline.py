@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from workbench.widgets.kv_data import Filter
 from workbench.widgets.live import TOP_MARGIN, LiveView, fit, set_height, zoomable
 from workbench.widgets.style import (
+    BATCH_COLOUR,
     COMPUTING_COLOUR,
     SHARED_COLOURS,
     SUSPENDED_COLOUR,
@@ -54,7 +55,7 @@ class TimelineView(LiveView):
         self.figure.add_bar(name="waiting", marker_color=WAITING_COLOUR, **bar, row=1, col=1)
         self.figure.add_bar(name="computing", marker_color=COMPUTING_COLOUR, **bar, row=1, col=1)
         self.figure.add_bar(name="suspended", marker_color=SUSPENDED_COLOUR, **bar, row=1, col=1)
-        self.figure.add_bar(name="batch", marker_color=SHARED_COLOURS[0], **bar, row=1, col=1)
+        self.figure.add_bar(name="batch", marker_color=BATCH_COLOUR, **bar, row=1, col=1)
         self.figure.add_scatter(
             name="calls per batch",
             mode="markers",
