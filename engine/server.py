@@ -158,7 +158,6 @@ class EngineServer:
             "sessions": self._sessions,
             "noop": self._noop,
             "shutdown": self._shutdown,
-            "spawn": self._spawn,
             "goodbye": self._goodbye,
         }
         self._ops.update({op: self._syscall for op in PROCESS_OPS})
@@ -432,12 +431,6 @@ class EngineServer:
         self.sessions.pop(session.id, None)
         self.workers.session_ended(session.id, "client closed")
 
-    async def _spawn(self, session: Session, req: Request) -> None:
-        raise NotImplementedError(
-            "spawn ships code to the engine, which the RPC API does not do yet; "
-            "attach another process instead"
-        )
-
     # --- system calls ----------------------------------------------------------------------------
 
     async def _syscall(self, session: Session, req: Request) -> Any:
@@ -494,6 +487,9 @@ class EngineServer:
         """Start a worker for the code in args; its pid, at once (the session owns it)."""
         if req.pid is not None:
             raise InvalidArgument("run is a client call: send it without a pid")
+        parent = req.args.get("parent")
+        if parent is not None and parent not in session.pids:
+            raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
         info = dataclasses.asdict(self.connection_info())
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
@@ -517,6 +513,8 @@ class EngineServer:
         if pid not in session.pids or pid not in self.workers.runs:
             raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
         error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))
+        if error is None:
+            self.kernel.procs[pid].result = req.args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:

@@ -120,11 +120,24 @@ class Host:
         self.reply({"id": msg.get("id"), "ok": True, "result": result})
 
 
+class _Shown(str):
+    """An annotation kept as a string (`from __future__ import annotations`), shown unquoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _signature(fn: Callable[..., Any]) -> str:
     try:
-        return str(inspect.signature(fn))
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return "(...)"
+
+    def shown(a: Any) -> Any:
+        return _Shown(a) if isinstance(a, str) else a
+
+    params = [p.replace(annotation=shown(p.annotation)) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=shown(sig.return_annotation)))
 
 
 def main() -> int:

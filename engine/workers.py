@@ -111,7 +111,8 @@ class Workers:
     ) -> int:
         """Attach a process for args' code and start its worker; the pid, at once."""
         code, name, priority, timeout, memory_mb = _run_args(args)
-        pid = self.kernel.attach(name, owner=user, priority=priority)
+        parent = args.get("parent")  # checked by the server: one of the session's processes
+        pid = self.kernel.attach(name, owner=user, priority=priority, parent=parent)
         run = Run(pid, session, user, name, code, timeout, memory_mb, secrets.token_hex(16))
         self.runs[pid] = run
         try:

@@ -11,7 +11,8 @@
 errors (rebuilt as their own types: `PermissionDenied`, `FileNotFound`, ...), so one set of docs
 serves both. Differences: `tokenize`/`detokenize` run here, on the model's tokenizer.json; a
 `Sample`'s generator is an int seed (or None for the process's own stream); `send` carries
-msgpack values and records; `spawn` is not available over the wire yet.
+msgpack values and records; `spawn` ships its function's source to an engine-side worker, so
+it is awaited (`pid = await lip.spawn(main, *args)`).
 
 Any number of asyncio tasks may call at once: requests carry ids and replies resolve futures, so
 the calls are pipelined over the one connection. A thread sends heartbeats every 0.5 s, also
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import getpass
 import itertools
+import json
 import os
 import sys
 import threading
@@ -91,6 +93,7 @@ class Client:
         self._pending: dict[int, asyncio.Future] = {}
         self._reader: SocketReader | None = None
         self._heartbeat: _Heartbeat | None = None
+        self._children: set[asyncio.Task] = set()  # following spawned processes' output
 
     @classmethod
     async def connect(
@@ -143,6 +146,8 @@ class Client:
         if self.engine:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.call("goodbye"), 2.0)
+        for task in self._children:
+            task.cancel()
         if self._heartbeat is not None:
             self._heartbeat.stop()
         if self._reader is not None:
@@ -488,11 +493,30 @@ class LIP:
 
     # --- processes -------------------------------------------------------------------------------
 
-    def spawn(self, *args: Any, **kwargs: Any) -> int:
-        raise NotImplementedError(
-            "spawn ships code to the engine, which the client API does not do yet; "
-            "use client.attach for another process"
-        )
+    async def spawn(
+        self,
+        main: Callable[..., Any] | str,
+        *args: Any,
+        name: str | None = None,
+        priority: int | None = None,
+    ) -> int:
+        """A child process running `await main(lip, *args)` in an engine-side worker; its pid.
+
+        As `Syscalls.spawn`, but main is shipped as source (self-contained: imports inside it,
+        args msgpack values), so it is awaited here. `wait(pid)` gives main's return value; the
+        child's prints stream to this process's output.
+        """
+        from workbench.tools import tool_source
+
+        fn, source = tool_source(main)
+        call = f"__result__ = await {fn}(lip, *__import__('json').loads({json.dumps(args)!r}))"
+        run = {"code": f"{source}\n{call}\n", "name": name or fn, "parent": self.pid}
+        run["priority"] = priority if priority is not None else 0
+        pid = await self.client.call("run", run)
+        task = asyncio.create_task(self.client._follow(pid, _write_output))
+        self.client._children.add(task)
+        task.add_done_callback(self.client._children.discard)
+        return pid
 
     async def wait(self, pid: int) -> Any:
         return await self._call("wait", pid=pid)

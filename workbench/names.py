@@ -18,7 +18,7 @@ from engine.records import Distribution, Logits, LogProbs, Sample, SamplingParam
 from workbench.client import LIP
 
 CALLS = (
-    "tokenize", "detokenize", "forward", "wait", "kill", "ps", "send", "receive", "sleep",
+    "tokenize", "detokenize", "forward", "spawn", "wait", "kill", "ps", "send", "receive", "sleep",
 )  # fmt: skip
 RECORDS = {
     "Distribution": Distribution,

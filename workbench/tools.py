@@ -34,7 +34,8 @@ class Pending:
     timeout: float | None
 
 
-PENDING: list[Pending] = []  # decorated, not yet registered
+PENDING: list[Pending] = []
+FUTURE = "from __future__ import annotations\n"  # decorated, not yet registered
 
 
 @overload
@@ -82,4 +83,5 @@ def tool_source(fn: Callable[..., Any] | str) -> tuple[str, str]:
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == fn.__name__
     )
     lines = source.splitlines(keepends=True)[node.lineno - 1 : node.end_lineno]
-    return fn.__name__, textwrap.dedent("".join(lines))
+    # Its annotations name things of this module, not there: keep them unevaluated strings.
+    return fn.__name__, FUTURE + textwrap.dedent("".join(lines))

@@ -19,6 +19,7 @@ import traceback
 
 from engine import connection
 from engine.errors import EngineError
+from engine.protocol import packb
 from engine.sandbox import cell_traceback, limit_memory
 from workbench.client import LIP, Client
 from workbench.names import compile_cell, lip_names, run_cell
@@ -34,20 +35,28 @@ async def main() -> int:
     try:
         job = await client.call("worker.adopt", {"key": env.pop("SYMPHONY_WORKER_KEY", "")})
         lip = LIP(client, job["pid"], job["name"])
-        error, tb = await run(lip, job["code"], int(job["memory_mb"]))
+        namespace = {**lip_names(lip), "__name__": "__main__"}
+        error, tb = await run(lip, job["code"], int(job["memory_mb"]), namespace)
         if tb:
             print(tb, end="", file=sys.stderr, flush=True)
+        end = {"pid": lip.pid, "error": error, "traceback": tb, "result": None}
+        try:
+            packb(namespace.get("__result__"))
+            end["result"] = namespace.get("__result__")  # a spawned main's return value
+        except TypeError as e:
+            end["error"] = {"type": "TypeError", "message": f"main's return value: {e}"}
         with contextlib.suppress(EngineError):  # the cell may have ended its process itself
-            await client.call("worker.exit", {"pid": lip.pid, "error": error, "traceback": tb})
+            await client.call("worker.exit", end)
         return 0 if error is None else 1
     finally:
         await client.close()
 
 
-async def run(lip: LIP, code: str, memory_mb: int) -> tuple[dict[str, str] | None, str | None]:
-    """Run the cell; (None, None), or its error {type, message} and traceback."""
+async def run(
+    lip: LIP, code: str, memory_mb: int, namespace: dict
+) -> tuple[dict[str, str] | None, str | None]:
+    """Run the cell in namespace; (None, None), or its error {type, message} and traceback."""
     linecache.cache[CELL] = (len(code), None, code.splitlines(keepends=True), CELL)
-    namespace = {**lip_names(lip), "__name__": "__main__"}
     if lip.client.tokenizer is not None:
         lip.tokenize("warm up")  # the tokenizer's own allocations are not the cell's
     limit_memory(memory_mb)

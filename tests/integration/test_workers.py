@@ -281,3 +281,37 @@ def test_syscalls_tool_in_process(tiny_loaded) -> None:  # noqa: ANN001
         assert host is not None and host.proc is not None and host.proc.returncode is not None
 
     run(body())
+
+
+async def _child(lip: Any, prompt: list[int], n: int) -> list[int]:
+    """A spawned process's main, as in-process `Syscalls.spawn` takes it."""
+    f = await lip.kv.create()
+    d = await lip.forward(f, prompt)
+    out = [d.argmax()]
+    for _ in range(n - 1):
+        out.append((await lip.forward(f, [out[-1]])).argmax())
+    print("child done", flush=True)
+    return out
+
+
+def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) -> None:
+    async def body() -> None:
+        async with await Client.connect(conn, user="alice") as client:
+            lip = await client.attach("parent")
+            here = await _child(lip, PROMPT, 6)  # the same calls made by the parent itself
+            pid = await lip.spawn(_child, PROMPT, 6, name="child")
+            assert await lip.wait(pid) == here
+            info = {p.pid: p for p in await client.ps()}[pid]
+            assert info.parent == lip.pid and info.name == "child" and info.state == "exited"
+
+            async def broken(lip: Any) -> None:
+                raise ValueError("child failed")
+
+            bad = await lip.spawn(broken)
+            with pytest.raises(ProcessFailed, match="ValueError: child failed"):
+                await lip.wait(bad)
+            with pytest.raises(EngineError, match="not a process of this client"):
+                await client.call("run", {"code": "pass", "parent": 10_000})
+            await lip.exit()
+
+    run(body())
