@@ -388,29 +388,33 @@ class SocketReader:
 
     Cheaper than `zmq.asyncio` by a loop turn or two per message, which is most of a round trip
     on loopback. ZeroMQ's FD is edge-triggered and also changes when the socket sends, so after
-    each send call `poke()`, or a reply that came in meanwhile could wait unnoticed.
+    each send call `drain()`, or a message that came in meanwhile could wait unnoticed.
     """
+
+    # plain ints: pyzmq's enum flags cost more than the rest of a small message's handling
+    _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
     def __init__(self, sock: zmq.Socket, on_frames: Any) -> None:
         self.sock, self.on_frames = sock, on_frames
         self.loop = asyncio.get_running_loop()
         self.fd = sock.getsockopt(zmq.FD)
-        self._poked = False
+        self._draining = False
         self.loop.add_reader(self.fd, self.drain)
 
     def drain(self) -> None:
-        self._poked = False
-        while not self.sock.closed and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.on_frames(frames)
-
-    def poke(self) -> None:
-        if not self._poked:
-            self._poked = True
-            self.loop.call_soon(self.drain)
+        if self._draining:  # a handler sent: the loop below reads on after it returns
+            return
+        self._draining = True
+        try:
+            sock = self.sock
+            while not sock.closed and sock.getsockopt(self._EVENTS) & self._POLLIN:
+                try:
+                    frames = sock.recv_multipart(self._NOBLOCK)
+                except zmq.Again:
+                    break
+                self.on_frames(frames)
+        finally:
+            self._draining = False
 
     def close(self) -> None:
         self.loop.remove_reader(self.fd)

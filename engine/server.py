@@ -279,7 +279,7 @@ class EngineServer:
             with contextlib.suppress(zmq.ZMQError):
                 self._sock.send_multipart([identity, *frames], zmq.NOBLOCK)
             if self._reader is not None:
-                self._reader.poke()
+                self._reader.drain()
 
     def _reply(self, identity: bytes, session: str, rid: int | None, body: dict[str, Any]) -> None:
         header = {"kind": REPLY, "session": session, "id": rid}

@@ -190,7 +190,7 @@ class Client:
             except zmq.Again:  # the send queue is full: the engine is behind; wait a little
                 await asyncio.sleep(0.001)
         if self._reader is not None:
-            self._reader.poke()
+            self._reader.drain()
 
     def _on_frames(self, frames: list[bytes]) -> None:
         rejected = Wire.rejection(frames)
