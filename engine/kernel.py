@@ -28,6 +28,7 @@ from engine.tools import Tools
 from engine.trace import Trace
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
+PS_EXITED = 1000  # exited processes `ps` still lists
 
 __all__ = ["Kernel", "ProcessFailed", "Program", "model_id"]
 
@@ -60,7 +61,8 @@ class Kernel:
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)
-        self.procs: dict[int, Process] = {}
+        self.procs: dict[int, Process] = {}  # every process this kernel ran, by pid
+        self.live: dict[int, Process] = {}  # those not exited: what the step loop looks at
         self.tools = Tools()  # functions any LIP may call; their host starts on first use
         self._pids = itertools.count(1)
         self._call_ids = itertools.count(1)
@@ -77,7 +79,7 @@ class Kernel:
         return self
 
     async def stop(self) -> None:
-        live = [p.task for p in self.procs.values() if p.alive and p.task is not None]
+        live = [p.task for p in self.live.values() if p.task is not None]
         for task in live:
             task.cancel()
         await asyncio.gather(*live, return_exceptions=True)
@@ -122,7 +124,7 @@ class Kernel:
             parent,
             started=self.trace.now(),
         )
-        self.procs[pid] = p
+        self.procs[pid] = self.live[pid] = p
         self.trace.emit(ev.PROCESS, pid, old=None, new=p.state.value, name=p.name, owner=owner)
         p.task = asyncio.create_task(self._run(p, main, Syscalls(self, p), args), name=f"lip-{pid}")
         return pid
@@ -131,7 +133,7 @@ class Kernel:
         """A process whose code runs elsewhere (a notebook kernel) and calls in over RPC."""
         pid = next(self._pids)
         p = Process(pid, name, owner, priority, parent, started=self.trace.now())
-        self.procs[pid] = p
+        self.procs[pid] = self.live[pid] = p
         self.trace.emit(ev.PROCESS, pid, old=None, new=p.state.value, name=name, owner=owner)
         return pid
 
@@ -160,6 +162,7 @@ class Kernel:
         freed = self.kvfs.remove_process(p.pid)
         p.ended = self.trace.now()
         self._set_state(p, State.EXITED, error=p.error, pages_freed=freed)
+        self.live.pop(p.pid, None)
         p.done.set()
         self._wake()
 
@@ -182,7 +185,15 @@ class Kernel:
             self.detach(pid, error="killed")
 
     def ps(self) -> list[ProcessInfo]:
-        return [ProcessInfo.of(p) for p in self.procs.values()]
+        """The live processes and the PS_EXITED that exited last (a long-lived engine ran many)."""
+        exited: list[Process] = []
+        for p in reversed(self.procs.values()):
+            if len(exited) == PS_EXITED:
+                break
+            if not p.alive:
+                exited.append(p)
+        shown = sorted([*exited, *self.live.values()], key=lambda p: p.pid)
+        return [ProcessInfo.of(p) for p in shown]
 
     def _proc(self, pid: int) -> Process:
         if pid not in self.procs:
@@ -227,7 +238,7 @@ class Kernel:
                 await self._wakeup.wait()
                 continue
             self._resume_suspended()
-            running = sum(1 for p in self.procs.values() if p.state is State.READY)
+            running = sum(1 for p in self.live.values() if p.state is State.READY)
             view = self.scheduler.view(time.monotonic(), running)
             delay = self.scheduler.policy.delay(view) if view.calls else 0.05
             if delay > 0:
@@ -348,7 +359,7 @@ class Kernel:
         """The lowest-priority, most recently started process whose suspension frees pages."""
         candidates = [
             p
-            for p in self.procs.values()
+            for p in self.live.values()
             if p.alive
             and p.state is not State.SUSPENDED
             and p.pid not in exclude
@@ -362,7 +373,7 @@ class Kernel:
 
     def _resume_suspended(self) -> None:
         """Bring back suspended processes, highest priority and oldest first, while they fit."""
-        suspended = [p for p in self.procs.values() if p.state is State.SUSPENDED]
+        suspended = [p for p in self.live.values() if p.state is State.SUSPENDED]
         for p in sorted(suspended, key=lambda p: (-p.priority, p.started)):
             if not self._try_resume(p):
                 break
@@ -386,5 +397,5 @@ class Kernel:
 
     def _swapped_pages(self) -> int:
         """Only suspended processes hold swapped pages (resuming brings all of them back)."""
-        suspended = [p for p in self.procs.values() if p.state is State.SUSPENDED]
+        suspended = [p for p in self.live.values() if p.state is State.SUSPENDED]
         return sum(len(f.seq.swapped) for p in suspended for f in self._private_files(p))

@@ -405,7 +405,7 @@ class EngineServer:
             "pages_used": pool.num_pages - pool.num_free,
             "pages_swapped": sum(len(f.seq.swapped) for _, f in k.kvfs.files()),
             "batches": batch.data["batch"] if batch is not None else 0,
-            "processes": sum(1 for p in k.procs.values() if p.alive),
+            "processes": len(k.live),
             "sessions": len(self.sessions),
             "policy": k.scheduler.policy.name,
             "uptime": round(k.trace.now(), 3),
@@ -591,7 +591,7 @@ class EngineServer:
 
     def _stop_if_idle(self, now: float) -> None:
         """An engine a client started for itself goes away once nobody uses it."""
-        busy = self.sessions or any(p.alive for p in self.kernel.procs.values())
+        busy = self.sessions or self.kernel.live
         if busy or self.idle_exit is None:
             self._idle_since = now
         elif now - self._idle_since >= self.idle_exit:

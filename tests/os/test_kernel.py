@@ -285,3 +285,28 @@ def test_attached_processes_use_the_same_syscalls_and_are_reaped(tiny_loaded) ->
             await sys.forward(f, [1])
 
     run(Kernel(tiny_loaded, page_size=4), body)
+
+
+def test_ps_lists_the_live_and_the_last_exited_and_the_loop_looks_at_the_live(
+    tiny_loaded,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine import kernel as kernel_module
+
+    monkeypatch.setattr(kernel_module, "PS_EXITED", 3)
+
+    async def quick(sys: Syscalls) -> int:
+        return sys.pid
+
+    async def body() -> None:
+        async with Kernel(tiny_loaded, num_pages=16) as k:
+            done = [k.spawn(quick) for _ in range(5)]
+            for pid in done:
+                assert await k.wait(pid) == pid  # every record stays for wait
+            held = k.attach("held", owner="me")
+            assert [p.pid for p in k.ps()] == [*done[-3:], held]
+            assert list(k.live) == [held]
+            k.detach(held)
+            assert not k.live and [p.pid for p in k.ps()] == [done[-2], done[-1], held]
+
+    asyncio.run(body())
