@@ -36,13 +36,8 @@ async def connect(
         if not start:
             raise
     path = Path(connection_file) if connection_file else connection.default_path()
-    await asyncio.to_thread(ensure_engine, path)
+    await asyncio.to_thread(start_engine, path)
     return await Client.connect(path, **kw)  # type: ignore[arg-type]
-
-
-def ensure_engine(path: Path, timeout: float = START_TIMEOUT) -> connection.ConnectionInfo:
-    """The engine behind path, started (and waited for) when none runs."""
-    return start_engine(path, timeout)[0]
 
 
 def start_engine(

@@ -42,6 +42,7 @@ from engine.errors import EngineNotRunning, ProcessFailed
 from workbench import autostart
 from workbench.client import LIP, USER_ENV, Client
 from workbench.names import lip_names
+from workbench.tools import register_pending
 
 MISSING = object()
 _clients: dict[int, Client] = {}  # one connection per event loop
@@ -100,13 +101,6 @@ async def _attach(name: str, priority: int) -> LIP:
         return await (await connect()).attach(name, priority)
 
 
-async def _register_tools(client: Client) -> None:
-    with contextlib.suppress(ImportError):
-        from workbench.tools import register_pending
-
-        await register_pending(client)
-
-
 # ---- %%lip in the kernel ------------------------------------------------------------------------
 
 
@@ -121,10 +115,8 @@ class lip_cell:  # noqa: N801 - reads as a statement in the rewritten cell
     async def __aenter__(self) -> LIP:
         __tracebackhide__ = True
         opts = parse_cell_args(self.line)
-        if opts.server:
-            raise UsageError("%%lip --server cells are shipped whole; this one was not rewritten")
         self.lip = lip = await _attach(opts.name, opts.priority)
-        await _register_tools(lip.client)
+        await register_pending(lip.client)
         self.status = Status(lip.pid, lip.name)
         self._bind(lip_names(lip))
         self.started = time.monotonic()
@@ -169,7 +161,7 @@ async def server_cell(line: str, body: str) -> int:
     __tracebackhide__ = True
     opts = parse_cell_args(line)
     client = await connect()
-    await _register_tools(client)
+    await register_pending(client)
     started = time.monotonic()
     status: list[Status] = []
 
@@ -210,7 +202,7 @@ class Status:
         self.handle = display(self._bundle(f"running{suffix}…"), raw=True, display_id=True)
 
     def done(self, seconds: float, info: Any, why: str | None) -> None:
-        parts = [f"{'ended: ' + why if why else 'exited'}"]
+        parts = [f"ended: {why}" if why else "exited"]
         if info is not None:
             parts.append(f"{info.tokens_in} tokens in, {info.tokens_out} out, {info.calls} calls")
         parts.append(f"{seconds:.2f} s")

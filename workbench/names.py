@@ -19,6 +19,7 @@ from workbench.client import LIP
 
 CALLS = (
     "tokenize", "detokenize", "forward", "spawn", "wait", "kill", "ps", "send", "receive", "sleep",
+    "tool",
 )  # fmt: skip
 RECORDS = {
     "Distribution": Distribution,
@@ -35,8 +36,6 @@ def lip_names(lip: LIP) -> dict[str, Any]:
     names: dict[str, Any] = {"lip": lip, "pid": lip.pid, "kv": lip.kv}
     names["home"] = f"/home/{lip.client.user}"  # this user's KV directory, kept after exit
     names.update({name: getattr(lip, name) for name in CALLS})
-    if hasattr(lip, "tool"):
-        names["tool"] = lip.tool
     names.update(RECORDS)
     return names
 

@@ -13,20 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
+from engine.bench.common import timed_calls
 from workbench.client import Client, Sample
-
-
-async def _times(n: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await call()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 async def main(connection_file: str, prompt_tokens: int) -> None:
@@ -39,7 +28,7 @@ async def main(connection_file: str, prompt_tokens: int) -> None:
     print("ready", flush=True)
     while (line := await asyncio.to_thread(sys.stdin.readline)).strip() not in ("", "quit"):
         case, n = line.split()
-        times = await _times(int(n), calls[case])
+        times = await timed_calls(int(n), calls[case])
         await lip.kv.truncate(f, prompt_tokens)
         print(json.dumps(times), flush=True)
     await lip.exit()

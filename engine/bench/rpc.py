@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from engine import connection
-from engine.bench.common import Row
+from engine.bench.common import Row, timed_calls
 from engine.bench.models import bench_model
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
@@ -71,15 +70,6 @@ class EngineThread:
 async def _attach(kernel: Kernel) -> Syscalls:
     pid = kernel.attach("rpc-inside", owner="bench")
     return Syscalls(kernel, kernel.procs[pid])
-
-
-async def _inside(n: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _p(times: list[float], q: int) -> float:
@@ -140,7 +130,7 @@ def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list
             for _ in range(runs + 1):  # the first block of each side warms up
                 for case, (remote, local) in out.items():
                     remote += probe.block(over_wire[case], BLOCK)
-                    local += engine.call(_inside(BLOCK, inside[case]))
+                    local += engine.call(timed_calls(BLOCK, inside[case]))
                     engine.call(calls.kv.truncate(g, PROMPT))
             return {c: (r[BLOCK:], i[BLOCK:]) for c, (r, i) in out.items()}
         finally:
