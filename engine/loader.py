@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from engine.config import ModelConfig
 from engine.errors import ModelLoadError
-from engine.model import LlamaModel, rope_inv_freq
+from engine.model import LlamaModel, bf16_matmul_is_slow, rope_inv_freq
 from engine.tokenizer import Tokenizer
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -146,6 +146,8 @@ def load_model(
     model.load_state_dict(state, assign=True, strict=True)
     model.inv_freq = rope_inv_freq(config).to(device)
     model.requires_grad_(False).eval()
+    if dtype == torch.bfloat16 and bf16_matmul_is_slow(device):
+        model.keep_float32_copies()
     gen_file = path / "generation_config.json"
     generation_config = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     return LoadedModel(path, config, model, tokenizer, generation_config)

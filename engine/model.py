@@ -21,6 +21,28 @@ from engine.errors import ModelLoadError
 # attend(layer, q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]) -> [T, H, D]
 AttendFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
+# From this many rows up, a bfloat16 matmul on a CPU without bf16 arithmetic is faster through
+# a float32 copy of the weight (measured crossover on AVX2: 4 rows).
+FLOAT32_ROWS = 4
+
+
+def bf16_matmul_is_slow(device: torch.device) -> bool:
+    """True on CPUs without AVX512-BF16 or AMX: bfloat16 matmuls there run one row at a time."""
+    return device.type == "cpu" and not (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+
+
+def linear(x: Tensor, w: Tensor, bias: Tensor | None, w32: Tensor | None) -> Tensor:
+    """`F.linear`, through `w32` (a float32 copy of bfloat16 `w`) when x has many rows.
+
+    Both ways multiply the same values and accumulate in float32, so a row's result does not
+    depend on which way it went beyond summation order.
+    """
+    if w32 is None or x.shape[0] < FLOAT32_ROWS:
+        return F.linear(x, w, bias)
+    return F.linear(x.float(), w32, None if bias is None else bias.float()).to(x.dtype)
+
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     """Inverse frequencies, with Llama 3 or linear scaling applied when the config asks."""
@@ -46,16 +68,19 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
 
 
 def rope_cos_sin(inv_freq: Tensor, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin of shape [T, 1, D] for the given positions (computed once per forward)."""
+    """cos and signed sin, [T, 1, D], for the given positions (computed once per forward).
+
+    The sin's first half is negated so that rotation is one roll: see `apply_rope`.
+    """
     freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = freqs.cos(), freqs.sin()
+    cos, signed_sin = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+    return cos[:, None].to(dtype), signed_sin[:, None].to(dtype)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """Rotate-half RoPE: x * cos + (-x2, x1) * sin, with (-x2, x1) * sin = roll(x) * signed_sin."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 class DecoderLayer(nn.Module):
@@ -79,24 +104,31 @@ class DecoderLayer(nn.Module):
         self.post_norm = nn.Parameter(torch.ones(h))
         self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, h))
         self.down = nn.Parameter(torch.empty(h, cfg.intermediate_size))
+        self.f32: dict[str, Tensor] = {}  # float32 copies of the matrices (keep_float32_copies)
+
+    def _qk_norm_weight(self) -> Tensor:
+        """[H + Hkv, D]: q_norm for the query heads, k_norm for the key heads."""
+        assert self.q_norm is not None and self.k_norm is not None
+        d = self.head_dim
+        return torch.cat(
+            (self.q_norm.expand(self.num_heads, d), self.k_norm.expand(self.num_kv_heads, d))
+        )
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, attend: AttendFn) -> Tensor:
         t = x.shape[0]
         y = F.rms_norm(x, x.shape[-1:], self.input_norm, self.eps)
-        qkv = F.linear(y, self.qkv, self.qkv_bias)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.num_heads, self.head_dim)
-        k = k.view(t, self.num_kv_heads, self.head_dim)
-        v = v.view(t, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q = F.rms_norm(q, q.shape[-1:], self.q_norm, self.eps)
-            k = F.rms_norm(k, k.shape[-1:], self.k_norm, self.eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = linear(y, self.qkv, self.qkv_bias, self.f32.get("qkv"))
+        # q and k heads side by side, so that norm and rope run once over both
+        qk = qkv[:, : self.q_size + self.kv_size].view(t, -1, self.head_dim)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            qk = F.rms_norm(qk, qk.shape[-1:], None, self.eps) * self._qk_norm_weight()
+        q, k = apply_rope(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)
         out = attend(layer, q, k, v).reshape(t, self.q_size)
-        x = x + F.linear(out, self.o, self.o_bias)
+        x = x + linear(out, self.o, self.o_bias, self.f32.get("o"))
         y = F.rms_norm(x, x.shape[-1:], self.post_norm, self.eps)
-        gate, up = F.linear(y, self.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, self.down)
+        gate, up = linear(y, self.gate_up, None, self.f32.get("gate_up")).chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down, None, self.f32.get("down"))
 
 
 class LlamaModel(nn.Module):
@@ -112,6 +144,7 @@ class LlamaModel(nn.Module):
             else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
         )
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.head_f32: Tensor | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,6 +153,15 @@ class LlamaModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.device
+
+    def keep_float32_copies(self) -> None:
+        """Keep float32 copies of every matrix for many-row matmuls (bfloat16 on slow CPUs).
+
+        Costs twice the weights' memory again; frozen weights only (copies are not updated).
+        """
+        for layer in self.layers:
+            layer.f32 = {n: getattr(layer, n).float() for n in ("qkv", "o", "gate_up", "down")}
+        self.head_f32 = (self.embed if self.lm_head is None else self.lm_head).float()
 
     def forward(self, input_ids: Tensor, positions: Tensor, attend: AttendFn) -> Tensor:
         """Hidden states `[T, hidden]` after the last layer (before the final norm)."""
@@ -133,7 +175,7 @@ class LlamaModel(nn.Module):
         """Final norm and LM head, for the rows that want outputs only. Float32 out."""
         y = F.rms_norm(hidden, hidden.shape[-1:], self.norm, self.cfg.rms_norm_eps)
         head = self.embed if self.lm_head is None else self.lm_head
-        return F.linear(y, head).float()
+        return linear(y, head, None, self.head_f32).float()
 
     # --- Hugging Face weight names ------------------------------------------------------------
 

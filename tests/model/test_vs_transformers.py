@@ -242,3 +242,33 @@ def test_greedy_generation_matches_transformers_generate(case: Case, runner: Run
                 pad_token_id=0,
             )[0, len(p) :]
         assert got == ref.tolist()
+
+
+def test_bfloat16_many_rows_through_float32_copies(case: Case, pools: list[PagePool]) -> None:
+    """bfloat16 on a CPU without bf16 math: rows in bulk go through float32 copies of the
+    weights. Logits match the one-row-at-a-time bfloat16 path and transformers in bfloat16."""
+    from engine.model import bf16_matmul_is_slow
+
+    loaded = load_model(case.loaded.path, dtype="bfloat16", show_progress=False)
+    model = loaded.model
+    assert (model.head_f32 is not None) == bf16_matmul_is_slow(torch.device("cpu"))
+    tokens = rand_tokens(23, 9)
+
+    def prefill() -> torch.Tensor:
+        pool = PagePool.for_model(loaded.config, 64, PAGE, torch.bfloat16)
+        pools.append(pool)
+        runner = Runner(model, pool)
+        seq = KVSequence()
+        (logits,) = runner.forward([Segment(seq, tokens, outputs=all_rows(23))])
+        seq.release(runner.pool)
+        return logits
+
+    bulk = prefill()
+    for layer in model.layers:
+        layer.f32 = {}
+    model.head_f32 = None
+    row_by_row = prefill()
+    hf = hf_logits(case.hf.to(torch.bfloat16), tokens)
+    case.hf.float()
+    assert (bulk - row_by_row).abs().max().item() <= 0.01
+    assert (bulk - hf).abs().max().item() <= 0.25  # a few bfloat16 steps at |logit| ~ 5
