@@ -25,6 +25,7 @@ class TorchPlan:
     pages: Tensor | None  # [B, max_pages] page tables to gather, whole pages at a time
     mask: Tensor | None  # [B, 1, max_q, max_pages * page_size] bool; None when all is visible
     rows: tuple[Tensor, Tensor] | None  # (segment, row) of each token when q_lens differ
+    keys: int | None = None  # decode with equal kv_lens: attend to exactly this many, unmasked
 
 
 class TorchBackend(AttentionBackend):
@@ -39,10 +40,12 @@ class TorchBackend(AttentionBackend):
             return TorchPlan(layout.slot_mapping, b, lq, True, None, None, None)
         pages = layout.block_table(device)
         width = pages.shape[1] * layout.page_size
+        if lq == 1 and not layout.has_masks and min(kv_lens) == max(kv_lens):
+            return TorchPlan(layout.slot_mapping, b, lq, False, pages, None, None, kv_lens[0])
         if lq == 1 and not layout.has_masks:  # decode: only the page tails are hidden
             j = torch.arange(width, device=device)
             visible = j[None, :] < torch.tensor(kv_lens, device=device)[:, None]
-            mask = None if min(kv_lens) == width else visible[:, None, None, :]
+            mask = visible[:, None, None, :]
         else:
             dense = layout.dense_mask(device)
             mask = torch.zeros(b, 1, lq, width, dtype=torch.bool, device=device)
@@ -80,6 +83,8 @@ class TorchBackend(AttentionBackend):
         g = h // hkv
         # [B, Lq, Hkv, G, D] -> [B, Hkv, G*Lq, D]: a KV head attends for its G query heads at once
         qg = qp.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
+        if plan.keys is not None:
+            kb, vb = kb[:, :, : plan.keys], vb[:, :, : plan.keys]
         mask = plan.mask
         if mask is not None and lq > 1:
             mask = mask.expand(b, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, mask.shape[-1])
