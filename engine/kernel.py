@@ -21,7 +21,7 @@ from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
 from engine.process import Process, ProcessInfo, State
-from engine.runner import Runner
+from engine.runner import Runner, TopKResult
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.sequence import pages_for
 from engine.tools import Tools
@@ -202,7 +202,8 @@ class Kernel:
 
     def _set_state(self, p: Process, state: State, **data: Any) -> None:
         if p.state is not state:
-            self.trace.emit(ev.PROCESS, p.pid, old=p.state.value, new=state.value, **data)
+            # _value_, not .value: the enum property costs more than the rest of this call
+            self.trace.emit(ev.PROCESS, p.pid, old=p.state._value_, new=state._value_, **data)
             p.state = state
 
     # --- forward calls ---------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class Kernel:
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
             c.done += n
             c.process.counters.tokens_in += n
-            if len(r):
+            if isinstance(r, TopKResult) or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)
                 c.results.append(r)
             if c.remaining == 0:
                 self._finish(c)

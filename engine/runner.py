@@ -132,16 +132,19 @@ class Runner:
 
     def _results(self, segments: list[Segment], logits: Tensor) -> list[Result]:
         counts = [len(s.outputs) if s.outputs is not None else 1 for s in segments]
-        sampled = iter(self._sample_all(segments, counts, logits))
+        sampled = self._sample_all(segments, counts, logits)
         out: list[Result] = []
-        start = 0
+        start = taken = 0
         for s, n in zip(segments, counts, strict=True):
+            if isinstance(s.returns, Sample):  # the commonest case first: one slice of `sampled`
+                out.append(sampled[taken : taken + n])
+                taken += n
+                start += n
+                continue
             rows = logits[start : start + n]
             start += n
             if n == 0:
                 out.append(rows.new_empty(0))
-            elif isinstance(s.returns, Sample):
-                out.append(torch.tensor([next(sampled) for _ in range(n)], dtype=torch.long))
             elif isinstance(s.returns, TopK):
                 probs, ids = torch.softmax(rows, dim=-1).topk(s.returns.k, dim=-1)
                 out.append(TopKResult(ids, probs))
@@ -153,8 +156,8 @@ class Runner:
         return out
 
     @staticmethod
-    def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> list[int]:
-        """One sampler call for every row that asked for a sampled token."""
+    def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> Tensor:
+        """One sampler call for every row that asked for a sampled token: their ids, in order."""
         rows: list[int] = []
         params: list[SamplingParams] = []
         gens: list[torch.Generator | None] = []
@@ -166,8 +169,8 @@ class Runner:
                 gens += [s.returns.generator] * n
             start += n
         if not rows:
-            return []
-        return sample(logits[rows], params, gens)
+            return torch.empty(0, dtype=torch.long)
+        return torch.tensor(sample(logits[rows], params, gens), dtype=torch.long)
 
     def validate(self, segments: list[Segment]) -> None:
         """InvalidArgument naming the segment and the problem, before anything changes."""

@@ -172,40 +172,39 @@ class Syscalls:
         token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
         With `outputs` given, a list with one item per output index; otherwise the last token's.
         """
-        await self._caller()
-        if not isinstance(file, Handle) or file.caller.pid != self.pid:
+        p, k = self.process, self.kernel
+        if not p.alive or p.state is State.SUSPENDED:  # the hot path skips `_caller`
+            await self._caller()
+        if not isinstance(file, Handle) or file.caller.pid != p.pid:
             raise InvalidArgument("forward needs a KV file handle this process opened")
-        seq = self.kernel.kvfs.sequence(file, write=True)
-        returns = TopK(20) if returns is None else returns
-        if isinstance(returns, Sample) and not isinstance(returns.generator, torch.Generator):
+        seq = k.kvfs.sequence(file, write=True)
+        if returns is None:
+            returns = TopK(20)
+        elif isinstance(returns, Sample) and returns.generator is None:
+            returns = Sample(returns.params, self.generator)
+        elif isinstance(returns, Sample) and not isinstance(returns.generator, torch.Generator):
             returns = Sample(returns.params, self._generator(returns.generator))
         tokens = [int(t) for t in tokens]
+        n, base = len(tokens), len(seq)
         start = seq.next_position
-        pos = (
-            list(range(start, start + len(tokens)))
-            if positions is None
-            else [int(p) for p in positions]
-        )
+        pos = list(range(start, start + n)) if positions is None else [int(x) for x in positions]
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
-        segment = Segment(
-            seq, tokens, pos, mask, None if outputs is None else list(outputs), returns
-        )
-        self.kernel.runner.validate([segment])
-        outs = [len(tokens) - 1] if outputs is None else list(outputs)
-        k = self.kernel
+        outs = None if outputs is None else list(outputs)
+        k.runner.validate([Segment(seq, tokens, pos, mask, outs, returns)])
+        future = asyncio.get_running_loop().create_future()
         call = Call(
             k.new_call_id(),
-            self.process,
+            p,
             seq,
             tokens,
             pos,
             mask,
-            outs,
+            [n - 1] if outs is None else outs,
             returns,
-            asyncio.get_running_loop().create_future(),
+            future,
             time.monotonic(),
-            base=len(seq),
+            base=base,
         )
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
