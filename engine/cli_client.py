@@ -34,7 +34,7 @@ class SyncClient:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(info.address)
+        self._sock.connect(info.local_address)
         self._ids = itertools.count(1)
         self._hello = {"user": user or getpass.getuser(), "name": name}
         self.engine = self.call("hello", self._hello)

@@ -15,10 +15,11 @@ header + body keyed by the connection token, checked with `hmac.compare_digest`.
                                                        "message": "...", "attrs": {...}}}
 
 Values are plain msgpack; the records of `engine.records` (Distribution, FileStat, ProcessInfo,
-Message, Event, PageMap) travel as msgpack extension 1 holding `[name, {field: value}]`, so both
-ends rebuild the same NamedTuple. A KV file handle is `{"fd", "path", "writable"}`; forward's
-`returns=` is `{"kind": "topk", "k"}`, `{"kind": "sample", "temperature", "top_k", "top_p",
-"min_p", "seed"}`, `{"kind": "logprobs", "tokens"}` or `{"kind": "logits"}`.
+Message, Event, PageMap) travel as msgpack extension 1 holding `[name, [values in field order]]`
+(the protocol version pins the order), so both ends rebuild the same NamedTuple. A KV file
+handle is `{"fd", "path", "writable"}`; forward's `returns=` is `{"kind": "topk", "k"}`,
+`{"kind": "sample", "temperature", "top_k", "top_p", "min_p", "seed"}`,
+`{"kind": "logprobs", "tokens"}` or `{"kind": "logits"}`.
 
 What the receiver refuses, and how (nothing changes in any case):
 - not three frames, or an empty signature: dropped without a reply;
@@ -93,7 +94,7 @@ def _default(obj: Any) -> Any:
     """What msgpack cannot pack by itself (strict types: tuples and subclasses come here)."""
     name = type(obj).__name__
     if RECORDS.get(name) is type(obj):
-        return msgpack.ExtType(RECORD_EXT, packb([name, obj._asdict()]))
+        return msgpack.ExtType(RECORD_EXT, packb([name, list(obj)]))
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, (tuple, list, set, frozenset)):
@@ -114,15 +115,15 @@ def _default(obj: Any) -> Any:
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != RECORD_EXT:
         raise BadMessage(f"unknown msgpack extension type {code}")
-    name, fields = unpackb(data)
+    name, values = unpackb(data)
     cls = RECORDS.get(name) if isinstance(name, str) else None
-    if cls is None or not isinstance(fields, dict):
-        raise BadMessage(f"unknown record {name!r}")
-    values = {f: fields.get(f) for f in cls._fields}
+    if cls is None or not isinstance(values, list) or len(values) != len(cls._fields):
+        raise BadMessage(f"malformed record {name!r}")
     for f in TUPLE_FIELDS.get(name, ()):
-        if isinstance(values[f], list):
-            values[f] = tuple(values[f])
-    return cls(**values)
+        i = cls._fields.index(f)
+        if isinstance(values[i], list):
+            values[i] = tuple(values[i])
+    return cls(*values)
 
 
 def packb(obj: Any) -> bytes:

@@ -34,7 +34,9 @@ import dataclasses
 import inspect
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -134,6 +136,8 @@ class EngineServer:
         self.idle_exit = idle_exit  # stop after this long with no clients and no processes
         self._idle_since = time.monotonic()
         self.host, self.port = host, port
+        self.ipc = ""  # the Unix socket endpoint, once started (POSIX)
+        self._ipc_dir: str | None = None
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
         self.heartbeat_timeout = heartbeat_timeout
@@ -188,6 +192,10 @@ class EngineServer:
             sock.bind(f"tcp://{self.host}:{self.port}")
         else:
             self.port = sock.bind_to_random_port(f"tcp://{self.host}")
+        if os.name == "posix":  # same-machine clients: a Unix socket in a private directory
+            self._ipc_dir = tempfile.mkdtemp(prefix="symphony-")
+            self.ipc = f"ipc://{self._ipc_dir}/engine.sock"
+            sock.bind(self.ipc)
         self._sock = sock
         self._reader = SocketReader(sock, self._on_frames)
         monitor = zmq.asyncio.Socket.from_socket(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
@@ -217,6 +225,9 @@ class EngineServer:
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
         self._sock = self._ctx = None
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
         self.stopped.set()
 
     def connection_info(self) -> connection.ConnectionInfo:
@@ -229,6 +240,7 @@ class EngineServer:
             os.getpid(),
             str(loaded.path),
             str(loaded.model.device),
+            self.ipc,
         )
 
     # --- the wire --------------------------------------------------------------------------------

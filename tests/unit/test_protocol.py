@@ -84,6 +84,13 @@ def test_records_cross_the_wire_as_themselves() -> None:
     assert isinstance(back[2].page_table, tuple)
 
 
+def test_malformed_records_are_refused() -> None:
+    for payload in (["ProcessInfo", [1, "a"]], ["NoSuchRecord", []], ["Message", {"pid": 1}]):
+        data = msgpack.packb([msgpack.ExtType(1, msgpack.packb(payload))])
+        with pytest.raises(BadMessage, match="record"):
+            unpackb(data)
+
+
 def test_unknown_values_are_refused_not_pickled() -> None:
     with pytest.raises(TypeError, match="cannot send a object"):
         packb({"x": object()})
