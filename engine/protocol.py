@@ -8,7 +8,7 @@ carries the client's heartbeat). Every message is three frames, as in Jupyter's 
 `header` and `body` are msgpack (never pickle). `signature` is the hex HMAC-SHA256 of
 header + body keyed by the connection token, checked with `hmac.compare_digest`.
 
-    header   {"v": 1, "kind": "request" | "reply" | "ping" | "pong", "session": str, "id": int}
+    header   {"v": 2, "kind": "request" | "reply" | "ping" | "pong", "session": str, "id": int}
     request  {"id": int, "op": str, "args": {...}, "pid": int | None}   (pid: the acting LIP)
     reply    {"id": int, "ok": true, "result": ...}
              {"id": int | None, "ok": false, "error": {"type": "PermissionDenied",
@@ -67,7 +67,7 @@ from engine.records import (
     TopK,
 )
 
-VERSION = 1
+VERSION = 2  # 2: records as value lists
 MAX_MESSAGE = 16 * 2**20  # bytes of header + body a receiver accepts
 MAX_HEADER = 4096
 RECORD_EXT = 1

@@ -31,7 +31,7 @@ from engine.errors import (
     ProcessExited,
     UnknownOperation,
 )
-from engine.protocol import Wire, packb, rebuild_error, request_body, sign, unpackb
+from engine.protocol import VERSION, Wire, packb, rebuild_error, request_body, sign, unpackb
 from workbench.client import LIP, Client, Distribution, FileHandle, Message, Sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +208,7 @@ def test_bad_messages_are_refused_and_change_nothing(engine: EngineProcess) -> N
 
         reply = _exchange(sock, Wire("not-the-token").frames(hdr, hello))
         assert reply is not None and isinstance(Wire.rejection(reply), AuthenticationFailed)
-        h, b = packb({"v": 1, **hdr}), packb(hello)
+        h, b = packb({"v": VERSION, **hdr}), packb(hello)
         assert _exchange(sock, [b"", h, b], timeout=0.5) is None  # unsigned: ignored
         assert _exchange(sock, [sign(good.key, h, b), h], timeout=0.5) is None  # two frames
         assert _exchange(sock, good.frames(hdr, hello)) is not None  # now a session
@@ -277,6 +277,10 @@ def test_a_sync_client_silent_past_its_heartbeat_says_hello_again(engine: Engine
 
 
 def test_cli_commands_then_stop(engine: EngineProcess) -> None:
+    info = connection.read(engine.conn)
+    ipc_socket = Path(info.ipc.removeprefix("ipc://"))
+    assert ipc_socket.is_socket() and info.local_address == info.ipc  # clients here use it
+
     async def body() -> None:
         alice = await Client.connect(engine.conn, user="alice")
         lip = await alice.attach("cli-target")
@@ -304,7 +308,7 @@ def test_cli_commands_then_stop(engine: EngineProcess) -> None:
     stop = _cli(engine, "stop")
     assert stop.returncode == 0, stop.stderr
     assert engine.proc.wait(10) == 0
-    assert not engine.conn.exists()
+    assert not engine.conn.exists() and not ipc_socket.parent.exists()
     gone = _cli(engine, "ps")
     assert gone.returncode == 1 and "no engine is running" in gone.stderr
     no_model = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 import subprocess
@@ -24,6 +25,7 @@ from engine.errors import (
     PermissionDenied,
 )
 from engine.protocol import (
+    VERSION,
     Dropped,
     RemoteError,
     Wire,
@@ -111,7 +113,7 @@ def test_signatures_and_refusals() -> None:
     with pytest.raises(MessageTooLarge) as err:
         wire.parse(big)
     assert err.value.request_id == 9  # type: ignore[attr-defined]
-    header = packb({"v": 1, "kind": "request", "id": 3})
+    header = packb({"v": VERSION, "kind": "request", "id": 3})
     bad = [sign(wire.key, header, b"\xc1"), header, b"\xc1"]
     with pytest.raises(BadMessage, match="not msgpack"):
         wire.parse(bad)
@@ -184,6 +186,24 @@ def test_connection_file_is_private_and_found_like_jupyter(
     connection.write(dead)
     with pytest.raises(EngineNotRunning, match="stale"):
         connection.read()
+
+
+def test_same_machine_clients_use_the_unix_socket(tmp_path: Path) -> None:
+    import socket
+
+    sock_path = tmp_path / "engine.sock"
+    info = connection.ConnectionInfo(
+        "tcp", "127.0.0.1", 5555, "t", os.getpid(), "m", "cpu", f"ipc://{sock_path}"
+    )
+    assert info.local_address == "tcp://127.0.0.1:5555"  # no socket there (another machine)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock_path))
+        assert info.local_address == f"ipc://{sock_path}"
+    written = connection.write(info, tmp_path / "c.json")
+    assert connection.read(written) == info
+    old = {k: v for k, v in dataclasses.asdict(info).items() if k != "ipc"}  # before ipc existed
+    written.write_text(json.dumps(old))
+    assert connection.read(written).local_address == "tcp://127.0.0.1:5555"
 
 
 def test_the_notebook_side_imports_no_torch() -> None:
