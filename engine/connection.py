@@ -4,7 +4,7 @@ JSON, mode 0600, in the Jupyter runtime directory (found the way `jupyter_core` 
 without importing Jupyter), named `symphony-engine.json`; `$SYMPHONY_CONNECTION_FILE` names
 another path. Fields: transport, ip, port, token, pid, model, device, and ipc: the engine's
 second endpoint on POSIX, a Unix socket (`ipc://...`) that clients on the same machine use
-instead of loopback TCP (a third less latency per call, measured by `symphony bench rpc`).
+instead of loopback TCP (a bare ZeroMQ round trip measured 157-192 µs over it here, 228 over TCP).
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def read(path: str | Path | None = None) -> ConnectionInfo:
     path = Path(path) if path is not None else default_path()
     try:
         doc = json.loads(path.read_text())
-        fields = ConnectionInfo.__dataclass_fields__
-        info = ConnectionInfo(**{k: doc[k] for k in fields if k in doc or k != "ipc"})
+        fields = ConnectionInfo.__dataclass_fields__  # a file from before `ipc` has none
+        info = ConnectionInfo(**{k: doc[k] for k in fields if k in doc})
     except FileNotFoundError:
         raise EngineNotRunning(
             f"no engine is running: {path} does not exist (start one with `symphony serve`)"

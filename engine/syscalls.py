@@ -138,7 +138,8 @@ class Syscalls:
         p = self.process
         if not p.alive:
             raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
-        await self.kernel.ensure_resident(p)
+        if p.state is State.SUSPENDED:
+            await self.kernel.ensure_resident(p)
         return Caller(p.pid, p.owner)
 
     # --- text ------------------------------------------------------------------------------------
@@ -172,17 +173,15 @@ class Syscalls:
         token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
         With `outputs` given, a list with one item per output index; otherwise the last token's.
         """
+        await self._caller()
         p, k = self.process, self.kernel
-        if not p.alive or p.state is State.SUSPENDED:  # the hot path skips `_caller`
-            await self._caller()
         if not isinstance(file, Handle) or file.caller.pid != p.pid:
             raise InvalidArgument("forward needs a KV file handle this process opened")
         seq = k.kvfs.sequence(file, write=True)
         if returns is None:
             returns = TopK(20)
-        elif isinstance(returns, Sample) and returns.generator is None:
-            returns = Sample(returns.params, self.generator)
-        elif isinstance(returns, Sample) and not isinstance(returns.generator, torch.Generator):
+        elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
+            # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
             returns = Sample(returns.params, self._generator(returns.generator))
         tokens = [int(t) for t in tokens]
         n, base = len(tokens), len(seq)

@@ -2,8 +2,9 @@
 
 The engine (kernel and RPC server) runs in a thread of this process with its own event loop. A
 separate process plays the notebook kernel: `workbench.rpc_probe` (launched by module name; the
-engine never imports `workbench`) calls it over TCP loopback with the async `workbench.client`,
-as a `%%lip` cell does. Each row is a latency in µs:
+engine never imports `workbench`) calls it with the async `workbench.client`, as a `%%lip` cell
+does, over the engine's Unix socket as any client on the same machine does.
+Each row is a latency in µs:
 - engine: the round trip of the call as the kernel sees it (sign, send, serve, reply, check);
 - baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
 Cases: `noop` is `ps` with one process (the cheapest system call); `forward-1` appends one token

@@ -19,37 +19,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_harness import (
-    D_OF,
-    FIGURE,
-    ROOT,
-    TEXTS,
-    USER,
-    Lab,
-    cell_outputs,
-    open_notebook,
-    output_errors,
-    output_text,
-    run_command,
-    settle,
-    wait_idle,
+from fork_and_share import (
+    GRAPH_CELL,
+    LIP_CELL,
+    NOTEBOOK,
+    PAGES_CELL,
+    STEPS,
+    TIMELINE_AGAIN_CELL,
+    TIMELINE_CELL,
+    TREE_CELL,
+    N,
+    figure,
+    run_all,
+    view,
 )
+from lab_harness import D_OF, ROOT, TEXTS, USER, Lab, open_notebook, settle
 
 from engine.cli_client import SyncClient
 from workbench.widgets.style import piece
 
-NOTEBOOK = "gallery/02-fork-and-share.ipynb"
-N, STEPS = 6, 24  # the notebook's forks, and the steps each decodes
 DEMO = f"/home/{USER}/fork-demo"
 PROMPT = f"{DEMO}/prompt"
-
-# the cells, by a piece of their source
-TIMELINE_CELL = "timeline = TimelineView(client)"
-LIP_CELL = "%%lip --name parallel-sampling"
-GRAPH_CELL = "graph = ForkGraphView(client"
-PAGES_CELL = "pages = PageMapView(client"
-TREE_CELL = "tree = KVTreeView(client"
-TIMELINE_AGAIN_CELL = "await timeline.refresh()"
 
 
 class Engine:
@@ -77,36 +67,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
 ) -> None:
     shutil.copytree(ROOT / "gallery", lab.root / "gallery", dirs_exist_ok=True)
     open_notebook(page, lab, NOTEBOOK)
-    run_command(page, "notebook:run-all-cells")
-    wait_idle(page, timeout=150)
-    cells = cell_outputs(page)
-    assert not output_errors(cells), output_errors(cells)
-    assert all(c["count"] for c in cells), [c["source"][:40] for c in cells if not c["count"]]
-    lip_out = output_text(next(c for c in cells if c["source"].startswith(LIP_CELL))["outputs"])
-    assert "(parallel-sampling) exited" in lip_out, lip_out
-
-    def cell(needle: str) -> Any:
-        return page.locator(".jp-Notebook .jp-CodeCell").filter(
-            has=page.locator(".jp-InputArea", has_text=needle)
-        )
-
-    def view(needle: str) -> Any:
-        """The widget a cell displayed (the view's outer box)."""
-        box = cell(needle).locator(".jp-OutputArea-output > .widget-vbox")
-        box.first.wait_for(state="visible")
-        assert box.count() == 1, needle
-        return box
-
-    def figure(box: Any) -> dict[str, Any]:
-        """The view's plotly figure, once plotly drew it with data."""
-        plot = box.locator(".js-plotly-plot")
-        plot.wait_for(state="attached")
-        fig = plot.evaluate(FIGURE)
-        assert fig["drawn"] and fig["traces"], fig
-        # as wide as the output (plotly drew it at 700 px before the page showed it)
-        width, room = fig["width"], fig["room"]
-        assert room > 800 and abs(width - room) <= 2, (width, room)
-        return fig
+    run_all(page)
 
     engine = Engine(lab)
     stats = {s.path: s for s in engine("kv.walk", path=DEMO)}
@@ -115,7 +76,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     assert sorted(stats) == [PROMPT] + [f"{DEMO}/sample-{i}" for i in range(N)]
 
     # ---- the fork graph: a node per file, an edge per fork labelled with the shared prefix -----
-    graph = view(GRAPH_CELL)
+    graph = view(page, GRAPH_CELL)
     tokens = {p: engine("kv.read", path=p, start=0, stop=None) for p in stats}
     forks = {
         (s.parent, p): _prefix(tokens[s.parent], tokens[p]) for p, s in stats.items() if s.parent
@@ -154,7 +115,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     graph.screenshot(path=str(artifacts / "gallery-02-fork-graph.png"))
 
     # ---- the page map: the pool's pages coloured by state; counts as stat_engine says ---------
-    pages = view(PAGES_CELL)
+    pages = view(page, PAGES_CELL)
 
     def pages_match() -> None:
         pm = engine("kv.pages")
@@ -190,7 +151,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     pages.screenshot(path=str(artifacts / "gallery-02-page-map.png"))
 
     # ---- the KV file tree: the directory and its files as an icicle; sample-0's pages ---------
-    tree = view(TREE_CELL)
+    tree = view(page, TREE_CELL)
     sample0 = stats[f"{DEMO}/sample-0"]
 
     def tree_matches() -> None:
@@ -218,7 +179,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     tree.screenshot(path=str(artifacts / "gallery-02-kv-tree.png"))
 
     # ---- the token view: sample 0's steps, the tokens it appended to its fork ------------------
-    steps = view(LIP_CELL)
+    steps = view(page, LIP_CELL)
     tokenizer = _tokenizer(engine)
     appended = tokens[sample0.path][prompt.tokens :]
     assert len(appended) == STEPS
@@ -246,7 +207,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         for e in engine("trace", kinds=["batch"], limit=100_000)
         if pid in e.data.get("pids", ())
     ]
-    timelines = [view(TIMELINE_CELL), view(TIMELINE_AGAIN_CELL)]
+    timelines = [view(page, TIMELINE_CELL), view(page, TIMELINE_AGAIN_CELL)]
 
     def timeline_matches(box: Any, lanes: list[str]) -> dict[str, Any]:
         fig = figure(box)

@@ -14,33 +14,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lab_harness import (
-    D_OF,
-    FIGURE,
-    ROOT,
-    TEXTS,
-    Lab,
-    cell_outputs,
-    open_notebook,
-    output_errors,
-    output_text,
-    run_command,
-    settle,
-    wait_idle,
+from fork_and_share import (
+    GRAPH_CELL,
+    LIP_CELL,
+    NOTEBOOK,
+    PAGES_CELL,
+    STEPS,
+    TIMELINE_AGAIN_CELL,
+    TIMELINE_CELL,
+    TREE_CELL,
+    N,
+    figure,
+    run_all,
+    view,
 )
+from lab_harness import D_OF, ROOT, TEXTS, Lab, open_notebook, settle
 
-NOTEBOOK = "gallery/02-fork-and-share.ipynb"
-N, STEPS = 6, 24  # the notebook's forks, and the steps each decodes
 FILES = ["prompt", *(f"sample-{i}" for i in range(N))]
 PANEL_ID = "symphony-workbench-sidebar"  # the labextension's sidebar
-
-# the cells, by a piece of their source
-TIMELINE_CELL = "timeline = TimelineView(client)"
-LIP_CELL = "%%lip --name parallel-sampling"
-GRAPH_CELL = "graph = ForkGraphView(client"
-PAGES_CELL = "pages = PageMapView(client"
-TREE_CELL = "tree = KVTreeView(client"
-TIMELINE_AGAIN_CELL = "await timeline.refresh()"
 
 # Notebook 7.6's own shortcuts plugin throws this on every page, with every labextension
 # (this one, ipywidgets', plotly's, anywidget's) disabled too: not the workbench's
@@ -66,36 +57,10 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     app = page.evaluate(APP, "symphony-workbench:plugin")
     assert app["name"] == "Jupyter Notebook", app  # Notebook 7's app, not JupyterLab's
     assert app["active"] and PANEL_ID in app["left"], app  # the labextension's sidebar
-    run_command(page, "notebook:run-all-cells")
-    wait_idle(page, timeout=150)
-    cells = cell_outputs(page)
-    assert not output_errors(cells), output_errors(cells)
-    assert all(c["count"] for c in cells), [c["source"][:40] for c in cells if not c["count"]]
-    lip_out = output_text(next(c for c in cells if c["source"].startswith(LIP_CELL))["outputs"])
-    assert "(parallel-sampling) exited" in lip_out, lip_out
-
-    def view(needle: str) -> Any:
-        """The widget a cell displayed (the view's outer box), scrolled into sight."""
-        cell = page.locator(".jp-Notebook .jp-CodeCell").filter(
-            has=page.locator(".jp-InputArea", has_text=needle)
-        )
-        box = cell.locator(".jp-OutputArea-output > .widget-vbox")
-        box.first.wait_for(state="attached")
-        assert box.count() == 1, needle
-        box.scroll_into_view_if_needed()
-        return box
-
-    def figure(box: Any, *types: str) -> dict[str, Any]:
-        """The view's plotly figure, once plotly drew it with traces of these types."""
-        plot = box.locator(".js-plotly-plot")
-        assert plot.count() == 1
-        fig = plot.evaluate(FIGURE)
-        assert fig["drawn"] and [t.get("type") for t in fig["traces"]] == list(types), fig
-        assert fig["room"] > 800 and abs(fig["width"] - fig["room"]) <= 2, fig  # fills the output
-        return fig
+    run_all(page)
 
     # the fork graph: a node per file (7), a line and a label per fork (6)
-    graph = view(GRAPH_CELL)
+    graph = view(page, GRAPH_CELL)
 
     def graph_drawn() -> None:
         lines, labels, nodes = figure(graph, "scatter", "scatter", "scatter")["traces"]
@@ -111,7 +76,7 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     graph.screenshot(path=str(artifacts / "nb7-fork-graph.png"))
 
     # the page map: a heatmap of the pool's pages, the prompt's full pages held by all 7 files
-    pages = view(PAGES_CELL)
+    pages = view(page, PAGES_CELL)
 
     def pages_drawn() -> None:
         (heat,) = figure(pages, "heatmap")["traces"]
@@ -125,7 +90,7 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     pages.screenshot(path=str(artifacts / "nb7-page-map.png"))
 
     # the KV tree: the directory and its 7 files as an icicle, named; sample-0's pages below it
-    tree = view(TREE_CELL)
+    tree = view(page, TREE_CELL)
 
     def tree_drawn() -> None:
         (icicle,) = figure(tree, "icicle")["traces"]
@@ -139,7 +104,7 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     tree.screenshot(path=str(artifacts / "nb7-kv-tree.png"))
 
     # the token view: a header and a row per step of sample 0
-    steps = view(LIP_CELL)
+    steps = view(page, LIP_CELL)
 
     def steps_drawn() -> None:
         assert steps.locator("table tr").count() == 1 + STEPS
@@ -153,7 +118,7 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     _, doc = notebook7.api("processes?exited=1000")
     (lip,) = [p for p in doc["processes"] if p["notebook"] == NOTEBOOK]
     lanes = ["batches", f"{lip['pid']} parallel-sampling"]
-    timelines = [view(TIMELINE_CELL), view(TIMELINE_AGAIN_CELL)]
+    timelines = [view(page, TIMELINE_CELL), view(page, TIMELINE_AGAIN_CELL)]
 
     def timeline_drawn(box: Any) -> None:
         fig = figure(box, "bar", "bar", "bar", "bar", "scatter")
