@@ -15,13 +15,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from torch import Tensor
+
 from engine import trace as ev
 from engine.errors import EngineError, OutOfPages, ProcessFailed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
 from engine.process import Process, ProcessInfo, State
-from engine.runner import Runner, TopKResult
+from engine.runner import Runner
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.sequence import pages_for
 from engine.tools import Tools
@@ -209,18 +211,27 @@ class Kernel:
     # --- forward calls ---------------------------------------------------------------------------
 
     async def submit(self, call: Call) -> Any:
-        """Queue a validated forward and wait for its result (chunks joined)."""
+        """Queue a checked forward and wait for its result (chunks joined)."""
         p = call.process
         self.scheduler.submit(call)
-        self.trace.emit(ev.CALL_SUBMITTED, p.pid, call=call.id, tokens=len(call.tokens))
-        if p.state is State.READY:
-            self._set_state(p, State.WAITING)
+        self.trace.emit(ev.CALL_SUBMITTED, p.pid, call=call.id, tokens=len(call.segment.tokens))
+        self.block(p)
         self._wake()
         try:
             return await call.future
         finally:
-            if p.state is State.WAITING and not any(c.process is p for c in self.scheduler.queue):
-                self._set_state(p, State.READY)
+            self.unblock(p)
+
+    def block(self, p: Process) -> None:
+        """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
+        p.blocked += 1
+        if p.state is State.READY:
+            self._set_state(p, State.WAITING)
+
+    def unblock(self, p: Process) -> None:
+        p.blocked -= 1
+        if p.blocked == 0 and p.state is State.WAITING:
+            self._set_state(p, State.READY)
 
     def new_call_id(self) -> int:
         return next(self._call_ids)
@@ -240,14 +251,15 @@ class Kernel:
                 continue
             self._resume_suspended()
             running = sum(1 for p in self.live.values() if p.state is State.READY)
-            view = self.scheduler.view(time.monotonic(), running)
-            delay = self.scheduler.policy.delay(view) if view.calls else 0.05
+            ready = self.scheduler.ready_calls()
+            view = self.scheduler.view(ready, time.monotonic(), running)
+            delay = self.scheduler.policy.delay(view) if ready else 0.05
             if delay > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), delay)
                 continue
-            batch = self._fit_memory(self.scheduler.form_batch())
+            batch = self._fit_memory(self.scheduler.form_batch(ready))
             if batch.calls:
                 self._run_batch(batch)
             await asyncio.sleep(0)  # let the processes whose calls finished submit their next
@@ -277,7 +289,7 @@ class Kernel:
             calls=[c.id for c in batch.calls],
             sizes=batch.sizes,
             tokens=sum(batch.sizes),
-            seconds=round(took, 6),
+            seconds=took,
             policy=self.scheduler.policy.name,
         )
         self.trace.emit(
@@ -292,7 +304,7 @@ class Kernel:
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
             c.done += n
             c.process.counters.tokens_in += n
-            if isinstance(r, TopKResult) or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)
+            if type(r) is not Tensor or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)
                 c.results.append(r)
             if c.remaining == 0:
                 self._finish(c)
@@ -303,13 +315,13 @@ class Kernel:
             self.scheduler.queue.remove(c)
         p = c.process
         p.counters.calls += 1
-        p.counters.tokens_out += len(c.outputs)
+        p.counters.tokens_out += len(c.segment.outputs)  # type: ignore[arg-type]
         self.trace.emit(
             ev.CALL_FINISHED,
             p.pid,
             call=c.id,
-            tokens=len(c.tokens),
-            waited=round((c.started or c.submitted) - c.submitted, 6),
+            tokens=len(c.segment.tokens),
+            waited=(c.started or c.submitted) - c.submitted,
             error=None if error is None else str(error),
         )
         if c.future.done():
@@ -328,6 +340,8 @@ class Kernel:
 
     def _fit_memory(self, batch: Batch) -> Batch:
         """Defer calls, then suspend other processes, until the batch's new pages fit."""
+        if self._pages_needed(batch) <= self.pool.num_free:
+            return batch  # the commonest case
         calls, sizes = list(batch.calls), list(batch.sizes)
         while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
             calls.pop()
@@ -388,7 +402,7 @@ class Kernel:
             return False
         for f in files:
             f.seq.swap_in(self.pool)
-        self._set_state(p, State.WAITING if queued else State.READY)
+        self._set_state(p, State.WAITING if p.blocked else State.READY)
         return True
 
     async def ensure_resident(self, p: Process) -> None:

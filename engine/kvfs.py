@@ -60,7 +60,7 @@ class Caller(NamedTuple):
     user: str
 
 
-@dataclass(eq=False)  # identity semantics: a file is one object however many names it has
+@dataclass(eq=False, slots=True)  # identity: a file is one object however many names it has
 class KVFile:
     seq: KVSequence
     owner: str
@@ -73,7 +73,7 @@ class KVFile:
     open_handles: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Handle:
     fd: int
     path: str  # the name it was opened by (follows renames)

@@ -17,7 +17,7 @@ class State(str, enum.Enum):
     EXITED = "exited"
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     tokens_in: int = 0  # tokens forwarded into its KV files
     tokens_out: int = 0  # results returned (one per output index)
@@ -26,7 +26,7 @@ class Counters:
     time_computing: float = 0.0  # seconds of forward passes its calls were part of
 
 
-@dataclass
+@dataclass(slots=True)
 class Process:
     pid: int
     name: str
@@ -34,6 +34,7 @@ class Process:
     priority: int = 0  # higher runs first and is suspended last
     parent: int | None = None
     state: State = State.READY
+    blocked: int = 0  # system calls it is waiting in (a LIP may gather several)
     counters: Counters = field(default_factory=Counters)
     started: float = 0.0
     ended: float | None = None

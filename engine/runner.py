@@ -28,10 +28,10 @@ class TopKResult(NamedTuple):
     probs: Tensor
 
 
-Result = Tensor | TopKResult
+Result = Tensor | TopKResult | list[int]  # list: the token ids a Sample segment drew
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """Tokens to append to `seq` in this forward, and what to return for them.
 
@@ -136,7 +136,7 @@ class Runner:
         out: list[Result] = []
         start = taken = 0
         for s, n in zip(segments, counts, strict=True):
-            if isinstance(s.returns, Sample):  # the commonest case first: one slice of `sampled`
+            if isinstance(s.returns, Sample):  # the commonest case first: its slice of `sampled`
                 out.append(sampled[taken : taken + n])
                 taken += n
                 start += n
@@ -156,7 +156,7 @@ class Runner:
         return out
 
     @staticmethod
-    def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> Tensor:
+    def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> list[int]:
         """One sampler call for every row that asked for a sampled token: their ids, in order."""
         rows: list[int] = []
         params: list[SamplingParams] = []
@@ -169,8 +169,8 @@ class Runner:
                 gens += [s.returns.generator] * n
             start += n
         if not rows:
-            return torch.empty(0, dtype=torch.long)
-        return torch.tensor(sample(logits[rows], params, gens), dtype=torch.long)
+            return []
+        return sample(logits if len(rows) == len(logits) else logits[rows], params, gens)
 
     def validate(self, segments: list[Segment]) -> None:
         """InvalidArgument naming the segment and the problem, before anything changes."""
@@ -179,24 +179,26 @@ class Runner:
         if len({id(s.seq) for s in segments}) != len(segments):
             raise InvalidArgument("a sequence may appear only once in a forward")
         for i, s in enumerate(segments):
-            where = f"segment {i}"
-            n = len(s.tokens)
-            if n == 0:
-                raise InvalidArgument(f"{where}: no tokens")
-            if min(s.tokens) < 0 or max(s.tokens) >= self.vocab_size:
-                raise InvalidArgument(f"{where}: token ids must be in 0..{self.vocab_size - 1}")
-            if s.positions is not None and (len(s.positions) != n or min(s.positions) < 0):
-                raise InvalidArgument(
-                    f"{where}: need {n} non-negative positions, got {len(s.positions)}"
-                )
-            if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
-                raise InvalidArgument(
-                    f"{where}: mask must have shape ({n}, {len(s.seq) + n}), "
-                    f"got {tuple(s.mask.shape)}"
-                )
-            if s.outputs is not None and not all(0 <= o < n for o in s.outputs):
-                raise InvalidArgument(f"{where}: output indices must be in 0..{n - 1}")
-            self._validate_returns(where, s)
+            self.check(s, f"segment {i}")
+
+    def check(self, s: Segment, where: str = "the segment") -> None:
+        """InvalidArgument naming `where` and the problem, for one segment on its own."""
+        n = len(s.tokens)
+        if n == 0:
+            raise InvalidArgument(f"{where}: no tokens")
+        if min(s.tokens) < 0 or max(s.tokens) >= self.vocab_size:
+            raise InvalidArgument(f"{where}: token ids must be in 0..{self.vocab_size - 1}")
+        if s.positions is not None and (len(s.positions) != n or min(s.positions) < 0):
+            raise InvalidArgument(
+                f"{where}: need {n} non-negative positions, got {len(s.positions)}"
+            )
+        if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
+            raise InvalidArgument(
+                f"{where}: mask must have shape ({n}, {len(s.seq) + n}), got {tuple(s.mask.shape)}"
+            )
+        if s.outputs and (min(s.outputs) < 0 or max(s.outputs) >= n):
+            raise InvalidArgument(f"{where}: output indices must be in 0..{n - 1}")
+        self._validate_returns(where, s)
 
     def _validate_returns(self, where: str, s: Segment) -> None:
         n_out = len(s.outputs) if s.outputs is not None else 1

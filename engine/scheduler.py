@@ -16,51 +16,55 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
 
 from engine.process import Process, State
-from engine.runner import LogProbs, Result, Returns, Segment, TopKResult
+from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
-    """One forward system call, possibly run in several chunks."""
+    """One forward system call: a checked segment, possibly run in several chunks."""
 
     id: int
     process: Process
-    seq: KVSequence
-    tokens: list[int]
-    positions: list[int]
-    mask: Tensor | None  # [len(tokens), len(seq) + len(tokens)] at submission
-    outputs: list[int]
-    returns: Returns
+    segment: Segment  # positions and outputs explicit; mask [tokens, base + tokens]
     future: asyncio.Future
     submitted: float
+    base: int  # len(seq) at submission, for slicing the mask
     done: int = 0  # tokens already forwarded
-    base: int = 0  # len(seq) at submission, for slicing the mask
     started: float | None = None
     results: list[Result] = field(default_factory=list)
 
     @property
+    def seq(self) -> KVSequence:
+        return self.segment.seq
+
+    @property
     def remaining(self) -> int:
-        return len(self.tokens) - self.done
+        return len(self.segment.tokens) - self.done
 
     def chunk(self, n: int) -> Segment:
         """The next n tokens as a segment, with the outputs and mask rows that fall in it."""
+        s = self.segment
+        if self.done == 0 and n == len(s.tokens):
+            return s  # the whole call in one forward, the commonest case
         a, b = self.done, self.done + n
-        mask = None if self.mask is None else self.mask[a:b, : self.base + b]
-        picked = [i for i, o in enumerate(self.outputs) if a <= o < b]
-        returns = self.returns
+        mask = None if s.mask is None else s.mask[a:b, : self.base + b]
+        outputs: list[int] = s.outputs  # type: ignore[assignment]
+        picked = [i for i, o in enumerate(outputs) if a <= o < b]
+        returns = s.returns
         if isinstance(returns, LogProbs):
             returns = LogProbs([returns.tokens[i] for i in picked])
-        outs = [self.outputs[i] - a for i in picked]
-        return Segment(self.seq, self.tokens[a:b], self.positions[a:b], mask, outs, returns)
+        outs = [outputs[i] - a for i in picked]
+        return Segment(s.seq, s.tokens[a:b], s.positions[a:b], mask, outs, returns)  # type: ignore[index]
 
 
 def join_results(parts: list[Result]) -> Result:
     if len(parts) == 1:
         return parts[0]
+    if isinstance(parts[0], list):
+        return [t for p in parts for t in p]  # type: ignore[union-attr]
     if isinstance(parts[0], TopKResult):
         return TopKResult(torch.cat([p.ids for p in parts]), torch.cat([p.probs for p in parts]))
     return torch.cat(parts)  # type: ignore[arg-type]
@@ -170,27 +174,26 @@ class Scheduler:
             ),
         )
 
-    def view(self, now: float, running: int) -> QueueView:
-        calls = self.ready_calls()
+    def view(self, calls: list[Call], now: float, running: int) -> QueueView:
+        """What the policy sees, given the ready calls."""
         oldest = max((now - c.submitted for c in calls), default=0.0)
         return QueueView(
             len(calls), sum(c.remaining for c in calls), oldest, running, self.last_batch
         )
 
-    def form_batch(self) -> Batch:
+    def form_batch(self, calls: list[Call]) -> Batch:
         """Level 2: the ready calls that fit the token budget; one call per KV sequence."""
-        calls: list[Call] = []
-        sizes: list[int] = []
+        batch = Batch([], [])
         budget = self.token_budget
         seen: set[int] = set()
-        for c in self.ready_calls():
+        for c in calls:
             if budget == 0:
                 break
             if id(c.seq) in seen:
                 continue
             n = min(c.remaining, budget)
-            calls.append(c)
-            sizes.append(n)
+            batch.calls.append(c)
+            batch.sizes.append(n)
             seen.add(id(c.seq))
             budget -= n
-        return Batch(calls, sizes)
+        return batch

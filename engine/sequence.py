@@ -19,7 +19,7 @@ def pages_for(num_tokens: int, page_size: int) -> int:
     return -(-num_tokens // page_size)
 
 
-@dataclass
+@dataclass(slots=True)
 class KVSequence:
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)

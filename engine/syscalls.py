@@ -42,6 +42,8 @@ def _plain(result: Any) -> Any:
     """Engine tensors -> plain Python, one item per output index."""
     if result is None:  # no output indices asked for
         return []
+    if type(result) is list:  # sampled token ids
+        return result
     if isinstance(result, TopKResult):
         return [
             Distribution(i, p)
@@ -173,8 +175,9 @@ class Syscalls:
         token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
         With `outputs` given, a list with one item per output index; otherwise the last token's.
         """
-        await self._caller()
         p, k = self.process, self.kernel
+        if p.state is not State.READY:  # (the commonest case skips _caller's await)
+            await self._caller()
         if not isinstance(file, Handle) or file.caller.pid != p.pid:
             raise InvalidArgument("forward needs a KV file handle this process opened")
         seq = k.kvfs.sequence(file, write=True)
@@ -189,22 +192,11 @@ class Syscalls:
         pos = list(range(start, start + n)) if positions is None else [int(x) for x in positions]
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
-        outs = None if outputs is None else list(outputs)
-        k.runner.validate([Segment(seq, tokens, pos, mask, outs, returns)])
+        outs = [n - 1] if outputs is None else list(outputs)
+        segment = Segment(seq, tokens, pos, mask, outs, returns)
+        k.runner.check(segment, "forward")
         future = asyncio.get_running_loop().create_future()
-        call = Call(
-            k.new_call_id(),
-            p,
-            seq,
-            tokens,
-            pos,
-            mask,
-            [n - 1] if outs is None else outs,
-            returns,
-            future,
-            time.monotonic(),
-            base=base,
-        )
+        call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base)
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
@@ -267,13 +259,11 @@ class Syscalls:
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process
-        if p.state is State.READY:
-            k._set_state(p, State.WAITING)
+        k.block(p)
         try:
             return await aw
         finally:
-            if p.state is State.WAITING:
-                k._set_state(p, State.READY)
+            k.unblock(p)
 
 
 __all__ = [
