@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 @dataclass
@@ -18,7 +19,9 @@ class Row:
     unit: str
     engine: float
     baseline: float
-    ratio: float  # engine / baseline: for throughputs higher is better, for latencies lower
+    # engine / baseline: for throughputs higher is better, for latencies lower. Throughput
+    # rows give the median of back-to-back pairs' ratios (see side_by_side).
+    ratio: float
 
 
 LATENCY_UNITS = ("s", "ms", "µs")
@@ -44,10 +47,22 @@ async def timed_calls(n: int, call: Callable[[], Awaitable[object]]) -> list[flo
     return times
 
 
+class Timing(NamedTuple):
+    """Side-by-side seconds of one case."""
+
+    engine: float  # median
+    baseline: float  # median
+    speedup: float  # median over the back-to-back pairs of baseline / engine
+
+
 def side_by_side(
     engine: Callable[[], object], baseline: Callable[[], object], runs: int, warmup: int = 1
-) -> tuple[float, float]:
-    """Median seconds of each, alternating engine and baseline runs so noise hits both alike."""
+) -> Timing:
+    """Alternate engine and baseline runs so noise hits both alike.
+
+    The speedup is the median of each pair's own ratio, not the ratio of the medians: on a noisy
+    machine a slow spell then spoils one pair instead of shifting one side's median.
+    """
     for _ in range(warmup):
         engine()
         baseline()
@@ -55,14 +70,15 @@ def side_by_side(
     for _ in range(runs):
         e.append(timed(engine))
         b.append(timed(baseline))
-    return statistics.median(e), statistics.median(b)
+    pairs = [bs / es for es, bs in zip(e, b, strict=True)]
+    return Timing(statistics.median(e), statistics.median(b), statistics.median(pairs))
 
 
 def throughput_row(
-    workload: str, case: str, model: str, work: float, unit: str, engine_s: float, baseline_s: float
+    workload: str, case: str, model: str, work: float, unit: str, timing: Timing
 ) -> Row:
-    e, b = work / engine_s, work / baseline_s
-    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(e / b, 3))
+    e, b = work / timing.engine, work / timing.baseline
+    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3))
 
 
 def print_table(rows: list[Row]) -> None:

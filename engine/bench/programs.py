@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.bench.common import Row, side_by_side, throughput_row
+from engine.bench.common import Row, Timing, side_by_side, throughput_row
 from engine.bench.runtime import load_pair, random_prompts
 from engine.generate import generate
 from engine.kernel import Kernel
@@ -106,7 +106,7 @@ def _hf_generate(hf: torch.nn.Module, ids: torch.Tensor, new: int, **kw: object)
         )
 
 
-def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, float, int]:
+def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
     ids = random_prompts(LIPS, 128, loaded.config.vocab_size)
     prompts = ids.tolist()
 
@@ -116,10 +116,10 @@ def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, f
     def baseline() -> None:
         _hf_generate(hf, ids, 64, do_sample=False)
 
-    return *side_by_side(engine, baseline, runs), LIPS * 64
+    return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def shared_prefix(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, float, int]:
+def shared_prefix(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
     ids = random_prompts(1, 512, loaded.config.vocab_size)
     prompt = ids[0].tolist()
 
@@ -129,10 +129,10 @@ def shared_prefix(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[
     def baseline() -> None:
         _hf_generate(hf, ids.repeat(LIPS, 1), 64, do_sample=True, temperature=0.8, top_k=0)
 
-    return *side_by_side(engine, baseline, runs), LIPS * 64
+    return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def api_overhead(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, float, int]:
+def api_overhead(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
     prompts = random_prompts(LIPS, 128, loaded.config.vocab_size).tolist()
     kernel = _kernel(loaded, 192)
 
@@ -142,10 +142,10 @@ def api_overhead(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[f
     def baseline() -> None:
         generate(kernel.runner, prompts, 64)
 
-    return *side_by_side(engine, baseline, runs), LIPS * 64
+    return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def agent(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, float, int]:
+def agent(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
     rounds, gen = 4, 32
     vocab = loaded.config.vocab_size
     ids = random_prompts(LIPS, 128, vocab)
@@ -167,7 +167,7 @@ def agent(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[float, f
             if r < rounds - 1:
                 history = torch.cat([history, tool_t], dim=1)
 
-    return *side_by_side(engine, baseline, runs), LIPS * rounds * gen
+    return side_by_side(engine, baseline, runs), LIPS * rounds * gen
 
 
 BENCHES = {
@@ -194,8 +194,8 @@ def run(
         loaded, hf = load_pair(
             name, dtype, baseline_dtype, need_baseline=workload != "api-overhead"
         )
-        e, b, work = BENCHES[workload](loaded, hf, runs)
-        row = throughput_row(workload, CASES[workload], name, work, "tok/s", e, b)
+        timing, work = BENCHES[workload](loaded, hf, runs)
+        row = throughput_row(workload, CASES[workload], name, work, "tok/s", timing)
         report(row)
         rows.append(row)
     return rows

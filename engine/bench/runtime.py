@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from engine.bench.common import Row, side_by_side, throughput_row
+from engine.bench.common import Row, Timing, side_by_side, throughput_row
 from engine.bench.models import bench_model
 from engine.generate import generate
 from engine.loader import LoadedModel, load_model
@@ -58,9 +58,7 @@ def load_pair(
     return loaded, hf.eval()
 
 
-def decode_case(
-    loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int
-) -> tuple[float, float]:
+def decode_case(loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int) -> Timing:
     ids = random_prompts(batch, PROMPT, loaded.config.vocab_size)
     runner = _runner(loaded, batch, PROMPT + NEW)
     prompts = ids.tolist()
@@ -84,7 +82,7 @@ def decode_case(
 
 def prefill_case(
     loaded: LoadedModel, hf: torch.nn.Module, batch: int, length: int, runs: int
-) -> tuple[float, float]:
+) -> Timing:
     ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
     prompts = ids.tolist()
@@ -119,12 +117,12 @@ def run(
             if cases and case not in cases:
                 continue
             if workload == "decode":
-                e, b = decode_case(loaded, hf, shape, runs)
+                timing = decode_case(loaded, hf, shape, runs)
                 work = shape * NEW
             else:
-                e, b = prefill_case(loaded, hf, *shape, runs)
+                timing = prefill_case(loaded, hf, *shape, runs)
                 work = shape[0] * shape[1]
-            row = throughput_row(workload, case, name, work, "tok/s", e, b)
+            row = throughput_row(workload, case, name, work, "tok/s", timing)
             report(row)
             rows.append(row)
     return rows
