@@ -207,6 +207,8 @@ class Kernel:
             # _value_, not .value: the enum property costs more than the rest of this call
             self.trace.emit(ev.PROCESS, p.pid, old=p.state._value_, new=state._value_, **data)
             p.state = state
+            if state is State.READY:
+                p.ready_since = time.monotonic()
 
     # --- forward calls ---------------------------------------------------------------------------
 
@@ -234,6 +236,7 @@ class Kernel:
         if p.blocked == 0 and p.state is State.WAITING:
             self.trace.emit(ev.PROCESS, p.pid, old="waiting", new="ready")
             p.state = State.READY
+            p.ready_since = time.monotonic()
 
     def new_call_id(self) -> int:
         return next(self._call_ids)
@@ -252,9 +255,10 @@ class Kernel:
                 await self._wakeup.wait()
                 continue
             self._resume_suspended()
-            running = sum(1 for p in self.live.values() if p.state is State.READY)
+            now = time.monotonic()
+            ready_for = [now - p.ready_since for p in self.live.values() if p.state is State.READY]
             ready = self.scheduler.ready_calls()
-            view = self.scheduler.view(ready, time.monotonic(), running)
+            view = self.scheduler.view(ready, now, ready_for)
             delay = self.scheduler.policy.delay(view) if ready else 0.05
             if delay > 0:
                 self._wakeup.clear()

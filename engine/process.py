@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Process:
     parent: int | None = None
     state: State = State.READY
     blocked: int = 0  # system calls it is waiting in (a LIP may gather several)
+    ready_since: float = field(default_factory=time.monotonic)  # when it last became READY
     counters: Counters = field(default_factory=Counters)
     started: float = 0.0
     ended: float | None = None

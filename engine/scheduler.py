@@ -78,6 +78,7 @@ class QueueView(NamedTuple):
     oldest_wait: float  # seconds the oldest of them has waited
     running: int  # live processes running their own code: they may submit soon
     last_batch: int  # calls in the previous forward
+    ready_for: tuple[float, ...] = ()  # per running process, seconds since its last call ended
 
 
 class BatchPolicy(ABC):
@@ -129,13 +130,17 @@ class WaitForT(BatchPolicy):
 
 @dataclass
 class Adaptive(BatchPolicy):
-    """Wait briefly only while processes that are still running their own code may join."""
+    """Wait briefly, only while a process that is between two calls may join.
+
+    A process that has run its own code for longer than max_wait is not waited for: it is busy
+    elsewhere (a notebook between cells, a LIP in a long computation of its own).
+    """
 
     max_wait: float = 0.005
     name = "adaptive"
 
     def delay(self, view: QueueView) -> float:
-        if view.running == 0:  # everyone who could join is already queued
+        if not any(t < self.max_wait for t in view.ready_for):  # nobody is about to join
             return 0.0
         return max(0.0, self.max_wait - view.oldest_wait)
 
@@ -174,11 +179,12 @@ class Scheduler:
             ),
         )
 
-    def view(self, calls: list[Call], now: float, running: int) -> QueueView:
-        """What the policy sees, given the ready calls."""
+    def view(self, calls: list[Call], now: float, ready_for: list[float]) -> QueueView:
+        """What the policy sees, given the ready calls and how long each running process ran."""
         oldest = max((now - c.submitted for c in calls), default=0.0)
+        tokens = sum(c.remaining for c in calls)
         return QueueView(
-            len(calls), sum(c.remaining for c in calls), oldest, running, self.last_batch
+            len(calls), tokens, oldest, len(ready_for), self.last_batch, tuple(ready_for)
         )
 
     def form_batch(self, calls: list[Call]) -> Batch:

@@ -243,6 +243,35 @@ def test_wait_for_k_batches_k_at_a_time(tiny_loaded) -> None:  # noqa: ANN001
     assert all(len(b.data["calls"]) >= 4 for b in kernel.trace.query(kinds=[ev.BATCH]))
 
 
+def view(ready_for: tuple[float, ...], oldest_wait: float = 0.0) -> QueueView:
+    return QueueView(1, 1, oldest_wait, len(ready_for), 1, ready_for)
+
+
+def test_adaptive_waits_only_for_processes_between_two_calls() -> None:
+    policy = Adaptive(max_wait=0.005)
+    assert policy.delay(view(())) == 0.0  # everyone is queued already
+    assert policy.delay(view((0.0001,))) == pytest.approx(0.005)  # one is about to call again
+    assert policy.delay(view((0.0001,), oldest_wait=0.004)) == pytest.approx(0.001)
+    assert policy.delay(view((0.0001,), oldest_wait=0.01)) == 0.0  # waited long enough
+    assert policy.delay(view((3.0,))) == 0.0  # running its own code for seconds: not waited for
+    assert policy.delay(view((3.0, 0.001))) > 0
+
+
+def test_an_idle_attached_process_does_not_hold_up_anyone(tiny_loaded) -> None:  # noqa: ANN001
+    """A notebook that attached a process and does nothing with it costs the others no waiting."""
+
+    async def body(k: Kernel) -> None:
+        k.set_policy(Adaptive(max_wait=0.5))  # a wait this long would show in every call
+        k.attach("idle notebook", owner="bob")
+        await asyncio.sleep(0.6)  # idle longer than the policy would wait for anyone
+        await k.wait(k.spawn(greedy, prompt(1), 4))
+
+    kernel = Kernel(tiny_loaded, page_size=4)
+    run(kernel, body)
+    waited = [e.data["waited"] for e in kernel.trace.query(kinds=[ev.CALL_FINISHED])]
+    assert len(waited) == 5 and max(waited) < 0.25, waited
+
+
 def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # noqa: ANN001
     async def body(k: Kernel) -> tuple[int, int]:
         a, b = k.spawn(greedy, prompt(1), 4), k.spawn(greedy, prompt(2), 4)
