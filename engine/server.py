@@ -16,7 +16,8 @@ and returns its pid at once; `output` long-polls what it prints; the worker itse
 `worker.adopt` (its one-time key) and `worker.exit`. Tools (engine.tools): `tool.register`,
 `tool.list`, and `tool` (a process calls one).
 
-Each request runs as its own task, so the calls of one client's many tasks are pipelined. Handles
+Each request is served at once, and one that has to wait (a forward, a sleep) goes on as its own
+task, so the calls of one client's many tasks are pipelined. Handles
 are looked up per session: a client may only use the descriptors its own processes opened.
 
 Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 2 s has
@@ -38,7 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,11 +277,7 @@ class EngineServer:
                 identity, self.wire.frames({"kind": PONG, "session": header.get("session")}, {})
             )
         elif header["kind"] == REQUEST:
-            task = asyncio.create_task(self._serve(identity, header, msg.body))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            if session is not None:
-                self._track(session, msg.body, task)
+            self._start(identity, header, msg.body, session)
         else:
             rid = header.get("id")
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
@@ -309,6 +306,24 @@ class EngineServer:
         task.add_done_callback(lambda t: session.tasks.get(pid, set()).discard(t))
 
     # --- serving one request ---------------------------------------------------------------------
+
+    def _start(
+        self, identity: bytes, header: dict[str, Any], body: Any, session: Session | None
+    ) -> None:
+        """Serve a request at once; one that has to wait (a forward, a sleep) goes on as a task.
+
+        Most calls never wait: serving them at once saves a task and a turn of the loop each.
+        """
+        coro = self._serve(identity, header, body)
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            return  # served: the reply has gone
+        task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        if session is not None:
+            self._track(session, body, task)
 
     async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
         sid = str(header.get("session", ""))
@@ -622,6 +637,29 @@ class EngineServer:
                     self._suspect_since = time.monotonic()
         finally:
             monitor.close(linger=0)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Drive the rest of a coroutine that ran up to its first await outside any task.
+
+    What asyncio.Task does for its own coroutine: wait until the future it awaits is done, then
+    resume it (it reads the future's result or error itself); cancelling this task cancels that
+    future, or is thrown into the coroutine when the future was already done.
+    """
+    while True:
+        cancel = False
+        if awaited is not None:  # None: a bare yield, as in asyncio.sleep(0)
+            awaited._asyncio_future_blocking = False
+            try:
+                await awaited
+            except asyncio.CancelledError:
+                cancel = not awaited.cancelled()  # this task was cancelled, not the future
+            except BaseException:
+                pass  # the coroutine reads it from the future itself
+        try:
+            awaited = coro.throw(asyncio.CancelledError()) if cancel else coro.send(None)
+        except StopIteration:
+            return
 
 
 async def serve(

@@ -276,6 +276,30 @@ def test_a_sync_client_silent_past_its_heartbeat_says_hello_again(engine: Engine
         assert isinstance(client.call("kv.listdir", {"path": "/"}), list)
 
 
+def test_calls_that_wait_are_pipelined_and_end_when_their_process_is_killed(
+    engine: EngineProcess,
+) -> None:
+    """A call that waits (receive) goes on beside quick ones; killing its process ends it."""
+
+    async def body() -> None:
+        alice = await Client.connect(engine.conn, user="alice")
+        lip = await alice.attach("waits")
+        receiving = asyncio.create_task(lip.receive(timeout=30))
+        await asyncio.sleep(0.2)
+        assert {p.pid: p.state for p in await lip.ps()}[lip.pid] == "waiting"  # served meanwhile
+        started = time.monotonic()
+        await alice.kill(lip.pid)
+        with pytest.raises(ProcessExited):
+            await receiving
+        assert time.monotonic() - started < 2.0
+        other = await alice.attach("after")  # the engine serves on
+        live = [p.pid for p in await other.ps() if p.owner == "alice" and p.state != "exited"]
+        assert live == [other.pid]
+        await alice.close()
+
+    run(body())
+
+
 def test_cli_commands_then_stop(engine: EngineProcess) -> None:
     info = connection.read(engine.conn)
     ipc_socket = Path(info.ipc.removeprefix("ipc://"))

@@ -1,0 +1,90 @@
+"""Requests are served at once and only those that wait go on as tasks (engine.server._resume)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from engine.server import _resume
+
+
+def started(coro: Any) -> tuple[Any, Any]:
+    """Run coro up to its first await, as the server does outside any task."""
+    try:
+        return coro, coro.send(None)
+    except StopIteration:
+        pytest.fail("the coroutine did not wait")
+
+
+def test_a_resumed_coroutine_gets_the_result_errors_and_bare_yields() -> None:
+    async def main() -> list[Any]:
+        seen: list[Any] = []
+        ok, bad = (
+            asyncio.get_running_loop().create_future(),
+            asyncio.get_running_loop().create_future(),
+        )
+
+        async def request() -> None:
+            seen.append(await ok)
+            await asyncio.sleep(0)  # a bare yield
+            try:
+                await bad
+            except KeyError as e:
+                seen.append(f"raised {e}")
+            await asyncio.sleep(0.01)
+            seen.append("done")
+
+        task = asyncio.create_task(_resume(*started(request())))
+        ok.set_result(7)
+        await asyncio.sleep(0)
+        bad.set_exception(KeyError("x"))
+        await task
+        return seen
+
+    assert asyncio.run(main()) == [7, "raised 'x'", "done"]
+
+
+def test_cancelling_the_task_cancels_what_the_request_awaits() -> None:
+    async def main() -> tuple[list[str], bool]:
+        seen: list[str] = []
+        pending = asyncio.get_running_loop().create_future()
+
+        async def request() -> None:
+            try:
+                await pending
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        task = asyncio.create_task(_resume(*started(request())))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen, pending.cancelled()
+
+    assert asyncio.run(main()) == (["cancelled"], True)
+
+
+def test_a_cancel_after_the_future_finished_is_thrown_into_the_request() -> None:
+    async def main() -> list[str]:
+        seen: list[str] = []
+        fut = asyncio.get_running_loop().create_future()
+
+        async def request() -> None:
+            try:
+                await fut
+                seen.append("resumed")
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+
+        task = asyncio.create_task(_resume(*started(request())))
+        await asyncio.sleep(0)  # the task now awaits fut
+        fut.set_result(1)
+        task.cancel()  # before the task saw fut finish
+        await task
+        return seen
+
+    assert asyncio.run(main()) == ["cancelled"]
