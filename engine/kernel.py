@@ -227,16 +227,13 @@ class Kernel:
     def block(self, p: Process) -> None:
         """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
         p.blocked += 1
-        if p.state is State.READY:  # (_set_state's work inlined: this runs twice per call)
-            self.trace.emit(ev.PROCESS, p.pid, old="ready", new="waiting")
-            p.state = State.WAITING
+        if p.state is State.READY:
+            self._set_state(p, State.WAITING)
 
     def unblock(self, p: Process) -> None:
         p.blocked -= 1
         if p.blocked == 0 and p.state is State.WAITING:
-            self.trace.emit(ev.PROCESS, p.pid, old="waiting", new="ready")
-            p.state = State.READY
-            p.ready_since = time.monotonic()
+            self._set_state(p, State.READY)
 
     def new_call_id(self) -> int:
         return next(self._call_ids)

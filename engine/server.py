@@ -319,7 +319,7 @@ class EngineServer:
             awaited = coro.send(None)
         except StopIteration:
             return  # served: the reply has gone
-        task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
+        task = continue_in_task(coro, awaited)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         if session is not None:
@@ -637,6 +637,28 @@ class EngineServer:
                     self._suspect_since = time.monotonic()
         finally:
             monitor.close(linger=0)
+
+
+def continue_in_task(coro: Coroutine[Any, Any, None], awaited: Any) -> asyncio.Task:
+    """A task that runs the rest of a coroutine which ran up to its first await outside any task.
+
+    `awaited` is what that first step yielded. Cancelling the task ends the coroutine as
+    cancelled, even before the task's first step (when no `except` in it could see it).
+    """
+    task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
+    task.add_done_callback(lambda _: _abandon(coro, awaited))
+    return task
+
+
+def _abandon(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """End a coroutine its task left suspended (cancelled before it ever ran)."""
+    if coro.cr_frame is None:  # it finished
+        return
+    if awaited is not None:
+        awaited.cancel()
+    with contextlib.suppress(StopIteration, asyncio.CancelledError):
+        coro.throw(asyncio.CancelledError())
+    coro.close()  # (had it awaited again: nothing is left to drive it)
 
 
 async def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> None:

@@ -175,9 +175,8 @@ class Syscalls:
         token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
         With `outputs` given, a list with one item per output index; otherwise the last token's.
         """
+        await self._caller()
         p, k = self.process, self.kernel
-        if p.state is not State.READY:  # (the commonest case skips _caller's await)
-            await self._caller()
         if not isinstance(file, Handle) or file.caller.pid != p.pid:
             raise InvalidArgument("forward needs a KV file handle this process opened")
         seq = k.kvfs.sequence(file, write=True)

@@ -272,6 +272,27 @@ def test_an_idle_attached_process_does_not_hold_up_anyone(tiny_loaded) -> None: 
     assert len(waited) == 5 and max(waited) < 0.25, waited
 
 
+def test_a_process_waits_until_its_last_concurrent_call_returns(tiny_loaded) -> None:  # noqa: ANN001
+    """A LIP that sleeps and forwards at once is still waiting when the forward comes back."""
+
+    async def lip(sys: Syscalls) -> list[str]:
+        f = await sys.kv.create()
+        states = []
+
+        async def forward() -> None:
+            await sys.forward(f, prompt(2), returns=Sample())
+            states.append(sys.process.state.value)  # the sleep still holds it
+
+        await asyncio.gather(sys.sleep(0.3), forward())
+        states.append(sys.process.state.value)  # both returned
+        return states
+
+    assert run(Kernel(tiny_loaded, page_size=4), lambda k: k.wait(k.spawn(lip))) == [
+        "waiting",
+        "ready",
+    ]
+
+
 def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # noqa: ANN001
     async def body(k: Kernel) -> tuple[int, int]:
         a, b = k.spawn(greedy, prompt(1), 4), k.spawn(greedy, prompt(2), 4)

@@ -1,4 +1,4 @@
-"""Requests are served at once and only those that wait go on as tasks (engine.server._resume)."""
+"""Requests are served at once; those that wait go on as tasks (engine.server.continue_in_task)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.server import _resume
+from engine.server import continue_in_task
 
 
 def started(coro: Any) -> tuple[Any, Any]:
@@ -36,7 +36,7 @@ def test_a_resumed_coroutine_gets_the_result_errors_and_bare_yields() -> None:
             await asyncio.sleep(0.01)
             seen.append("done")
 
-        task = asyncio.create_task(_resume(*started(request())))
+        task = continue_in_task(*started(request()))
         ok.set_result(7)
         await asyncio.sleep(0)
         bad.set_exception(KeyError("x"))
@@ -58,7 +58,7 @@ def test_cancelling_the_task_cancels_what_the_request_awaits() -> None:
                 seen.append("cancelled")
                 raise
 
-        task = asyncio.create_task(_resume(*started(request())))
+        task = continue_in_task(*started(request()))
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -80,7 +80,7 @@ def test_a_cancel_after_the_future_finished_is_thrown_into_the_request() -> None
             except asyncio.CancelledError:
                 seen.append("cancelled")
 
-        task = asyncio.create_task(_resume(*started(request())))
+        task = continue_in_task(*started(request()))
         await asyncio.sleep(0)  # the task now awaits fut
         fut.set_result(1)
         task.cancel()  # before the task saw fut finish
@@ -88,3 +88,25 @@ def test_a_cancel_after_the_future_finished_is_thrown_into_the_request() -> None
         return seen
 
     assert asyncio.run(main()) == ["cancelled"]
+
+
+def test_a_task_cancelled_before_it_ever_ran_still_ends_its_request() -> None:
+    """A kill read in the same burst as the request it ends: the request must still finish."""
+
+    async def main() -> tuple[list[str], bool]:
+        seen: list[str] = []
+        pending = asyncio.get_running_loop().create_future()
+
+        async def request() -> None:
+            try:
+                await pending
+            except asyncio.CancelledError:
+                seen.append("cancelled")  # the server replies "process exited" here
+
+        task = continue_in_task(*started(request()))
+        task.cancel()  # before its first step
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen, pending.cancelled()
+
+    assert asyncio.run(main()) == (["cancelled"], True)
