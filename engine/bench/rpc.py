@@ -9,6 +9,10 @@ Each row is a latency in µs:
 - baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
 Cases: `noop` is `ps` with one process (the cheapest system call); `forward-1` appends one token
 to a 64-token KV file and samples greedily (the file is rolled back after every block of calls).
+`transport` prices the wire itself: engine is the no-op's round trip again, baseline a bare
+ZeroMQ echo of the same frames between the same two processes (plain blocking sockets, no
+Python work on either side), so engine - baseline is what the client and server add to the
+transport's floor on this machine.
 p50 and p99 over `--runs` blocks of 100 calls per side, the sides alternating block by block.
 
 For these latency rows ratio = engine / baseline, as for every bench, but LOWER is better: it
@@ -30,6 +34,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from engine import connection
 from engine.bench.common import Row, timed_calls
 from engine.bench.models import bench_model
@@ -40,7 +46,7 @@ from engine.server import EngineServer
 from engine.syscalls import Syscalls
 
 WORKLOADS = ("rpc",)
-CASES = ("noop p50", "noop p99", "forward-1 p50", "forward-1 p99")
+CASES = tuple(f"{c} p{q}" for c in ("noop", "forward-1", "transport") for q in (50, 99))
 BLOCK = 100
 PROMPT = 64
 
@@ -68,6 +74,30 @@ class EngineThread:
         self.loop.close()
 
 
+class EchoThread:
+    """The transport's floor: a ROUTER in a thread of this process that sends back what it gets."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.bind(endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._sock.poll(100):
+                self._sock.send_multipart(self._sock.recv_multipart())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+
 async def _attach(kernel: Kernel) -> Syscalls:
     pid = kernel.attach("rpc-inside", owner="bench")
     return Syscalls(kernel, kernel.procs[pid])
@@ -85,8 +115,8 @@ PROBE_COMMAND = (sys.executable, "-m", "workbench.rpc_probe")  # a module name, 
 class Probe:
     """The kernel-side process: `block(case, n)` runs n calls there and returns their times."""
 
-    def __init__(self, connection_file: Path) -> None:
-        cmd = [*PROBE_COMMAND, str(connection_file), str(PROMPT)]
+    def __init__(self, connection_file: Path, echo: str) -> None:
+        cmd = [*PROBE_COMMAND, str(connection_file), str(PROMPT), echo]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self._line() != "ready":
             raise RuntimeError("the rpc probe did not start")
@@ -116,7 +146,8 @@ def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list
     engine = EngineThread(loaded)
     with tempfile.TemporaryDirectory() as tmp:
         conn = connection.write(engine.server.connection_info(), Path(tmp) / "engine.json")
-        probe = Probe(conn)
+        echo = EchoThread(f"ipc://{tmp}/echo.sock")
+        probe = Probe(conn, echo.endpoint)
         try:
             calls = engine.call(_attach(engine.kernel))
             g = engine.call(calls.kv.create())
@@ -128,14 +159,18 @@ def measure(loaded: LoadedModel, runs: int) -> dict[str, tuple[list[float], list
             }
             over_wire = {"noop": "noop", "forward-1": "forward"}
             out: dict[str, tuple[list[float], list[float]]] = {c: ([], []) for c in inside}
+            echoes: list[float] = []
             for _ in range(runs + 1):  # the first block of each side warms up
                 for case, (remote, local) in out.items():
                     remote += probe.block(over_wire[case], BLOCK)
                     local += engine.call(timed_calls(BLOCK, inside[case]))
                     engine.call(calls.kv.truncate(g, PROMPT))
+                echoes += probe.block("echo", BLOCK)
+            out["transport"] = (out["noop"][0], echoes)
             return {c: (r[BLOCK:], i[BLOCK:]) for c, (r, i) in out.items()}
         finally:
             probe.close()
+            echo.close()
             engine.close()
 
 

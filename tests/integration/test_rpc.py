@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -346,6 +347,10 @@ def test_bench_rpc_measures_both_sides(tiny_loaded) -> None:  # noqa: ANN001
     from engine.bench import rpc
 
     times = rpc.measure(tiny_loaded, runs=1)
-    assert set(times) == {"noop", "forward-1"}
+    assert set(times) == {"noop", "forward-1", "transport"}
     for remote, inside in times.values():
         assert len(remote) == len(inside) == rpc.BLOCK and min(remote) > 0 and min(inside) > 0
+    noop, echo = times["transport"]
+    assert noop == times["noop"][0]
+    # the bare echo carries the same frames with nothing done at either end
+    assert statistics.median(echo) < statistics.median(noop)
