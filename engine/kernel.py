@@ -44,22 +44,17 @@ def model_id(loaded: LoadedModel) -> str:
     return h.hexdigest()[:16]
 
 
-_heap_frozen = False
-
-
 def freeze_startup_heap() -> None:
     """Hide what is alive when the first kernel starts from the garbage collector, once a process.
 
     Modules, the model and the page pool live as long as the process, yet every full collection
     walks them (some 350k objects with torch loaded: a 100-200 ms stall of every LIP on a small
     CPU) and frees none of them. vLLM freezes its engine's heap after start-up for the same
-    reason. Objects made later are collected as usual.
+    reason. Objects made later are collected as usual; a heap already frozen is left as it is.
     """
-    global _heap_frozen
-    if not _heap_frozen:
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
-        _heap_frozen = True
 
 
 class Kernel:

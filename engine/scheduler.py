@@ -76,9 +76,13 @@ class QueueView(NamedTuple):
     calls: int  # ready calls of admitted processes
     tokens: int  # their remaining tokens
     oldest_wait: float  # seconds the oldest of them has waited
-    running: int  # live processes running their own code: they may submit soon
     last_batch: int  # calls in the previous forward
     ready_for: tuple[float, ...] = ()  # per running process, seconds since its last call ended
+
+    @property
+    def running(self) -> int:
+        """Live processes running their own code: they may submit soon."""
+        return len(self.ready_for)
 
 
 class BatchPolicy(ABC):
@@ -183,9 +187,7 @@ class Scheduler:
         """What the policy sees, given the ready calls and how long each running process ran."""
         oldest = max((now - c.submitted for c in calls), default=0.0)
         tokens = sum(c.remaining for c in calls)
-        return QueueView(
-            len(calls), tokens, oldest, len(ready_for), self.last_batch, tuple(ready_for)
-        )
+        return QueueView(len(calls), tokens, oldest, self.last_batch, tuple(ready_for))
 
     def form_batch(self, calls: list[Call]) -> Batch:
         """Level 2: the ready calls that fit the token budget; one call per KV sequence."""

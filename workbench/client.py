@@ -79,6 +79,7 @@ class Client:
 
     def __init__(self, info: connection.ConnectionInfo, user: str, name: str) -> None:
         self.info = info
+        self.address = info.local_address  # the Unix socket when the engine is on this machine
         self.user, self.name = user, name
         self.session = uuid.uuid4().hex
         self.wire = Wire(info.token, REPLY_LIMIT)
@@ -88,7 +89,7 @@ class Client:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTING_ID, f"{self.session}/calls".encode())
-        self._sock.connect(info.address)
+        self._sock.connect(self.address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._reader: SocketReader | None = None
@@ -117,12 +118,12 @@ class Client:
         client._reader = SocketReader(client._sock, client._on_frames)
         loop = asyncio.get_running_loop()
         client._heartbeat = _Heartbeat(
-            info.address,
+            client.address,
             client.wire,
             client.session,
             lambda: loop.call_soon_threadsafe(
                 client._fail_all,
-                EngineNotRunning(f"the engine at {info.address} stopped answering"),
+                EngineNotRunning(f"the engine at {client.address} stopped answering"),
             ),
         )
         client._heartbeat.start()
@@ -132,7 +133,7 @@ class Client:
         except asyncio.TimeoutError:
             await client.close()
             raise EngineNotRunning(
-                f"no answer from the engine at {info.address} in {timeout:g}s"
+                f"no answer from the engine at {client.address} in {timeout:g}s"
             ) from None
         except BaseException:
             await client.close()

@@ -34,8 +34,8 @@ class Pending:
     timeout: float | None
 
 
-PENDING: list[Pending] = []
-FUTURE = "from __future__ import annotations\n"  # decorated, not yet registered
+PENDING: list[Pending] = []  # decorated, not yet registered
+FUTURE = "from __future__ import annotations\n"
 
 
 @overload

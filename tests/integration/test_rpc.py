@@ -307,6 +307,9 @@ def test_cli_commands_then_stop(engine: EngineProcess) -> None:
     assert ipc_socket.is_socket() and info.local_address == info.ipc  # clients here use it
 
     async def body() -> None:
+        no_tcp = dataclasses.replace(info, port=1)  # nothing listens there: only ipc can answer
+        async with await Client.connect(no_tcp, user="alice", timeout=5) as local:
+            assert local.address == info.ipc and isinstance(await local.ps(), list)
         alice = await Client.connect(engine.conn, user="alice")
         lip = await alice.attach("cli-target")
         f = await lip.kv.create("/home/alice/cli-file")

@@ -246,7 +246,7 @@ def test_wait_for_k_batches_k_at_a_time(tiny_loaded) -> None:  # noqa: ANN001
 
 
 def view(ready_for: tuple[float, ...], oldest_wait: float = 0.0) -> QueueView:
-    return QueueView(1, 1, oldest_wait, len(ready_for), 1, ready_for)
+    return QueueView(1, 1, oldest_wait, 1, ready_for)
 
 
 def test_adaptive_waits_only_for_processes_between_two_calls() -> None:
