@@ -23,7 +23,7 @@ from engine.errors import EngineError, OutOfPages, ProcessFailed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
-from engine.process import Process, ProcessInfo, State
+from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.runner import Runner
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.sequence import pages_for
@@ -183,7 +183,7 @@ class Kernel:
                 call.future.cancel()
         freed = self.kvfs.remove_process(p.pid)
         p.ended = self.trace.now()
-        self._set_state(p, State.EXITED, error=p.error, pages_freed=freed)
+        self._set_state(p, EXITED, error=p.error, pages_freed=freed)
         self.live.pop(p.pid, None)
         p.done.set()
         self._wake()
@@ -227,7 +227,7 @@ class Kernel:
             # _value_, not .value: the enum property costs more than the rest of this call
             self.trace.emit(ev.PROCESS, p.pid, old=p.state._value_, new=state._value_, **data)
             p.state = state
-            if state is State.READY:
+            if state is READY:
                 p.ready_since = time.monotonic()
 
     # --- forward calls ---------------------------------------------------------------------------
@@ -247,13 +247,13 @@ class Kernel:
     def block(self, p: Process) -> None:
         """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
         p.blocked += 1
-        if p.state is State.READY:
-            self._set_state(p, State.WAITING)
+        if p.state is READY:
+            self._set_state(p, WAITING)
 
     def unblock(self, p: Process) -> None:
         p.blocked -= 1
-        if p.blocked == 0 and p.state is State.WAITING:
-            self._set_state(p, State.READY)
+        if p.blocked == 0 and p.state is WAITING:
+            self._set_state(p, READY)
 
     def new_call_id(self) -> int:
         return next(self._call_ids)
@@ -273,7 +273,7 @@ class Kernel:
                 continue
             self._resume_suspended()
             now = time.monotonic()
-            ready_for = [now - p.ready_since for p in self.live.values() if p.state is State.READY]
+            ready_for = [now - p.ready_since for p in self.live.values() if p.state is READY]
             ready = self.scheduler.ready_calls()
             view = self.scheduler.view(ready, now, ready_for)
             delay = self.scheduler.policy.delay(view) if ready else 0.05
@@ -399,7 +399,7 @@ class Kernel:
             p
             for p in self.live.values()
             if p.alive
-            and p.state is not State.SUSPENDED
+            and p.state is not SUSPENDED
             and p.pid not in exclude
             and self._swappable(p) > 0
         ]
@@ -407,11 +407,11 @@ class Kernel:
 
     def _suspend(self, p: Process) -> None:
         freed = sum(f.seq.swap_out(self.pool) for f in self._private_files(p))
-        self._set_state(p, State.SUSPENDED, pages_swapped=freed)
+        self._set_state(p, SUSPENDED, pages_swapped=freed)
 
     def _resume_suspended(self) -> None:
         """Bring back suspended processes, highest priority and oldest first, while they fit."""
-        suspended = [p for p in self.live.values() if p.state is State.SUSPENDED]
+        suspended = [p for p in self.live.values() if p.state is SUSPENDED]
         for p in sorted(suspended, key=lambda p: (-p.priority, p.started)):
             if not self._try_resume(p):
                 break
@@ -425,15 +425,15 @@ class Kernel:
             return False
         for f in files:
             f.seq.swap_in(self.pool)
-        self._set_state(p, State.WAITING if p.blocked else State.READY)
+        self._set_state(p, WAITING if p.blocked else READY)
         return True
 
     async def ensure_resident(self, p: Process) -> None:
         """Wait until a suspended process's files are back in the pool (before it touches them)."""
-        while p.state is State.SUSPENDED and not self._try_resume(p):
+        while p.state is SUSPENDED and not self._try_resume(p):
             await asyncio.sleep(0.01)
 
     def _swapped_pages(self) -> int:
         """Only suspended processes hold swapped pages (resuming brings all of them back)."""
-        suspended = [p for p in self.live.values() if p.state is State.SUSPENDED]
+        suspended = [p for p in self.live.values() if p.state is SUSPENDED]
         return sum(len(f.seq.swapped) for p in suspended for f in self._private_files(p))

@@ -18,6 +18,10 @@ class State(str, enum.Enum):
     EXITED = "exited"
 
 
+# Python 3.11 finds State.X through a descriptor (~90 ns, several times a call): hot paths use these
+READY, WAITING, SUSPENDED, EXITED = State.READY, State.WAITING, State.SUSPENDED, State.EXITED
+
+
 @dataclass(slots=True)
 class Counters:
     tokens_in: int = 0  # tokens forwarded into its KV files
@@ -34,7 +38,7 @@ class Process:
     owner: str
     priority: int = 0  # higher runs first and is suspended last
     parent: int | None = None
-    state: State = State.READY
+    state: State = READY
     blocked: int = 0  # system calls it is waiting in (a LIP may gather several)
     ready_since: float = field(default_factory=time.monotonic)  # when it last became READY
     counters: Counters = field(default_factory=Counters)
@@ -48,7 +52,7 @@ class Process:
 
     @property
     def alive(self) -> bool:
-        return self.state is not State.EXITED
+        return self.state is not EXITED
 
 
-__all__ = ["Counters", "Process", "ProcessInfo", "State"]
+__all__ = ["EXITED", "READY", "SUSPENDED", "WAITING", "Counters", "Process", "ProcessInfo", "State"]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from engine.process import Process, State
+from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
 
@@ -172,7 +172,7 @@ class Scheduler:
 
     def ready_calls(self) -> list[Call]:
         """Calls of admitted processes, in fair-share order: priority, then fewest tokens served."""
-        calls = [c for c in self.queue if c.process.state is not State.SUSPENDED]
+        calls = [c for c in self.queue if c.process.state is not SUSPENDED]
         return sorted(
             calls,
             key=lambda c: (

@@ -16,7 +16,7 @@ import torch
 
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kvfs import Caller, Handle
-from engine.process import Process, State
+from engine.process import EXITED, SUSPENDED, Process
 from engine.records import (
     Distribution,
     FileStat,
@@ -129,6 +129,7 @@ class Syscalls:
         self.kernel = kernel
         self.process = process
         self.kv = KVCalls(self)
+        self.caller = Caller(process.pid, process.owner)  # who this process is, to the KVFS
         self.generator = make_generator(process.pid if seed is None else seed)
 
     @property
@@ -138,11 +139,11 @@ class Syscalls:
     async def _caller(self) -> Caller:
         """Who is calling; waits while the process is suspended (its files are in host memory)."""
         p = self.process
-        if not p.alive:
+        if p.state is EXITED:
             raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
-        if p.state is State.SUSPENDED:
+        if p.state is SUSPENDED:
             await self.kernel.ensure_resident(p)
-        return Caller(p.pid, p.owner)
+        return self.caller
 
     # --- text ------------------------------------------------------------------------------------
 

@@ -54,10 +54,11 @@ def _run_lips(kernel: Kernel, main: Callable, args: list[tuple]) -> list:
 
 async def decode_lip(sys: Syscalls, prompt: list[int], new: int) -> list[int]:
     f = await sys.kv.create()
-    t = await sys.forward(f, prompt, returns=Sample())
+    greedy = Sample()
+    t = await sys.forward(f, prompt, returns=greedy)
     out = [t]
     for _ in range(new - 1):
-        t = await sys.forward(f, [t], returns=Sample())
+        t = await sys.forward(f, [t], returns=greedy)
         out.append(t)
     return out
 
