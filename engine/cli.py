@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from engine.bench import programs, rpc, runtime
-    from engine.bench.common import print_table, write_json
+    from engine.bench.common import print_table, ratio_text, write_json
 
     bench = programs if args.workload in programs.WORKLOADS else runtime
     bench = rpc if args.workload in rpc.WORKLOADS else bench
@@ -68,7 +68,7 @@ def _bench(args: argparse.Namespace) -> int:
         cases=args.cases.split(",") if args.cases else None,
         report=lambda r: print(
             f"  {r.model} {r.workload} {r.case}: engine {r.engine:g} "
-            f"{r.unit}, baseline {r.baseline:g}, ratio {r.ratio:.2f}x",
+            f"{r.unit}, baseline {r.baseline:g}, ratio {ratio_text(r)}",
             file=sys.stderr,
             flush=True,
         ),

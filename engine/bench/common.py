@@ -22,6 +22,9 @@ class Row:
     # engine / baseline: for throughputs higher is better, for latencies lower. Throughput
     # rows give the median of back-to-back pairs' ratios (see side_by_side).
     ratio: float
+    # throughput rows: the middle half of the pairs' ratios (first and third quartile), how far
+    # the machine's noise moves one pair; a ratio near a target is only as sure as this is narrow
+    ratio_quartiles: tuple[float, float] | None = None
 
 
 LATENCY_UNITS = ("s", "ms", "µs")
@@ -53,6 +56,7 @@ class Timing(NamedTuple):
     engine: float  # median
     baseline: float  # median
     speedup: float  # median over the back-to-back pairs of baseline / engine
+    quartiles: tuple[float, float] | None = None  # first and third quartile of those pairs
 
 
 def side_by_side(
@@ -71,20 +75,34 @@ def side_by_side(
         e.append(timed(engine))
         b.append(timed(baseline))
     pairs = [bs / es for es, bs in zip(e, b, strict=True)]
-    return Timing(statistics.median(e), statistics.median(b), statistics.median(pairs))
+    return Timing(
+        statistics.median(e), statistics.median(b), statistics.median(pairs), _quartiles(pairs)
+    )
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q3
 
 
 def throughput_row(
     workload: str, case: str, model: str, work: float, unit: str, timing: Timing
 ) -> Row:
     e, b = work / timing.engine, work / timing.baseline
-    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3))
+    q = (
+        None
+        if timing.quartiles is None
+        else (round(timing.quartiles[0], 3), round(timing.quartiles[1], 3))
+    )
+    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3), q)
 
 
 def print_table(rows: list[Row]) -> None:
     head = ("workload", "case", "model", "unit", "engine", "baseline", "ratio")
     cells = [head] + [
-        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", _ratio(r))
+        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", ratio_text(r))
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
@@ -94,8 +112,11 @@ def print_table(rows: list[Row]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def _ratio(row: Row) -> str:
-    return f"{row.ratio:.2f}x" + (" (lower is better)" if lower_is_better(row) else "")
+def ratio_text(row: Row) -> str:
+    text = f"{row.ratio:.2f}x"
+    if row.ratio_quartiles is not None:
+        text += " (middle half of pairs {:.2f}-{:.2f})".format(*row.ratio_quartiles)
+    return text + (" (lower is better)" if lower_is_better(row) else "")
 
 
 def write_json(rows: list[Row], path: str | Path, settings: dict | None = None) -> None:

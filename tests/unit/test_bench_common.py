@@ -39,3 +39,20 @@ def test_runs_alternate_after_an_untimed_warm_up_pair(monkeypatch: pytest.Monkey
     monkeypatch.setattr(common, "timed", lambda fn: (fn(), 1.0)[1])
     common.side_by_side(lambda: calls.append("e"), lambda: calls.append("b"), runs=2, warmup=1)
     assert calls == ["e", "b", "e", "b", "e", "b"]  # one warm-up pair (untimed), then two timed
+
+
+def test_rows_carry_the_middle_half_of_the_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pairs say 1x, 2x, 3x, 4x, 5x: median 3x, the middle half from 2x to 4x
+    baseline = [3.0, 1.0, 5.0, 2.0, 4.0]
+    scripted(monkeypatch, list(itertools.chain(*zip([1.0] * 5, baseline, strict=True))))
+    t = common.side_by_side(lambda: None, lambda: None, runs=5, warmup=0)
+    assert t.speedup == pytest.approx(3.0)
+    assert t.quartiles == pytest.approx((2.0, 4.0))
+    row = common.throughput_row("plain", "16x128+64", "tiny", 10, "tok/s", t)
+    assert row.ratio_quartiles == (2.0, 4.0)
+    assert common.ratio_text(row) == "3.00x (middle half of pairs 2.00-4.00)"
+
+
+def test_one_pair_is_its_own_middle_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted(monkeypatch, [1.0, 2.0])
+    assert common.side_by_side(lambda: None, lambda: None, runs=1, warmup=0).quartiles == (2.0, 2.0)
