@@ -56,7 +56,7 @@ class Timing(NamedTuple):
     engine: float  # median
     baseline: float  # median
     speedup: float  # median over the back-to-back pairs of baseline / engine
-    quartiles: tuple[float, float] | None = None  # first and third quartile of those pairs
+    quartiles: tuple[float, float]  # first and third quartile of those pairs
 
 
 def side_by_side(
@@ -91,12 +91,10 @@ def throughput_row(
     workload: str, case: str, model: str, work: float, unit: str, timing: Timing
 ) -> Row:
     e, b = work / timing.engine, work / timing.baseline
-    q = (
-        None
-        if timing.quartiles is None
-        else (round(timing.quartiles[0], 3), round(timing.quartiles[1], 3))
+    q1, q3 = (round(q, 3) for q in timing.quartiles)
+    return Row(
+        workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3), (q1, q3)
     )
-    return Row(workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3), q)
 
 
 def print_table(rows: list[Row]) -> None:

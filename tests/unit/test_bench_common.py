@@ -28,9 +28,10 @@ def test_speedup_is_the_median_of_back_to_back_pairs(monkeypatch: pytest.MonkeyP
 
 def test_throughput_row_reports_rates_and_the_paired_ratio() -> None:
     row = common.throughput_row(
-        "plain", "16x128+64", "tiny", 1024, "tok/s", common.Timing(2, 4, 1.9)
+        "plain", "16x128+64", "tiny", 1024, "tok/s", common.Timing(2, 4, 1.9, (1.7, 2.1))
     )
     assert (row.engine, row.baseline, row.ratio) == (512.0, 256.0, 1.9)
+    assert row.ratio_quartiles == (1.7, 2.1)
     assert not common.lower_is_better(row)
 
 
