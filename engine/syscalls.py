@@ -16,7 +16,7 @@ import torch
 
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kvfs import Caller, Handle
-from engine.process import EXITED, SUSPENDED, Process
+from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.records import (
     Distribution,
     FileStat,
@@ -176,8 +176,9 @@ class Syscalls:
         token id; `LogProbs([[ids], ...])` -> log-probabilities; `Logits()` -> a list of floats.
         With `outputs` given, a list with one item per output index; otherwise the last token's.
         """
-        await self._caller()
         p, k = self.process, self.kernel
+        if p.state is not READY:  # suspended or exited: see _caller
+            await self._caller()
         if not isinstance(file, Handle) or file.caller.pid != p.pid:
             raise InvalidArgument("forward needs a KV file handle this process opened")
         seq = k.kvfs.sequence(file, write=True)
@@ -186,10 +187,10 @@ class Syscalls:
         elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
             returns = Sample(returns.params, self._generator(returns.generator))
-        tokens = [int(t) for t in tokens]
+        tokens = list(map(int, tokens))
         n, base = len(tokens), len(seq)
         start = seq.next_position
-        pos = list(range(start, start + n)) if positions is None else [int(x) for x in positions]
+        pos = list(range(start, start + n)) if positions is None else list(map(int, positions))
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
         outs = [n - 1] if outputs is None else list(outputs)

@@ -13,7 +13,7 @@ import torch
 
 from engine import trace as ev
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
-from engine.kernel import Kernel, ProcessFailed
+from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
 from engine.runner import LogProbs, Sample
 from engine.sampler import SamplingParams
 from engine.scheduler import Adaptive, BatchPolicy, Eager, QueueView, WaitForK, WaitForT
@@ -364,7 +364,7 @@ def test_ps_lists_the_live_and_the_last_exited_and_the_loop_looks_at_the_live(
     asyncio.run(body())
 
 
-def test_the_first_kernel_start_hides_the_startup_heap_from_the_collector() -> None:
+def test_first_kernel_start_freezes_the_heap_and_collects_young_objects_less_often() -> None:
     # in a fresh interpreter: this test process has started kernels already
     script = """
 import asyncio, gc
@@ -373,16 +373,22 @@ from engine.loader import load_model
 from engine.models import DEFAULT_MODEL
 
 kernel = Kernel(load_model(DEFAULT_MODEL, show_progress=False), num_pages=8)
-before = gc.get_freeze_count()
+before, threshold = gc.get_freeze_count(), gc.get_threshold()
 asyncio.run(kernel.start())
 frozen = gc.get_freeze_count()
 asyncio.run(Kernel(kernel.loaded, num_pages=8).start())
 print(before, frozen, gc.get_freeze_count(), len(gc.get_objects()))
+print(*threshold, *gc.get_threshold())
 """
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
-    before, frozen, again, left = map(int, out.stdout.split())
+    counts, thresholds = out.stdout.splitlines()
+    before, frozen, again, left = map(int, counts.split())
     assert before == 0
     assert frozen > 50_000 > left  # torch and the model are frozen; a full collection skips them
     assert again == frozen  # once a process
+    default = [int(t) for t in thresholds.split()[:3]]
+    started = [int(t) for t in thresholds.split()[3:]]
+    assert default[0] == 700  # Python's own, until a kernel starts
+    assert started == [YOUNG_OBJECTS_PER_COLLECTION, *default[1:]]  # only young objects change
