@@ -13,6 +13,7 @@ import gc
 import hashlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from engine.trace import Trace
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
 PS_EXITED = 1000  # exited processes `ps` still lists
+EXITED_KEPT = 10_000  # exited processes whose record (result, error, counters) `wait` still finds
 
 __all__ = ["Kernel", "ProcessFailed", "Program", "model_id"]
 
@@ -87,8 +89,9 @@ class Kernel:
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)
-        self.procs: dict[int, Process] = {}  # every process this kernel ran, by pid
+        self.procs: dict[int, Process] = {}  # the live and the last EXITED_KEPT exited, by pid
         self.live: dict[int, Process] = {}  # those not exited: what the step loop looks at
+        self.exited: deque[int] = deque()  # pids of the exited records kept, oldest first
         self.tools = Tools()  # functions any LIP may call; their host starts on first use
         self._pids = itertools.count(1)
         self._call_ids = itertools.count(1)
@@ -194,6 +197,9 @@ class Kernel:
         p.ended = self.trace.now()
         self._set_state(p, EXITED, error=p.error, pages_freed=freed)
         self.live.pop(p.pid, None)
+        self.exited.append(p.pid)
+        if len(self.exited) > EXITED_KEPT:  # a long-lived engine runs processes without end
+            self.procs.pop(self.exited.popleft())
         p.done.set()
         self._wake()
 
@@ -217,18 +223,15 @@ class Kernel:
 
     def ps(self) -> list[ProcessInfo]:
         """The live processes and the PS_EXITED that exited last (a long-lived engine ran many)."""
-        exited: list[Process] = []
-        for p in reversed(self.procs.values()):
-            if len(exited) == PS_EXITED:
-                break
-            if not p.alive:
-                exited.append(p)
+        exited = [self.procs[pid] for pid in itertools.islice(reversed(self.exited), PS_EXITED)]
         shown = sorted([*exited, *self.live.values()], key=lambda p: p.pid)
         return [ProcessInfo.of(p) for p in shown]
 
     def _proc(self, pid: int) -> Process:
         if pid not in self.procs:
-            raise EngineError(f"no process {pid}")
+            raise EngineError(
+                f"no process {pid} (the kernel keeps the last {EXITED_KEPT} that exited)"
+            )
         return self.procs[pid]
 
     def _set_state(self, p: Process, state: State, **data: Any) -> None:

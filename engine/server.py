@@ -541,7 +541,7 @@ class EngineServer:
             raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
         error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))
         if error is None:
-            self.kernel.procs[pid].result = req.args.get("result")  # what wait(pid) gives
+            self.workers.runs[pid].process.result = req.args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
@@ -567,8 +567,12 @@ class EngineServer:
         if pid in session.pids:
             return
         if pid in session.ended:
-            p = self.kernel.procs[pid]
-            raise ProcessExited(f"process {pid} ({p.name}) has exited: {p.error or 'done'}")
+            p = self.kernel.procs.get(pid)  # None: it exited so long ago that the kernel forgot it
+            raise ProcessExited(
+                f"process {pid} has exited"
+                if p is None
+                else f"process {pid} ({p.name}) has exited: {p.error or 'done'}"
+            )
         raise PermissionDenied(f"process {pid}", "is not attached by this client")
 
     def _end_process(self, session: Session, pid: int, error: str | None) -> None:
@@ -588,7 +592,7 @@ class EngineServer:
     def _cancel_dead_tasks(self) -> None:
         """Calls still in flight for processes that have exited (killed)."""
         for session in self.sessions.values():
-            for pid in [p for p in session.pids if not self.kernel.procs[p].alive]:
+            for pid in [p for p in session.pids if p not in self.kernel.live]:
                 self._end_process(session, pid, None)
 
     async def _reap_loop(self) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import Kernel
+from engine.process import Process
 
 WORKER_COMMAND = (sys.executable, "-u", "-m", "workbench.worker")  # a module name, not an import
 DEFAULT_TIMEOUT = 600.0  # seconds a worker may run; None: no limit
@@ -57,6 +58,7 @@ class Run:
     """One worker: who asked for it, its limits, its subprocess and its output."""
 
     pid: int
+    process: Process  # its record in the kernel (which forgets the oldest exited)
     session: str  # the session that ran it
     owner: str
     name: str
@@ -113,7 +115,8 @@ class Workers:
         code, name, priority, timeout, memory_mb = _run_args(args)
         parent = args.get("parent")  # checked by the server: one of the session's processes
         pid = self.kernel.attach(name, owner=user, priority=priority, parent=parent)
-        run = Run(pid, session, user, name, code, timeout, memory_mb, secrets.token_hex(16))
+        key = secrets.token_hex(16)
+        run = Run(pid, self.kernel.procs[pid], session, user, name, code, timeout, memory_mb, key)
         self.runs[pid] = run
         try:
             run.proc = await asyncio.create_subprocess_exec(
@@ -158,7 +161,7 @@ class Workers:
         if user != run.owner:
             raise PermissionDenied("worker key", f"belongs to {run.owner}, not {user}")
         run.key = None
-        p = self.kernel.procs[run.pid]
+        p = run.process
         if not p.alive:
             raise ProcessExited(f"process {run.pid} ({p.name}) has exited: {p.error or 'done'}")
         return run
@@ -202,7 +205,7 @@ class Workers:
             chunks.append(list(c))
             size += len(c[2])
         done = run.finished and len(chunks) == len(run.chunks)
-        error = self.kernel.procs[run.pid].error if done else None
+        error = run.process.error if done else None
         return {
             "chunks": chunks,
             "done": done,
@@ -232,7 +235,7 @@ class Workers:
         self.runs.clear()
 
     def _end(self, run: Run, error: str | None) -> None:
-        if self.kernel.procs[run.pid].alive:
+        if run.process.alive:
             self.kernel.detach(run.pid, error)
             self.on_exit()
 
@@ -244,7 +247,7 @@ class Workers:
             asyncio.create_task(self._read(run, proc.stderr, "stderr")),
         ]
         exited = asyncio.create_task(proc.wait())
-        ended = asyncio.create_task(self.kernel.procs[run.pid].done.wait())
+        ended = asyncio.create_task(run.process.done.wait())
         try:
             first = asyncio.FIRST_COMPLETED
             await asyncio.wait({exited, ended}, timeout=run.timeout, return_when=first)
@@ -264,7 +267,7 @@ class Workers:
 
     async def _stop(self, run: Run, exited: asyncio.Task) -> None:
         """Its process ended (killed, reported) or its time is up, but the worker still runs."""
-        if self.kernel.procs[run.pid].alive:
+        if run.process.alive:
             run.limit_hit = f"exceeded its time limit of {run.timeout:g}s"
             self._end(run, run.limit_hit)
         elif run.reported:  # it is on its way out: give it a moment to exit by itself

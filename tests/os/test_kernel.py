@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine import trace as ev
-from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
+from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
 from engine.runner import LogProbs, Sample
 from engine.sampler import SamplingParams
@@ -360,6 +360,31 @@ def test_ps_lists_the_live_and_the_last_exited_and_the_loop_looks_at_the_live(
             assert list(k.live) == [held]
             k.detach(held)
             assert not k.live and [p.pid for p in k.ps()] == [done[-2], done[-1], held]
+
+    asyncio.run(body())
+
+
+def test_a_long_lived_kernel_forgets_the_oldest_exited_processes(
+    tiny_loaded,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine import kernel as kernel_module
+
+    monkeypatch.setattr(kernel_module, "EXITED_KEPT", 3)
+    monkeypatch.setattr(kernel_module, "PS_EXITED", 2)
+
+    async def quick(sys: Syscalls) -> list[int]:
+        return [sys.pid] * 1000  # a result the kernel holds for wait
+
+    async def body() -> None:
+        async with Kernel(tiny_loaded, num_pages=16) as k:
+            pids = [k.spawn(quick) for _ in range(5)]
+            assert await k.wait(pids[-1]) == [pids[-1]] * 1000  # spawned last, so exits last
+            assert sorted(k.procs) == pids[-3:]  # results, errors and counters of the last 3
+            assert await k.wait(pids[-3]) == [pids[-3]] * 1000
+            with pytest.raises(EngineError, match=f"no process {pids[0]} .*last 3 that exited"):
+                await k.wait(pids[0])
+            assert [p.pid for p in k.ps()] == pids[-2:]
 
     asyncio.run(body())
 
