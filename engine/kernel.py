@@ -420,10 +420,7 @@ class Kernel:
         candidates = [
             p
             for p in self.live.values()
-            if p.alive
-            and p.state is not SUSPENDED
-            and p.pid not in exclude
-            and self._swappable(p) > 0
+            if p.state is not SUSPENDED and p.pid not in exclude and self._swappable(p) > 0
         ]
         return min(candidates, key=lambda p: (p.priority, -p.started), default=None)
 

@@ -57,8 +57,7 @@ Chunk = tuple[int, str, str]  # (seq, "stdout" | "stderr", text)
 class Run:
     """One worker: who asked for it, its limits, its subprocess and its output."""
 
-    pid: int
-    process: Process  # its record in the kernel (which forgets the oldest exited)
+    process: Process  # its record, held here: the kernel forgets the oldest exited
     session: str  # the session that ran it
     owner: str
     name: str
@@ -78,6 +77,10 @@ class Run:
     orphan: bool = False  # its session is gone: forget it once finished
     task: asyncio.Task | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def changed(self) -> None:
         self._changed.set()
@@ -116,7 +119,7 @@ class Workers:
         parent = args.get("parent")  # checked by the server: one of the session's processes
         pid = self.kernel.attach(name, owner=user, priority=priority, parent=parent)
         key = secrets.token_hex(16)
-        run = Run(pid, self.kernel.procs[pid], session, user, name, code, timeout, memory_mb, key)
+        run = Run(self.kernel.procs[pid], session, user, name, code, timeout, memory_mb, key)
         self.runs[pid] = run
         try:
             run.proc = await asyncio.create_subprocess_exec(
