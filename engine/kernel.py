@@ -385,8 +385,11 @@ class Kernel:
 
     def _fit_memory(self, batch: Batch) -> Batch:
         """Defer calls, then suspend other processes, until the batch's new pages fit."""
-        if self._pages_needed(batch) <= self.pool.num_free:
-            return batch  # the commonest case
+        # The commonest case, without a look at each sequence: n tokens take at most n // page
+        # size + 1 new pages, and one more to copy a shared partial last page.
+        bound = sum(batch.sizes) // self.pool.page_size + 2 * len(batch.sizes)
+        if bound <= self.pool.num_free or self._pages_needed(batch) <= self.pool.num_free:
+            return batch
         calls, sizes = list(batch.calls), list(batch.sizes)
         while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
             calls.pop()

@@ -421,7 +421,7 @@ class EngineServer:
     async def _stat_engine(self, session: Session, req: Request) -> dict[str, Any]:
         k = self.kernel
         pool = k.pool
-        batch = next((e for e in reversed(k.trace.events) if e.kind == ev.BATCH), None)
+        batch = k.trace.last(ev.BATCH)
         return {
             "model": k.loaded.name,
             "device": str(k.loaded.model.device),

@@ -188,14 +188,20 @@ class Syscalls:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
             returns = Sample(returns.params, self._generator(returns.generator))
         tokens = list(map(int, tokens))
-        n, base = len(tokens), len(seq)
-        start = seq.next_position
-        pos = list(range(start, start + n)) if positions is None else list(map(int, positions))
+        pos = None if positions is None else list(map(int, positions))
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
-        outs = [n - 1] if outputs is None else list(outputs)
+        outs = None if outputs is None else list(outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
-        k.runner.check(segment, "forward")
+        k.runner.check(segment, "forward")  # what the caller gave
+        # A queued call carries explicit positions and outputs (it may run in chunks); these
+        # defaults are valid by construction.
+        n, base = len(tokens), len(seq)
+        if pos is None:
+            start = seq.next_position
+            segment.positions = list(range(start, start + n))
+        if outs is None:
+            segment.outputs = [n - 1]
         future = asyncio.get_running_loop().create_future()
         call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base)
         result = _plain(await k.submit(call))

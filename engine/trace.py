@@ -22,25 +22,31 @@ PROCESS = "process"  # a state change: data has old and new
 PAGES = "pages"
 
 
-_new_event = tuple.__new__
-
-
 class Trace:
+    """Events are kept as plain tuples, (seq, t, kind, pid, data), and become `Event`s when read.
+
+    Five events are emitted per forward call and most are never read: building the `Event`
+    record (a NamedTuple) cost more than the rest of `emit`.
+    """
+
     def __init__(self, capacity: int = 200_000) -> None:
-        self.events: deque[Event] = deque(maxlen=capacity)
+        self.events: deque[tuple[int, float, str, int | None, dict[str, Any]]] = deque(
+            maxlen=capacity
+        )
         self.start = time.monotonic()
         self._seq = itertools.count()
 
     def now(self) -> float:
         return time.monotonic() - self.start
 
-    def emit(self, kind: str, pid: int | None, data: dict[str, Any]) -> Event:
+    def emit(self, kind: str, pid: int | None, data: dict[str, Any]) -> None:
         # data is a dict, not **kwargs: Python matches each keyword against the parameter names
         # by string comparison (this runs five times a forward call).
-        # tuple.__new__: a NamedTuple's own __new__ costs more than the rest of this function.
-        event = _new_event(Event, (next(self._seq), time.monotonic() - self.start, kind, pid, data))
-        self.events.append(event)
-        return event
+        self.events.append((next(self._seq), time.monotonic() - self.start, kind, pid, data))
+
+    def last(self, kind: str) -> Event | None:
+        """The newest event of a kind still in the ring."""
+        return next((Event._make(e) for e in reversed(self.events) if e[2] == kind), None)
 
     def query(
         self,
@@ -53,11 +59,11 @@ class Trace:
         """Events in a time range, of one process, of some kinds, or after a sequence number."""
         wanted = set(kinds) if kinds is not None else None
         return [
-            e
+            Event._make(e)
             for e in self.events
-            if (since is None or e.t >= since)
-            and (until is None or e.t <= until)
-            and (pid is None or e.pid == pid or pid in e.data.get("pids", ()))
-            and (wanted is None or e.kind in wanted)
-            and (after_seq is None or e.seq > after_seq)
+            if (since is None or e[1] >= since)
+            and (until is None or e[1] <= until)
+            and (pid is None or e[3] == pid or pid in e[4].get("pids", ()))
+            and (wanted is None or e[2] in wanted)
+            and (after_seq is None or e[0] > after_seq)
         ]

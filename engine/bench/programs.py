@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine import event_loop
 from engine.bench.common import Row, Timing, side_by_side, throughput_row
 from engine.bench.runtime import load_pair, random_prompts
 from engine.generate import generate
@@ -49,7 +50,7 @@ def _run_lips(kernel: Kernel, main: Callable, args: list[tuple]) -> list:
             pids = [kernel.spawn(main, *a) for a in args]
             return [await kernel.wait(p) for p in pids]
 
-    return asyncio.run(go())
+    return event_loop.run(go())  # the loop the engine serves on
 
 
 async def decode_lip(sys: Syscalls, prompt: list[int], new: int) -> list[int]:

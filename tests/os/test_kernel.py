@@ -315,6 +315,8 @@ def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # no
     finished = kernel.trace.query(pid=a, kinds=[ev.CALL_FINISHED])
     assert len(finished) == 5 and sum(e.data["tokens"] for e in finished) == 12 + 4
     events = kernel.trace.query()
+    assert kernel.trace.last(ev.BATCH) == [e for e in events if e.kind == ev.BATCH][-1]
+    assert kernel.trace.last("no such kind") is None
     mid = events[len(events) // 2]
     assert kernel.trace.query(after_seq=mid.seq) == events[len(events) // 2 + 1 :]
     assert all(e.t >= mid.t for e in kernel.trace.query(since=mid.t))
