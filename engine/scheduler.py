@@ -28,7 +28,7 @@ class Call:
 
     id: int
     process: Process
-    segment: Segment  # positions and outputs explicit; mask [tokens, base + tokens]
+    segment: Segment  # outputs explicit; positions None continue the file when the call runs
     future: asyncio.Future
     submitted: float
     base: int  # len(seq) at submission, for slicing the mask
@@ -57,7 +57,8 @@ class Call:
         if isinstance(returns, LogProbs):
             returns = LogProbs([returns.tokens[i] for i in picked])
         outs = [outputs[i] - a for i in picked]
-        return Segment(s.seq, s.tokens[a:b], s.positions[a:b], mask, outs, returns)  # type: ignore[index]
+        positions = None if s.positions is None else s.positions[a:b]
+        return Segment(s.seq, s.tokens[a:b], positions, mask, outs, returns)
 
 
 def join_results(parts: list[Result]) -> Result:

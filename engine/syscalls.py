@@ -194,14 +194,12 @@ class Syscalls:
         outs = None if outputs is None else list(outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         k.runner.check(segment, "forward")  # what the caller gave
-        # A queued call carries explicit positions and outputs (it may run in chunks); these
-        # defaults are valid by construction.
-        n, base = len(tokens), len(seq)
-        if pos is None:
-            start = seq.next_position
-            segment.positions = list(range(start, start + n))
+        # A queued call carries explicit outputs (it may run in chunks); the default is valid.
+        # Default positions stay None: they continue the file when the call runs, after any
+        # call on the same file queued before it.
         if outs is None:
-            segment.outputs = [n - 1]
+            segment.outputs = [len(tokens) - 1]
+        base = len(seq)
         future = asyncio.get_running_loop().create_future()
         call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base)
         result = _plain(await k.submit(call))

@@ -295,6 +295,32 @@ def test_a_process_waits_until_its_last_concurrent_call_returns(tiny_loaded) -> 
     ]
 
 
+def test_concurrent_forwards_on_one_file_continue_it_in_the_order_they_were_made(
+    tiny_loaded,  # noqa: ANN001
+) -> None:
+    """Default positions are the file's when a call runs, not when it was submitted."""
+    head, a, b = prompt(3, 6), 17, 42
+
+    async def together(sys: Syscalls) -> tuple[list[float], list[int]]:
+        f = await sys.kv.create()
+        await sys.forward(f, head, outputs=[])
+        _, last = await asyncio.gather(
+            sys.forward(f, [a], outputs=[]), sys.forward(f, [b], returns=LogProbs([[b]]))
+        )
+        return last, sys.kernel.kvfs.sequence(f).positions
+
+    async def in_turn(sys: Syscalls) -> list[float]:
+        f = await sys.kv.create()
+        return await sys.forward(f, [*head, a, b], returns=LogProbs([[b]]))
+
+    kernel = Kernel(tiny_loaded, page_size=4)
+    (last, positions), alone = run(
+        kernel, lambda k: asyncio.gather(k.wait(k.spawn(together)), k.wait(k.spawn(in_turn)))
+    )
+    assert positions == list(range(len(head) + 2))
+    assert last == pytest.approx(alone, abs=1e-4)
+
+
 def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # noqa: ANN001
     async def body(k: Kernel) -> tuple[int, int]:
         a, b = k.spawn(greedy, prompt(1), 4), k.spawn(greedy, prompt(2), 4)
