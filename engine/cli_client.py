@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """`symphony serve`: load the model, start the kernel and its server, write the file."""
-    from engine.event_loop import run
+    from engine import event_loop
     from engine.models import DEFAULT_MODEL
 
     model = Path(args.model) if args.model else DEFAULT_MODEL
@@ -181,7 +181,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    return run(_serve(model, args))
+    return event_loop.run(_serve(model, args))
 
 
 async def _serve(model: Path, args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """The engine's event loop: uvloop where it is installed, else asyncio's own.
 
 Every forward call wakes its process's task once. asyncio's stock loop schedules that wake-up
-in Python (a `Handle` built and run per callback); uvloop does it in C, which took a sixth off
-what the engine itself spends on a call.
+in Python (a `Handle` built and run per callback); uvloop does it in C, which took 9% off the
+instructions the engine itself spends on a call (callgrind, 85k -> 78k).
 """
 
 from __future__ import annotations
