@@ -68,10 +68,14 @@ class Lab:
                 return e.code, json.loads(raw or b"null")
             return e.code, raw.decode(errors="replace")
 
-    def status(self) -> dict[str, Any]:
-        code, doc = self.api("status")
-        assert code == 200, doc
+    def get(self, endpoint: str) -> Any:
+        """The JSON of a GET that must succeed; a failure shows what the server said."""
+        code, doc = self.api(endpoint)
+        assert code == 200, (endpoint, code, doc)
         return doc
+
+    def status(self) -> dict[str, Any]:
+        return self.get("status")
 
     def wait_for(self, what: str, check: Any, timeout: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout

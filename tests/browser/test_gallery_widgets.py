@@ -198,7 +198,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     steps.screenshot(path=str(artifacts / "gallery-02-token-view.png"))
 
     # ---- the timeline: filtered to the notebook's LIP, its lane and the batches it was in -----
-    _, doc = lab.api("processes?exited=1000")
+    doc = lab.get("processes?exited=1000")
     ran = [p for p in doc["processes"] if p["notebook"] == NOTEBOOK]
     assert [p["name"] for p in ran] == ["parallel-sampling"], ran
     pid = ran[0]["pid"]

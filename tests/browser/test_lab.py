@@ -86,12 +86,12 @@ def test_the_sidebar_lists_a_running_lip_and_its_kill_button_ends_it(
     run_command(page, "notebook:run-all-cells")
 
     def looper() -> dict[str, Any] | None:
-        _, doc = lab.api("processes")
+        doc = lab.get("processes")
         live = [p for p in doc["processes"] if p["name"] == "looper" and p["state"] != "exited"]
         return live[0] if live else None
 
     proc = lab.wait_for("the looper LIP starting", looper, 60)
-    _, notes = lab.api("kvfs?path=/shared/notes")
+    notes = lab.get("kvfs?path=/shared/notes")
     baseline += notes["stat"]["pages"]  # kept after the kill: /shared outlives its process
     lab.wait_for("its pages", lambda: lab.status()["pages_used"] > baseline, 30)
     held = lab.status()["pages_used"]
@@ -137,6 +137,6 @@ def test_the_sidebar_lists_a_running_lip_and_its_kill_button_ends_it(
     errors = _errors(cells)
     assert [e[1] for e in errors] == ["ProcessExited"], errors
     assert "holding" in _text(cells[2]["outputs"])
-    _, doc = lab.api("processes")
+    doc = lab.get("processes")
     ended = next(p for p in doc["processes"] if p["pid"] == proc["pid"])
     assert ended["state"] == "exited" and ended["error"] == "killed"

@@ -115,7 +115,7 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     steps.screenshot(path=str(artifacts / "nb7-token-view.png"))
 
     # the timeline (shown twice, filtered to the LIP's pid by the last cell): its lanes
-    _, doc = notebook7.api("processes?exited=1000")
+    doc = notebook7.get("processes?exited=1000")
     (lip,) = [p for p in doc["processes"] if p["notebook"] == NOTEBOOK]
     lanes = ["batches", f"{lip['pid']} parallel-sampling"]
     timelines = [view(page, TIMELINE_CELL), view(page, TIMELINE_AGAIN_CELL)]
