@@ -66,6 +66,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.dtype,
         args.baseline_dtype,
         cases=args.cases.split(",") if args.cases else None,
+        device=args.device,
         report=lambda r: print(
             f"  {r.model} {r.workload} {r.case}: engine {r.engine:g} "
             f"{r.unit}, baseline {r.baseline:g}, ratio {ratio_text(r)}",
@@ -74,6 +75,7 @@ def _bench(args: argparse.Namespace) -> int:
         ),
     )
     settings = {
+        "device": device_name(args.device),
         "engine_dtype": args.dtype or "default",
         "baseline_dtype": args.baseline_dtype,
         "runs": args.runs,
@@ -84,6 +86,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(rows, args.json, settings)
     return 0
+
+
+def device_name(device: str) -> str:
+    """The device as the bench header names it: a GPU by its model, a CPU as `cpu`."""
+    import torch
+
+    d = torch.device(device)
+    return f"{device} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else device
 
 
 def torch_threads() -> int:
@@ -124,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
-        help="the engine's dtype (default: its own default, float32 on CPU)",
+        help="the engine's dtype (default: its own default, float32 on CPU, bfloat16 on CUDA)",
+    )
+    bench.add_argument(
+        "--device", default="cpu", help="where both sides run: cpu (default) or cuda"
     )
     bench.add_argument(
         "--baseline-dtype",

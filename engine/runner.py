@@ -55,7 +55,7 @@ class Runner:
     ) -> None:
         self.model = model
         self.pool = pool
-        self.backend = backend or select_backend(model.device)
+        self.backend = backend or select_backend(pool.k.device, pool.k.dtype, pool.page_size)
         self.vocab_size = model.cfg.vocab_size
 
     @torch.inference_mode()

@@ -26,6 +26,28 @@ SMOLLM2_135M_SHAPE = dict(
     rms_norm_eps=1e-5,
     rope_theta=100000.0,
 )
+# Random weights in Llama-3.2-1B's shape (1.24B parameters; for GPU benches).
+LLAMA_3_2_1B_SHAPE = dict(
+    architectures=["LlamaForCausalLM"],
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
+SHAPES = {"smollm2-135m-shape": SMOLLM2_135M_SHAPE, "llama-3.2-1b-shape": LLAMA_3_2_1B_SHAPE}
 TINY_RANDOM_SHAPE = dict(
     architectures=["LlamaForCausalLM"],
     hidden_size=256,
@@ -80,6 +102,6 @@ def bench_model(name: str) -> Path:
         if (DEFAULT_MODEL / "config.json").exists():
             return DEFAULT_MODEL
         return random_checkpoint("tiny-random", TINY_RANDOM_SHAPE)
-    if name == "smollm2-135m-shape":
-        return random_checkpoint(name, SMOLLM2_135M_SHAPE)
-    raise ValueError(f"unknown bench model {name!r}; choose tiny or smollm2-135m-shape")
+    if name in SHAPES:
+        return random_checkpoint(name, SHAPES[name])
+    raise ValueError(f"unknown bench model {name!r}; choose tiny or {', '.join(SHAPES)}")

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from engine import event_loop
 from engine.bench.common import Row, Timing, side_by_side, throughput_row
-from engine.bench.runtime import load_pair, random_prompts
+from engine.bench.runtime import load_pair, random_prompts, sync
 from engine.generate import generate
 from engine.kernel import Kernel
 from engine.loader import LoadedModel
@@ -96,9 +97,11 @@ async def agent_lip(
     return rounds * gen
 
 
-def _hf_generate(hf: torch.nn.Module, ids: torch.Tensor, new: int, **kw: object) -> torch.Tensor:
+def _hf_generate(hf: Any, ids: torch.Tensor, new: int, **kw: object) -> torch.Tensor:
+    """transformers' `generate` on its device; synchronized, so the time includes its GPU work."""
+    ids = ids.to(hf.device)
     with torch.inference_mode():
-        return hf.generate(
+        out = hf.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new,
@@ -106,6 +109,8 @@ def _hf_generate(hf: torch.nn.Module, ids: torch.Tensor, new: int, **kw: object)
             pad_token_id=0,
             **kw,
         )
+    sync(hf.device)
+    return out
 
 
 def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
@@ -162,7 +167,7 @@ def agent(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, 
 
     def baseline() -> None:
         history = ids
-        tool_t = torch.tensor([tool]).repeat(LIPS, 1)
+        tool_t = torch.tensor([tool], device=hf.device).repeat(LIPS, 1)
         for r in range(rounds):
             history = _hf_generate(hf, history, gen, do_sample=False)  # the whole history again
             asyncio.run(asyncio.sleep(TOOL_SECONDS))  # 16 tool calls, run concurrently
@@ -188,13 +193,14 @@ def run(
     baseline_dtype: str,
     report: Callable[[Row], None],
     cases: list[str] | None = None,
+    device: str = "cpu",
 ) -> list[Row]:
     rows: list[Row] = []
     if cases and CASES[workload] not in cases:
         return rows
     for name in models:
         loaded, hf = load_pair(
-            name, dtype, baseline_dtype, need_baseline=workload != "api-overhead"
+            name, dtype, baseline_dtype, need_baseline=workload != "api-overhead", device=device
         )
         timing, work = BENCHES[workload](loaded, hf, runs)
         row = throughput_row(workload, CASES[workload], name, work, "tok/s", timing)

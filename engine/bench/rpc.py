@@ -182,10 +182,11 @@ def run(
     baseline_dtype: str,
     report: Callable[[Row], None],
     cases: list[str] | None = None,
+    device: str = "cpu",
 ) -> list[Row]:
     rows: list[Row] = []
     for name in models:
-        loaded = load_model(bench_model(name), dtype=dtype, show_progress=False)
+        loaded = load_model(bench_model(name), device=device, dtype=dtype, show_progress=False)
         for case, (remote, local) in measure(loaded, runs).items():
             for q in (50, 99):
                 label = f"{case} p{q}"

@@ -1,7 +1,9 @@
 """`symphony bench decode` and `symphony bench prefill`: the engine beside transformers.
 
-Both sides load the same checkpoint: the engine in its default dtype (float32 on CPU) unless
---dtype says otherwise, transformers in the checkpoint's own dtype unless --baseline-dtype does.
+Both sides load the same checkpoint onto the same device (--device): the engine in its default
+dtype (float32 on CPU, bfloat16 on CUDA) unless --dtype says otherwise, transformers in the
+checkpoint's own dtype unless --baseline-dtype does. On CUDA every timed run ends with a
+device synchronize, so a side's time includes all of its GPU work.
 Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
 (prefill included), against `transformers` `generate`. Prefill: forward of the prompts keeping
 the KV cache and the last logits, against a `transformers` forward with `logits_to_keep=1`.
@@ -31,6 +33,12 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> torch.
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously to the host)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _runner(loaded: LoadedModel, batch: int, tokens: int, page_size: int = 16) -> Runner:
     pool = PagePool.for_model(
         loaded.config,
@@ -43,28 +51,34 @@ def _runner(loaded: LoadedModel, batch: int, tokens: int, page_size: int = 16) -
 
 
 def load_pair(
-    name: str, dtype: str | None, baseline_dtype: str = "auto", need_baseline: bool = True
+    name: str,
+    dtype: str | None,
+    baseline_dtype: str = "auto",
+    need_baseline: bool = True,
+    device: str = "cpu",
 ) -> tuple[LoadedModel, Any]:
-    """The engine's model (dtype None: its default) and transformers' (auto: the checkpoint's)."""
+    """The engine's model (dtype None: its default) and transformers' (auto: the checkpoint's),
+    both on `device`."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     path = bench_model(name)
-    loaded = load_model(path, dtype=dtype, show_progress=False)
+    loaded = load_model(path, device=device, dtype=dtype, show_progress=False)
     if not need_baseline:
         return loaded, None
     hf_dtype = "auto" if baseline_dtype == "auto" else getattr(torch, baseline_dtype)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=hf_dtype)
-    return loaded, hf.eval()
+    return loaded, hf.to(device).eval()
 
 
 def decode_case(loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int) -> Timing:
     ids = random_prompts(batch, PROMPT, loaded.config.vocab_size)
     runner = _runner(loaded, batch, PROMPT + NEW)
     prompts = ids.tolist()
+    ids = ids.to(hf.device)
 
     def engine() -> None:
-        generate(runner, prompts, NEW)
+        generate(runner, prompts, NEW)  # returns host ints: already synchronized
 
     def baseline() -> None:
         with torch.inference_mode():
@@ -76,6 +90,7 @@ def decode_case(loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int)
                 do_sample=False,
                 pad_token_id=0,
             )
+        sync(hf.device)
 
     return side_by_side(engine, baseline, runs)
 
@@ -86,16 +101,19 @@ def prefill_case(
     ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
     prompts = ids.tolist()
+    ids = ids.to(hf.device)
 
     def engine() -> None:
         seqs = [KVSequence() for _ in prompts]
         runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
         for s in seqs:
             s.release(runner.pool)
+        sync(loaded.model.device)
 
     def baseline() -> None:
         with torch.inference_mode():
             hf(ids, use_cache=True, logits_to_keep=1)
+        sync(hf.device)
 
     return side_by_side(engine, baseline, runs)
 
@@ -108,11 +126,12 @@ def run(
     baseline_dtype: str,
     report: Callable[[Row], None],
     cases: list[str] | None = None,
+    device: str = "cpu",
 ) -> list[Row]:
     rows = []
     table = DECODE_CASES if workload == "decode" else PREFILL_CASES
     for name in models:
-        loaded, hf = load_pair(name, dtype, baseline_dtype)
+        loaded, hf = load_pair(name, dtype, baseline_dtype, device=device)
         for case, shape in table.items():
             if cases and case not in cases:
                 continue

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from engine.attention import BatchLayout, TorchBackend, select_backend
-from engine.attention.xformers_paged import paged_bias
+from engine.attention.xformers_paged import import_fmha, key_slots, paged_bias
 
 
 def physical_visibility(layout: BatchLayout, num_slots: int) -> torch.Tensor:
@@ -67,3 +67,47 @@ def test_importing_the_engine_and_xformers_prints_nothing() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_xformers_gathered_plan_sees_what_the_torch_backend_sees() -> None:
+    # the gathered mode: each segment's keys in page-table order, then a bottom-right causal
+    # block-diagonal bias over them; materialized on CPU and compared slot by slot
+    layout = BatchLayout(
+        q_lens=[2, 1, 7],
+        kv_lens=[5, 8, 7],
+        page_tables=[[3, 1], [6, 0], [2, 5]],
+        slot_mapping=torch.zeros(10, dtype=torch.long),
+        masks=[None] * 3,
+        page_size=4,
+    )
+    keys = key_slots(layout)
+    assert keys.tolist() == [
+        12,
+        13,
+        14,
+        15,
+        4,
+        24,
+        25,
+        26,
+        27,
+        0,
+        1,
+        2,
+        3,
+        8,
+        9,
+        10,
+        11,
+        20,
+        21,
+        22,
+    ]
+    fmha = import_fmha()
+    bias = fmha.attn_bias.BlockDiagonalCausalFromBottomRightMask.from_seqlens(
+        layout.q_lens, layout.kv_lens, device=torch.device("cpu")
+    )
+    visible = bias.materialize((10, len(keys))) == 0  # [query, gathered key]
+    theirs = torch.zeros(10, 7 * 4, dtype=torch.bool)  # pages 0..6
+    theirs[:, keys] = visible
+    assert torch.equal(theirs, physical_visibility(layout, theirs.shape[1]))
