@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from engine import cli_client
+
+if TYPE_CHECKING:
+    from engine.bench.runtime import Pair
 
 WORKLOADS = ("decode", "prefill", "plain", "shared-prefix", "api-overhead", "agent", "rpc")
 DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
@@ -59,25 +63,29 @@ def _bench(args: argparse.Namespace) -> int:
 
     bench = programs if args.workload in programs.WORKLOADS else runtime
     bench = rpc if args.workload in rpc.WORKLOADS else bench
-    rows = bench.run(
-        args.workload,
-        args.models.split(","),
-        args.runs,
-        args.dtype,
-        args.baseline_dtype,
-        cases=args.cases.split(",") if args.cases else None,
-        device=args.device,
-        report=lambda r: print(
-            f"  {r.model} {r.workload} {r.case}: engine {r.engine:g} "
-            f"{r.unit}, baseline {r.baseline:g}, ratio {ratio_text(r)}",
-            file=sys.stderr,
-            flush=True,
-        ),
-    )
+    rows = []
+    for name in args.models.split(","):
+        for pair in _pairs(args, name):
+            for row in bench.run(
+                args.workload,
+                [name],
+                args.runs,
+                pair.engine,
+                pair.baseline,
+                cases=args.cases.split(",") if args.cases else None,
+                device=args.device,
+                report=lambda r: print(
+                    f"  {r.model} {r.workload} {r.case} {r.dtypes}: engine {r.engine:g} "
+                    f"{r.unit}, baseline {r.baseline:g}, ratio {ratio_text(r)}",
+                    file=sys.stderr,
+                    flush=True,
+                ),
+            ):
+                row.comparison = pair.comparison
+                rows.append(row)
     settings = {
         "device": device_name(args.device),
-        "engine_dtype": args.dtype or "default",
-        "baseline_dtype": args.baseline_dtype,
+        "compared": args.compare if args.dtype is None else f"engine {args.dtype}",
         "runs": args.runs,
         "threads": torch_threads(),
     }
@@ -88,12 +96,42 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(args: argparse.Namespace, model: str) -> list[Pair]:
+    """The dtype pairs to measure: --dtype/--baseline-dtype if given, else --compare's."""
+    from engine.bench.runtime import Pair, comparisons
+
+    if args.dtype is not None or args.baseline_dtype != "auto":
+        return [Pair(args.dtype, args.baseline_dtype, "as asked")]
+    if args.workload in ("api-overhead", "rpc"):  # the engine on both sides: one dtype
+        return [Pair(None, "auto", "defaults")]
+    return comparisons(model, args.device, args.compare.split(","))
+
+
 def device_name(device: str) -> str:
-    """The device as the bench header names it: a GPU by its model, a CPU as `cpu`."""
+    """The device as the bench header names it: a GPU by its model, a CPU by its model and
+    what it offers for bfloat16."""
+    import platform
+
     import torch
 
+    from engine.loader import cpu_capability
+
     d = torch.device(device)
-    return f"{device} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else device
+    if d.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(d)})"
+    model = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    )
+    return f"cpu ({model}, {cpu_capability()})"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def torch_threads() -> int:
@@ -138,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--device", default="cpu", help="where both sides run: cpu (default) or cuda"
+    )
+    bench.add_argument(
+        "--compare",
+        default="defaults,float32,bfloat16",
+        help="dtype pairs: defaults (each side as a user gets it), float32 and bfloat16 (like "
+        "for like); a like-for-like pair the defaults already are runs once",
     )
     bench.add_argument(
         "--baseline-dtype",

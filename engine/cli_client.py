@@ -194,12 +194,14 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(model, device=args.device, show_progress=False)
+    loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
     kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size)
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
 
     def ready(server: EngineServer, path: str) -> None:
         print(
-            f"symphony engine: {loaded.name} on {args.device}, {args.pages} pages, "
+            f"symphony engine: {loaded.name} on {args.device} in {dtype} "
+            f"({loaded.dtype_reason}), {args.pages} pages, "
             f"listening on tcp://{server.host}:{server.port}; connection file {path}",
             file=sys.stderr,
             flush=True,
@@ -213,6 +215,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the engine as a shared service")
     p.add_argument("--model", help="local HF-layout model directory (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        help="default: the machine's choice (bfloat16 on GPUs and on CPUs with bf16 arithmetic "
+        "for bfloat16 checkpoints, else float32)",
+    )
     p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
     p.add_argument("--ip", default="127.0.0.1", help="the address to listen on")

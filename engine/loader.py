@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -27,29 +27,56 @@ class LoadedModel:
     model: LlamaModel
     tokenizer: Tokenizer
     generation_config: dict[str, Any] = field(default_factory=dict)
+    dtype_reason: str = "asked for"  # why the model runs in its dtype (see default_dtype)
 
     @property
     def name(self) -> str:
         return self.path.name
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    # CPU defaults to float32: logits then match transformers to 1e-4 and greedy outputs do not
-    # depend on batch mates. bfloat16 is there for speed: on the 2-core AVX2 CI machines it
-    # decodes one sequence about 1.7x faster than float32 (half the bytes per step), and with
-    # float32 copies for many-row matmuls (`LlamaModel.keep_float32_copies`) prefill is as fast.
-    # GPUs use bfloat16.
-    return torch.float32 if device.type == "cpu" else torch.bfloat16
+class DtypeChoice(NamedTuple):
+    """The engine's dtype and why it was chosen (shown by stat_engine and the bench header)."""
+
+    dtype: torch.dtype
+    reason: str
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def cpu_capability() -> str:
+    """What the CPU offers for bfloat16: `AMX`, `AVX512-BF16`, or none (torch's capability)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return f"{torch.backends.cpu.get_cpu_capability()}, no bf16 arithmetic"
+
+
+def default_dtype(device: torch.device, checkpoint: str | None = None) -> DtypeChoice:
+    """The dtype a model runs in when the caller names none.
+
+    GPUs run bfloat16. A CPU runs a bfloat16 checkpoint in bfloat16 where it computes bfloat16
+    natively (AMX or AVX512-BF16): half the bytes per token, as fast per FLOP. Elsewhere it
+    runs float32: bfloat16 matmuls there go one row at a time (`bf16_matmul_is_slow`).
+    Float32 is also what matches transformers to 1e-4; tests that compare so pin it.
+    """
+    if device.type != "cpu":
+        return DtypeChoice(torch.bfloat16, f"{device.type} default")
+    if checkpoint != "bfloat16":
+        return DtypeChoice(torch.float32, f"the checkpoint is {checkpoint or 'float32'}")
+    if bf16_matmul_is_slow(device):
+        return DtypeChoice(torch.float32, f"CPU without bf16 arithmetic ({cpu_capability()})")
+    return DtypeChoice(torch.bfloat16, f"bfloat16 checkpoint, CPU with {cpu_capability()}")
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, checkpoint: str | None = None
+) -> DtypeChoice:
     if dtype is None:
-        return default_dtype(device)
+        return default_dtype(device, checkpoint)
     if isinstance(dtype, torch.dtype):
-        return dtype
+        return DtypeChoice(dtype, "asked for")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DtypeChoice(DTYPES[dtype], "asked for")
 
 
 def _weight_files(path: Path) -> dict[str, Path]:
@@ -122,8 +149,8 @@ def load_model(
     if not path.is_dir():
         raise ModelLoadError(path, "not a directory")
     device = torch.device(device)
-    dtype = resolve_dtype(dtype, device)
     config = ModelConfig.from_file(path / "config.json")
+    dtype, dtype_reason = resolve_dtype(dtype, device, config.dtype)
     tokenizer = Tokenizer.from_dir(path)
     with torch.device("meta"):
         model = LlamaModel(config)
@@ -153,4 +180,4 @@ def load_model(
         model.keep_float32_copies()
     gen_file = path / "generation_config.json"
     generation_config = json.loads(gen_file.read_text()) if gen_file.exists() else {}
-    return LoadedModel(path, config, model, tokenizer, generation_config)
+    return LoadedModel(path, config, model, tokenizer, generation_config, dtype_reason)

@@ -426,6 +426,8 @@ class EngineServer:
             "model": k.loaded.name,
             "device": str(k.loaded.model.device),
             "dtype": str(k.loaded.model.dtype).removeprefix("torch."),
+            "dtype_reason": k.loaded.dtype_reason,
+            "attention": k.runner.backend.name,
             "page_size": pool.page_size,
             "pages_total": pool.num_pages,
             "pages_free": pool.num_free,

@@ -89,7 +89,7 @@ grep -E "passed|failed|error|selected attention" "$out/tests.log" | tail -5
 for workload in decode plain shared-prefix; do
     step "symphony bench $workload --device cuda --models $MODELS --runs $RUNS"
     timeout 150 "$PY" -m engine.cli bench "$workload" --device cuda --models "$MODELS" \
-        --runs "$RUNS" --json "$out/bench-$workload.json" 2>&1 | tee -a "$out/bench.log"
+        --runs "$RUNS" --compare defaults --json "$out/bench-$workload.json" 2>&1 | tee -a "$out/bench.log"
 done
 
 step "summary"
@@ -106,13 +106,13 @@ from engine.config import ModelConfig
 HBM_BYTES_PER_S = 4.8e12  # H200 datasheet; the bound for other GPUs differs
 out = Path(sys.argv[1])
 print(f"# GPU check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}\n")
-print("| workload | case | model | engine tok/s | transformers tok/s | ratio |")
-print("|---|---|---|---|---|---|")
+print("| workload | case | model | dtypes | engine tok/s | transformers tok/s | ratio |")
+print("|---|---|---|---|---|---|---|")
 rows = []
 for f in sorted(out.glob("bench-*.json")):
     rows += json.loads(f.read_text())["results"]
 for r in rows:
-    print(f"| {r['workload']} | {r['case']} | {r['model']} | {r['engine']:g} | "
+    print(f"| {r['workload']} | {r['case']} | {r['model']} | {r['dtypes']} | {r['engine']:g} | "
           f"{r['baseline']:g} | {r['ratio']:.2f}x |")
 print("\nBatch-1 decode against the memory-bandwidth bound (bf16 weight bytes / 4.8 TB/s):")
 for r in rows:

@@ -25,6 +25,9 @@ class Row:
     # throughput rows: the middle half of the pairs' ratios (first and third quartile), how far
     # the machine's noise moves one pair; a ratio near a target is only as sure as this is narrow
     ratio_quartiles: tuple[float, float] | None = None
+    dtypes: str = ""  # "engine/baseline", e.g. "float32/bfloat16"
+    # "defaults": each side as a user gets it; "like for like": the same dtype on both sides
+    comparison: str = ""
 
 
 LATENCY_UNITS = ("s", "ms", "µs")
@@ -88,19 +91,20 @@ def _quartiles(xs: list[float]) -> tuple[float, float]:
 
 
 def throughput_row(
-    workload: str, case: str, model: str, work: float, unit: str, timing: Timing
+    workload: str, case: str, model: str, work: float, unit: str, timing: Timing, dtypes: str = ""
 ) -> Row:
     e, b = work / timing.engine, work / timing.baseline
     q1, q3 = (round(q, 3) for q in timing.quartiles)
-    return Row(
-        workload, case, model, unit, round(e, 2), round(b, 2), round(timing.speedup, 3), (q1, q3)
-    )
+    speedup = round(timing.speedup, 3)
+    return Row(workload, case, model, unit, round(e, 2), round(b, 2), speedup, (q1, q3), dtypes)
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("workload", "case", "model", "unit", "engine", "baseline", "ratio")
+    head = ("workload", "case", "model", "dtypes", "compared", "unit", "engine", "baseline")
+    head += ("ratio",)
     cells = [head] + [
-        (r.workload, r.case, r.model, r.unit, f"{r.engine:g}", f"{r.baseline:g}", ratio_text(r))
+        (r.workload, r.case, r.model, r.dtypes, r.comparison, r.unit)
+        + (f"{r.engine:g}", f"{r.baseline:g}", ratio_text(r))
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]

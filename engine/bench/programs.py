@@ -21,7 +21,7 @@ import torch
 
 from engine import event_loop
 from engine.bench.common import Row, Timing, side_by_side, throughput_row
-from engine.bench.runtime import load_pair, random_prompts, sync
+from engine.bench.runtime import dtypes, load_pair, random_prompts, sync
 from engine.generate import generate
 from engine.kernel import Kernel
 from engine.loader import LoadedModel
@@ -203,7 +203,8 @@ def run(
             name, dtype, baseline_dtype, need_baseline=workload != "api-overhead", device=device
         )
         timing, work = BENCHES[workload](loaded, hf, runs)
-        row = throughput_row(workload, CASES[workload], name, work, "tok/s", timing)
+        label = dtypes(loaded, hf)
+        row = throughput_row(workload, CASES[workload], name, work, "tok/s", timing, label)
         report(row)
         rows.append(row)
     return rows

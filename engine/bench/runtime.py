@@ -12,14 +12,15 @@ the KV cache and the last logits, against a `transformers` forward with `logits_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from engine.bench.common import Row, Timing, side_by_side, throughput_row
 from engine.bench.models import bench_model
+from engine.config import ModelConfig
 from engine.generate import generate
-from engine.loader import LoadedModel, load_model
+from engine.loader import LoadedModel, default_dtype, load_model
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence, pages_for
@@ -31,6 +32,38 @@ PROMPT, NEW = 128, 128
 
 def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+class Pair(NamedTuple):
+    """The dtypes of one side-by-side comparison."""
+
+    engine: str | None  # None: the engine's default (`engine.loader.default_dtype`)
+    baseline: str  # "auto": the checkpoint's dtype, what transformers gives a user
+    comparison: str  # "defaults", "like for like", or both when the defaults agree
+
+
+def comparisons(model: str, device: str, compare: list[str]) -> list[Pair]:
+    """The pairs `compare` names ("defaults", "float32", "bfloat16"; the last two like for
+    like), a like-for-like pair that the defaults already are measured once."""
+    checkpoint = ModelConfig.from_file(bench_model(model) / "config.json").dtype or "float32"
+    ours = dtype_name(default_dtype(torch.device(device), checkpoint).dtype)
+    same = "defaults" in compare and ours == checkpoint
+    pairs = []
+    for c in compare:
+        if c == "defaults":
+            pairs.append(Pair(None, "auto", "defaults, like for like" if same else "defaults"))
+        elif not (same and c == ours):
+            pairs.append(Pair(c, c, "like for like"))
+    return pairs
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtypes(loaded: LoadedModel, hf: Any) -> str:
+    """`engine/baseline` as the rows show them."""
+    return f"{dtype_name(loaded.model.dtype)}/{dtype_name(hf.dtype) if hf is not None else '-'}"
 
 
 def sync(device: torch.device) -> None:
@@ -141,7 +174,7 @@ def run(
             else:
                 timing = prefill_case(loaded, hf, *shape, runs)
                 work = shape[0] * shape[1]
-            row = throughput_row(workload, case, name, work, "tok/s", timing)
+            row = throughput_row(workload, case, name, work, "tok/s", timing, dtypes(loaded, hf))
             report(row)
             rows.append(row)
     return rows

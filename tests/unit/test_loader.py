@@ -11,8 +11,9 @@ import torch
 from checkpoints import write_checkpoint
 from safetensors.torch import load_file, save_file
 
+from engine import loader
 from engine.errors import ModelLoadError
-from engine.loader import load_model
+from engine.loader import default_dtype, load_model
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def broken(good: Path, tmp_path: Path) -> Path:
 def test_loads_config_tokenizer_chat_template_and_generation_config(good: Path) -> None:
     loaded = load_model(good, show_progress=False)
     assert loaded.config.architecture == "LlamaForCausalLM" and loaded.config.tie_word_embeddings
-    assert loaded.model.dtype == torch.float32  # the measured CPU default
+    assert loaded.model.dtype == torch.float32  # a float32 checkpoint runs float32 on any CPU
     assert loaded.generation_config == {"temperature": 0.7}
     tok = loaded.tokenizer
     assert tok.decode(tok.encode("w1 w2 w3")) == "w1 w2 w3" and tok.eos_id == tok.vocab_size - 2
@@ -45,6 +46,30 @@ def test_bfloat16_on_request(good: Path) -> None:
     assert load_model(good, dtype="bfloat16", show_progress=False).model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model(good, dtype="float8", show_progress=False)
+
+
+@pytest.mark.parametrize("slow_bf16", [True, False], ids=["avx2", "bf16-arithmetic"])
+def test_the_machine_chooses_the_dtype_of_a_bfloat16_checkpoint(
+    good: Path, tmp_path: Path, slow_bf16: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bf16"
+    shutil.copytree(good, path)
+    weights = path / "model.safetensors"
+    save_file({k: v.bfloat16() for k, v in load_file(weights).items()}, weights)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    monkeypatch.setattr(loader, "bf16_matmul_is_slow", lambda device: slow_bf16)
+    loaded = load_model(path, show_progress=False)
+    want = torch.float32 if slow_bf16 else torch.bfloat16
+    assert loaded.model.dtype == want
+    assert ("without bf16 arithmetic" in loaded.dtype_reason) == slow_bf16
+    assert load_model(path, dtype="float32", show_progress=False).model.dtype == torch.float32
+
+
+def test_gpus_default_to_bfloat16_and_float32_checkpoints_stay_float32() -> None:
+    assert default_dtype(torch.device("cuda"), "float32").dtype == torch.bfloat16
+    assert default_dtype(torch.device("cpu"), "float32").dtype == torch.float32
+    assert default_dtype(torch.device("cpu"), None).dtype == torch.float32
 
 
 def test_sharded_checkpoint_with_index(tmp_path: Path) -> None:
