@@ -5,24 +5,29 @@ dtype (float32 on CPU, bfloat16 on CUDA) unless --dtype says otherwise, transfor
 checkpoint's own dtype unless --baseline-dtype does. On CUDA every timed run ends with a
 device synchronize, so a side's time includes all of its GPU work.
 Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
-(prefill included), against `transformers` `generate`. Prefill: forward of the prompts keeping
-the KV cache and the last logits, against a `transformers` forward with `logits_to_keep=1`.
+(prefill included), against `transformers` `generate`. Its last row sets batch-1 decode steps
+(prefill excluded) beside the memory-bandwidth bound: the bytes of weights a step reads, over
+the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`).
+Prefill: forward of the prompts keeping the KV cache and the last logits, against a
+`transformers` forward with `logits_to_keep=1`.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from engine.bench.common import Row, Timing, side_by_side, throughput_row
+from engine.bench.common import Row, Timing, side_by_side, throughput_row, timed
 from engine.bench.models import bench_model
 from engine.config import ModelConfig
 from engine.generate import generate
 from engine.loader import LoadedModel, default_dtype, load_model
 from engine.page_pool import PagePool
-from engine.runner import Runner, Segment
+from engine.runner import Runner, Sample, Segment
 from engine.sequence import KVSequence, pages_for
 
 DECODE_CASES = {"batch 1": 1, "batch 16": 16, "batch 64": 64}
@@ -128,6 +133,59 @@ def decode_case(loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int)
     return side_by_side(engine, baseline, runs)
 
 
+def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, runs: int = 7) -> float:
+    """Bytes per second one pass over a large buffer reaches (a sum: reads only), median."""
+    x = torch.ones(nbytes // 4, device=device)
+
+    def one() -> None:
+        x.sum()
+        sync(device)
+
+    one()
+    return nbytes / statistics.median(timed(one) for _ in range(runs))
+
+
+def weight_bytes(loaded: LoadedModel) -> int:
+    """What one decode step reads of the weights: all of them, but one row of an untied
+    embedding table (a tied one is read whole as the LM head)."""
+    model = loaded.model
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total if model.lm_head is None else total - model.embed.nbytes
+
+
+def bound_row(loaded: LoadedModel, runs: int, steps: int = 64) -> Row:
+    """Batch-1 decode steps per second (after a 128-token prefill) beside the bandwidth bound."""
+    ids = random_prompts(1, PROMPT, loaded.config.vocab_size)[0].tolist()
+    runner = _runner(loaded, 1, PROMPT + steps + 1)
+
+    def decode() -> None:
+        seq = KVSequence()
+        runner.forward([Segment(seq, ids)])
+        start = time.perf_counter()
+        for _ in range(steps):
+            runner.forward([Segment(seq, [1], returns=Sample())])
+        times.append(time.perf_counter() - start)
+        seq.release(runner.pool)
+
+    times: list[float] = []
+    for _ in range(runs + 1):
+        decode()
+    rate = steps / statistics.median(times[1:])  # the first run warms up
+    bound = read_bandwidth(loaded.model.device) / weight_bytes(loaded)
+    label = dtype_name(loaded.model.dtype)
+    return Row(
+        "decode",
+        "batch 1 vs bound",
+        "",
+        "tok/s",
+        round(rate, 2),
+        round(bound, 2),
+        round(rate / bound, 3),
+        None,
+        label,
+    )
+
+
 def prefill_case(
     loaded: LoadedModel, hf: torch.nn.Module, batch: int, length: int, runs: int
 ) -> Timing:
@@ -175,6 +233,11 @@ def run(
                 timing = prefill_case(loaded, hf, *shape, runs)
                 work = shape[0] * shape[1]
             row = throughput_row(workload, case, name, work, "tok/s", timing, dtypes(loaded, hf))
+            report(row)
+            rows.append(row)
+        if workload == "decode" and (not cases or "batch 1 vs bound" in cases):
+            row = bound_row(loaded, runs)
+            row.model = name
             report(row)
             rows.append(row)
     return rows
