@@ -1,0 +1,34 @@
+"""The LIP library: serving techniques as short programs over the system calls.
+
+Each function takes `sys`, the system calls of a process: `Syscalls` in the engine's own
+process, or a `LIP` over RPC (a `%%lip` cell's `lip`). The same code runs in both, and the
+engine batches the calls of every program that runs at once.
+
+| function | technique |
+| --- | --- |
+| `generate` | sampling loop: token limit, stop tokens and stop strings, streamed text |
+| `parallel_samples` | n continuations of one prompt: one prefill, n forks |
+| `self_consistency` | a majority vote over parallel samples' answers |
+| `beam_search` | the `width` most likely continuations, beams forked and dropped |
+| `speculative_decode` | greedy decoding with prompt-lookup drafts verified in one forward |
+| `score` | each candidate continuation's log-probability under the model |
+"""
+
+from workbench.lib.decoding import Generation, generate
+from workbench.lib.sampling import Vote, parallel_samples, self_consistency
+from workbench.lib.scoring import score
+from workbench.lib.search import Beam, beam_search
+from workbench.lib.speculative import Speculation, speculative_decode
+
+__all__ = [
+    "Beam",
+    "Generation",
+    "Speculation",
+    "Vote",
+    "beam_search",
+    "generate",
+    "parallel_samples",
+    "score",
+    "self_consistency",
+    "speculative_decode",
+]

@@ -1,0 +1,54 @@
+"""What the library needs of a process: the calls `Syscalls` and `LIP` both have."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class KV(Protocol):
+    async def create(self, path: str | None = None, mode: int | None = None) -> Any: ...
+    async def fork(self, src: Any, dst: str | None = None) -> Any: ...
+    async def truncate(self, handle: Any, n: int) -> None: ...
+    async def unlink(self, path: str) -> None: ...
+    async def close(self, handle: Any) -> None: ...
+
+
+class System(Protocol):
+    """The system calls of one process (`engine.syscalls.Syscalls`, `workbench.client.LIP`)."""
+
+    @property
+    def kv(self) -> KV: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+    async def forward(
+        self,
+        file: Any,
+        tokens: Sequence[int],
+        positions: Sequence[int] | None = None,
+        mask: Any = None,
+        outputs: Sequence[int] | None = None,
+        returns: Any = None,
+    ) -> Any: ...
+
+
+def ids_of(sys: System, prompt: str | Sequence[int]) -> list[int]:
+    """A prompt as token ids: text is tokenized, ids pass through."""
+    return sys.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+
+
+async def discard(sys: System, handle: Any) -> None:
+    """Remove a file this process made and close its handle: its pages go back to the pool."""
+    await sys.kv.unlink(handle.path)
+    await sys.kv.close(handle)
+
+
+def seeds(seed: int | None) -> random.Random | None:
+    """A stream of per-call seeds (a Sample's int seed starts a fresh stream for one call)."""
+    return None if seed is None else random.Random(seed)
+
+
+def next_seed(stream: random.Random | None) -> int | None:
+    return None if stream is None else stream.getrandbits(62)
