@@ -10,10 +10,11 @@ import pytest
 
 from engine import trace as ev
 from engine.kernel import Kernel
-from engine.records import LogProbs, Sample, SamplingParams
+from engine.records import Logits, LogProbs, Sample, SamplingParams
 from engine.syscalls import Syscalls
 from workbench.lib import (
     beam_search,
+    cached_prompt,
     generate,
     parallel_samples,
     score,
@@ -174,3 +175,41 @@ def test_speculative_decoding_leaves_the_file_as_generate_does(tiny_loaded) -> N
 
     (fast, length), _ = run(tiny_loaded, program)
     assert length == len(PROMPT) * 2 + len(fast.tokens) - 1
+
+
+def test_a_cached_prompt_is_computed_once_for_every_user(tiny_loaded) -> None:  # noqa: ANN001
+    system = PROMPT * 4  # 48 tokens: 11 full pages of 4
+
+    async def user(sys: Syscalls) -> tuple:
+        cached = await cached_prompt(sys, "/shared/system", system)
+        first = await sys.forward(cached.file, cached.rest, returns=Logits())
+        stat = await sys.kv.stat(cached.file)
+        return first, stat.shared_pages
+
+    async def fresh(sys: Syscalls) -> list[float]:
+        return await sys.forward(await sys.kv.create(), system, returns=Logits())
+
+    async def main() -> tuple:
+        async with kernel:
+            a = await kernel.wait(kernel.spawn(user, owner="alice"))
+            b = await kernel.wait(kernel.spawn(user, owner="bob"))
+            want = await kernel.wait(kernel.spawn(fresh))
+            return a, b, want
+
+    kernel = Kernel(tiny_loaded, num_pages=128, page_size=4)
+    (a, b, want) = asyncio.run(main())
+    kernel.pool.check()
+    assert a[0] == pytest.approx(want, abs=1e-4) and b[0] == pytest.approx(want, abs=1e-4)
+    assert b[1] == (len(system) - 1) // 4  # bob's fork shares every full page of the prompt
+    computed = [b.data["tokens"] for b in kernel.trace.query(kinds=[ev.BATCH])]
+    assert sum(computed) == (len(system) - 1) + 1 + 1 + len(system)  # the prompt once, not twice
+
+
+def test_a_cached_prompt_refuses_another_prompt_at_its_path(tiny_loaded) -> None:  # noqa: ANN001
+    async def program(sys: Syscalls) -> None:
+        await cached_prompt(sys, "/shared/p", PROMPT)
+        with pytest.raises(ValueError, match="holds another prompt"):
+            await cached_prompt(sys, "/shared/p", PROMPT[::-1])
+        await sys.kv.unlink("/shared/p")
+
+    run(tiny_loaded, program)

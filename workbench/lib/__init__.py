@@ -12,9 +12,11 @@ engine batches the calls of every program that runs at once.
 | `beam_search` | the `width` most likely continuations, beams forked and dropped |
 | `speculative_decode` | greedy decoding with prompt-lookup drafts verified in one forward |
 | `score` | each candidate continuation's log-probability under the model |
+| `cached_prompt` | a prompt computed once into a named file, forked by every process after |
 """
 
 from workbench.lib.decoding import Generation, generate
+from workbench.lib.prompt_cache import CachedPrompt, cached_prompt
 from workbench.lib.sampling import Vote, parallel_samples, self_consistency
 from workbench.lib.scoring import score
 from workbench.lib.search import Beam, beam_search
@@ -22,10 +24,12 @@ from workbench.lib.speculative import Speculation, speculative_decode
 
 __all__ = [
     "Beam",
+    "CachedPrompt",
     "Generation",
     "Speculation",
     "Vote",
     "beam_search",
+    "cached_prompt",
     "generate",
     "parallel_samples",
     "score",
