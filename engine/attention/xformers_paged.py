@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from engine.attention.base import AttentionBackend, BatchLayout
-from engine.attention.torch_sdpa import TorchBackend, TorchPlan
+from engine.attention.torch_sdpa import TorchBackend
 from engine.page_pool import PagePool
 
 Mode = Literal["paged", "gathered"]
@@ -91,7 +91,7 @@ class XformersBackend(AttentionBackend):
         self.name = f"xformers-{mode}"
         self.fallback = TorchBackend()
 
-    def plan(self, layout: BatchLayout, pool: PagePool) -> XformersPlan | TorchPlan:
+    def plan(self, layout: BatchLayout, pool: PagePool) -> Any:
         if layout.has_masks:
             return self.fallback.plan(layout, pool)
         device = pool.k.device
@@ -107,7 +107,7 @@ class XformersBackend(AttentionBackend):
     def attend(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, plan: Any, pool: PagePool
     ) -> Tensor:
-        if isinstance(plan, TorchPlan):
+        if not isinstance(plan, XformersPlan):  # the torch backend's masked path
             return self.fallback.attend(layer, q, k, v, plan, pool)
         pool.write(layer, plan.slots, k, v)
         if self.mode == "paged":

@@ -100,8 +100,8 @@ def throughput_row(
 
 
 def print_table(rows: list[Row]) -> None:
-    head = ("workload", "case", "model", "dtypes", "compared", "unit", "engine", "baseline")
-    head += ("ratio",)
+    head: tuple[str, ...] = ("workload", "case", "model", "dtypes", "compared", "unit")
+    head += ("engine", "baseline", "ratio")
     cells = [head] + [
         (r.workload, r.case, r.model, r.dtypes, r.comparison, r.unit)
         + (f"{r.engine:g}", f"{r.baseline:g}", ratio_text(r))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 import torch
@@ -89,8 +90,8 @@ def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
     fields = {k: v for k, v in shape.items() if k != "architectures"}
     config = transformers.LlamaConfig(**fields, dtype="bfloat16")
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(path)
+    model: Any = transformers.LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(path)
     write_wordlevel_tokenizer(path, shape["vocab_size"])
     return path
 

@@ -113,7 +113,7 @@ def _hf_generate(hf: Any, ids: torch.Tensor, new: int, **kw: object) -> torch.Te
     return out
 
 
-def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
+def plain(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     ids = random_prompts(LIPS, 128, loaded.config.vocab_size)
     prompts = ids.tolist()
 
@@ -126,7 +126,7 @@ def plain(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, 
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def shared_prefix(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
+def shared_prefix(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     ids = random_prompts(1, 512, loaded.config.vocab_size)
     prompt = ids[0].tolist()
 
@@ -139,7 +139,7 @@ def shared_prefix(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def api_overhead(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
+def api_overhead(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     prompts = random_prompts(LIPS, 128, loaded.config.vocab_size).tolist()
     kernel = _kernel(loaded, 192)
 
@@ -152,7 +152,7 @@ def api_overhead(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[T
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def agent(loaded: LoadedModel, hf: torch.nn.Module, runs: int) -> tuple[Timing, int]:
+def agent(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     rounds, gen = 4, 32
     vocab = loaded.config.vocab_size
     ids = random_prompts(LIPS, 128, vocab)

@@ -105,11 +105,11 @@ def load_pair(
     if not need_baseline:
         return loaded, None
     hf_dtype = "auto" if baseline_dtype == "auto" else getattr(torch, baseline_dtype)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=hf_dtype)
+    hf: Any = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=hf_dtype)
     return loaded, hf.to(device).eval()
 
 
-def decode_case(loaded: LoadedModel, hf: torch.nn.Module, batch: int, runs: int) -> Timing:
+def decode_case(loaded: LoadedModel, hf: Any, batch: int, runs: int) -> Timing:
     ids = random_prompts(batch, PROMPT, loaded.config.vocab_size)
     runner = _runner(loaded, batch, PROMPT + NEW)
     prompts = ids.tolist()
@@ -186,9 +186,7 @@ def bound_row(loaded: LoadedModel, runs: int, steps: int = 64) -> Row:
     )
 
 
-def prefill_case(
-    loaded: LoadedModel, hf: torch.nn.Module, batch: int, length: int, runs: int
-) -> Timing:
+def prefill_case(loaded: LoadedModel, hf: Any, batch: int, length: int, runs: int) -> Timing:
     ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
     prompts = ids.tolist()
@@ -220,18 +218,20 @@ def run(
     device: str = "cpu",
 ) -> list[Row]:
     rows = []
-    table = DECODE_CASES if workload == "decode" else PREFILL_CASES
+    wanted = lambda case: not cases or case in cases  # noqa: E731
     for name in models:
         loaded, hf = load_pair(name, dtype, baseline_dtype, device=device)
-        for case, shape in table.items():
-            if cases and case not in cases:
-                continue
-            if workload == "decode":
-                timing = decode_case(loaded, hf, shape, runs)
-                work = shape * NEW
-            else:
-                timing = prefill_case(loaded, hf, *shape, runs)
-                work = shape[0] * shape[1]
+        measured: list[tuple[str, Timing, int]] = []
+        if workload == "decode":
+            for case, batch in DECODE_CASES.items():
+                if wanted(case):
+                    measured.append((case, decode_case(loaded, hf, batch, runs), batch * NEW))
+        else:
+            for case, (batch, length) in PREFILL_CASES.items():
+                if wanted(case):
+                    timing = prefill_case(loaded, hf, batch, length, runs)
+                    measured.append((case, timing, batch * length))
+        for case, timing, work in measured:
             row = throughput_row(workload, case, name, work, "tok/s", timing, dtypes(loaded, hf))
             report(row)
             rows.append(row)
