@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.attention.base import AttentionBackend, BatchLayout
-from engine.attention.cascade import Group, attend_with_lse, merge, shared_prefixes
+from engine.attention.cascade import CascadePlan, attend_cascade, cascade_plan, shared_prefixes
 from engine.page_pool import PagePool
 
 
@@ -28,16 +28,6 @@ class TorchPlan:
     mask: Tensor | None  # [B, 1, max_q, max_pages * page_size] bool; None when all is visible
     rows: tuple[Tensor, Tensor] | None  # (segment, row) of each token when q_lens differ
     keys: int | None = None  # decode with equal kv_lens: attend to exactly this many, unmasked
-
-
-@dataclass
-class CascadePlan:
-    """A decode batch in which groups of segments share their first pages (see cascade.py)."""
-
-    slots: Tensor  # [T] where each new token's K/V goes
-    suffix_pages: Tensor  # [B, max_pages] each segment's pages after its group's shared ones
-    suffix_visible: Tensor  # [B, 1, 1, max_pages * page_size] bool: the suffix's real keys
-    groups: list[tuple[Tensor, Tensor]]  # (segments [n], shared pages [P]) per group
 
 
 class TorchBackend(AttentionBackend):
@@ -118,50 +108,3 @@ class TorchBackend(AttentionBackend):
         out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)
         out = out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
         return out.reshape(t, h, d) if plan.rows is None else out[plan.rows]
-
-
-def cascade_plan(layout: BatchLayout, groups: list[Group], device: torch.device) -> CascadePlan:
-    """Each segment's suffix (its pages after its group's shared ones) and the groups."""
-    ps = layout.page_size
-    skip = [0] * layout.num_segments
-    for g in groups:
-        for s in g.segments:
-            skip[s] = len(g.pages)
-    tables = [t[n:] for t, n in zip(layout.page_tables, skip, strict=True)]
-    width = max(len(t) for t in tables)
-    suffix = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
-    lens = torch.tensor([kv - n * ps for kv, n in zip(layout.kv_lens, skip, strict=True)])
-    visible = torch.arange(width * ps)[None, :] < lens[:, None]
-    as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return CascadePlan(
-        layout.slot_mapping,
-        suffix.to(device),
-        visible[:, None, None, :].to(device),
-        [(as_long(g.segments), as_long(g.pages)) for g in groups],
-    )
-
-
-def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> Tensor:
-    """Every segment attends its suffix; each group's queries attend their shared pages at once."""
-    t, h, d = q.shape  # one query per segment
-    hkv = pool.k.shape[3]
-    g = h // hkv
-    qg = q.view(t, hkv, g, d)
-    width = plan.suffix_pages.shape[1] * pool.page_size
-
-    def keys(pages: Tensor, rows: int, n: int) -> tuple[Tensor, Tensor]:
-        """[rows, hkv, n, d] keys and values of these pages, read from the pool once."""
-        kk = pool.k[layer].index_select(0, pages.view(-1)).view(rows, n, hkv, d).transpose(1, 2)
-        vv = pool.v[layer].index_select(0, pages.view(-1)).view(rows, n, hkv, d).transpose(1, 2)
-        return kk, vv
-
-    out, lse = attend_with_lse(qg, *keys(plan.suffix_pages, t, width), plan.suffix_visible)
-    for rows, pages in plan.groups:
-        n = len(rows)
-        shared = pages.numel() * pool.page_size
-        qs = qg[rows].transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
-        prefix_out, prefix_lse = attend_with_lse(qs, *keys(pages, 1, shared), None)
-        prefix_out = prefix_out.view(hkv, n, g, d).transpose(0, 1)
-        prefix_lse = prefix_lse.view(hkv, n, g, 1).transpose(0, 1)
-        out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
-    return out.to(q.dtype).reshape(t, h, d)

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.attention import BatchLayout, TorchBackend
-from engine.attention.cascade import Group, attend_with_lse, merge, shared_prefixes
-from engine.attention.torch_sdpa import CascadePlan
+from engine.attention.cascade import CascadePlan, Group, attend_with_lse, merge, shared_prefixes
 from engine.loader import LoadedModel
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
