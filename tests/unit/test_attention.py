@@ -28,16 +28,19 @@ def physical_visibility(layout: BatchLayout, num_slots: int) -> torch.Tensor:
     return out
 
 
+# A mixed batch: a chunk continuing a prefix, a decode, a fresh prefill; scattered pages (0-6).
+MIXED = BatchLayout(
+    q_lens=[2, 1, 7],
+    kv_lens=[5, 8, 7],
+    page_tables=[[3, 1], [6, 0], [2, 5]],
+    slot_mapping=torch.zeros(10, dtype=torch.long),
+    masks=[None] * 3,
+    page_size=4,
+)
+
+
 def test_xformers_paged_bias_sees_what_the_torch_backend_sees() -> None:
-    # mixed batch: a chunk continuing a prefix, a decode, a fresh prefill; scattered pages
-    layout = BatchLayout(
-        q_lens=[2, 1, 7],
-        kv_lens=[5, 8, 7],
-        page_tables=[[3, 1], [6, 0], [2, 5]],
-        slot_mapping=torch.zeros(10, dtype=torch.long),
-        masks=[None] * 3,
-        page_size=4,
-    )
+    layout = MIXED
     bias = paged_bias(layout, torch.device("cpu"))
     theirs = bias.materialize((10, 3 * 2 * 4)) == 0
     ours = physical_visibility(layout, theirs.shape[1])
@@ -72,14 +75,7 @@ def test_importing_the_engine_and_xformers_prints_nothing() -> None:
 def test_xformers_gathered_plan_sees_what_the_torch_backend_sees() -> None:
     # the gathered mode: each segment's keys in page-table order, then a bottom-right causal
     # block-diagonal bias over them; materialized on CPU and compared slot by slot
-    layout = BatchLayout(
-        q_lens=[2, 1, 7],
-        kv_lens=[5, 8, 7],
-        page_tables=[[3, 1], [6, 0], [2, 5]],
-        slot_mapping=torch.zeros(10, dtype=torch.long),
-        masks=[None] * 3,
-        page_size=4,
-    )
+    layout = MIXED
     keys = key_slots(layout)
     assert keys.tolist() == [
         12,
