@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from engine.records import TopK
@@ -31,13 +31,15 @@ async def beam_search(
     width: int = 4,
     max_tokens: int = 32,
     stop_ids: Sequence[int] = (),
+    on_step: Callable[[list[Beam], int, int], None] | None = None,
 ) -> list[Beam]:
     """The most likely continuations found by beam search, best first (at most `width`).
 
     Each step asks every live beam for its `width` most likely next tokens (one batch for all
     beams), keeps the `width` best extensions overall, forks a beam that is extended more than
     once (sharing its pages) and removes the files of beams that are not extended at all.
-    Width 1 is greedy decoding.
+    Width 1 is greedy decoding. `on_step(beams, forked, dropped)` sees each step's live beams,
+    best first, and how many files that step forked and removed.
     """
     ids = ids_of(sys, prompt)
     root = await sys.kv.create()
@@ -63,18 +65,23 @@ async def beam_search(
             for logprob, i, t in extensions:
                 picks.setdefault(i, []).append((logprob, t))
             nxt = []
+            forked = dropped = 0
             for i, b in enumerate(live):
                 mine = picks.get(i, [])
                 files = [b.file] + [await sys.kv.fork(b.file) for _ in mine[1:]]
+                forked += len(files) - 1
                 if not mine:
                     await discard(sys, b.file)
+                    dropped += 1
                 for f, (logprob, t) in zip(files, mine, strict=False):
                     if t in stop_ids:
                         done.append(Beam([*b.tokens, t], logprob, True))
                         await discard(sys, f)
                     else:
                         nxt.append(_Live(f, [*b.tokens, t], logprob, t))
-            live = nxt
+            live = sorted(nxt, key=lambda b: -b.logprob)
+            if on_step is not None:
+                on_step([Beam(b.tokens, b.logprob, False) for b in live], forked, dropped)
             if not live:
                 break
     finally:
