@@ -157,14 +157,23 @@ def test_prompt_lookup_finds_the_latest_earlier_ngram() -> None:
 def test_speculative_decoding_is_greedy_in_fewer_forwards(tiny_loaded) -> None:  # noqa: ANN001
     repetitive = PROMPT * 3  # drafts from the prompt itself
 
+    seen: list = []
+
     async def program(sys: Syscalls) -> tuple:
         greedy = await greedy_tokens(sys, repetitive, 40)
-        fast = await speculative_decode(sys, await sys.kv.create(), repetitive, 40)
+        fast = await speculative_decode(
+            sys, await sys.kv.create(), repetitive, 40, on_step=seen.append
+        )
         return greedy, fast
 
     (greedy, fast), _ = run(tiny_loaded, program)
     assert fast.tokens == greedy
     assert fast.accepted > 0 and fast.forwards == 40 - fast.accepted
+    assert len(seen) == fast.forwards and sum(v.accepted for v in seen) == fast.accepted
+    assert [t for v in seen for t in v.tokens] == fast.tokens
+    for v in seen:  # what was accepted is the draft's start; each token is its distribution's top
+        assert v.tokens[: v.accepted] == v.draft[: v.accepted]
+        assert [d.argmax() for d in v.dists] == v.tokens
 
 
 def test_speculative_decoding_leaves_the_file_as_generate_does(tiny_loaded) -> None:  # noqa: ANN001

@@ -11,10 +11,10 @@ token for token, in fewer forwards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from engine.records import Sample
+from engine.records import Distribution, TopK
 from workbench.lib.system import System, ids_of
 
 
@@ -23,6 +23,15 @@ class Speculation(NamedTuple):
     forwards: int  # forward calls made, the prompt's included (plain greedy: one per token)
     drafted: int  # draft tokens proposed
     accepted: int  # draft tokens the model agreed with
+
+
+class Verification(NamedTuple):
+    """One forward of speculative decoding, as `on_step` sees it."""
+
+    draft: list[int]  # the drafted tokens
+    accepted: int  # how many of them (from the first) the model agreed with
+    dists: list[Distribution]  # the model's next-token distribution after each token fed
+    tokens: list[int]  # what this forward added: the accepted draft, then the model's own token
 
 
 def lookup(history: Sequence[int], ngram: int, k: int) -> list[int]:
@@ -44,20 +53,26 @@ async def speculative_decode(
     ngram: int = 3,
     draft: int = 4,
     stop_ids: Sequence[int] = (),
+    on_step: Callable[[Verification], None] | None = None,
 ) -> Speculation:
     """Greedy decoding of up to `max_tokens` after `prompt` (appended to `file`), drafting
     up to `draft` tokens per forward by prompt lookup. Ends after a token in `stop_ids`.
-    Afterwards the file holds the prompt and every new token but the last."""
+    Afterwards the file holds the prompt and every new token but the last. `on_step` sees
+    each verifying forward (the first forward, the prompt's, drafts nothing)."""
     ids = ids_of(sys, prompt)
-    greedy = Sample()
-    out = [await sys.forward(file, ids, returns=greedy)]
+    top = TopK(5)  # greedy: the most likely token; the rest shows what it beat
+    first = await sys.forward(file, ids, returns=top)
+    out = [first.argmax()]
+    if on_step is not None:
+        on_step(Verification([], 0, [first], out[:]))
     length = start = (await sys.kv.stat(file)).tokens  # (out[-1] is not in the file yet)
     forwards = 1
     drafted = accepted = 0
     while len(out) < max_tokens and out[-1] not in stop_ids:
         guess = lookup(ids + out, ngram, draft)[: max_tokens - len(out) - 1]
         fed = [out[-1], *guess]
-        got = await sys.forward(file, fed, outputs=list(range(len(fed))), returns=greedy)
+        dists = await sys.forward(file, fed, outputs=list(range(len(fed))), returns=top)
+        got = [d.argmax() for d in dists]
         forwards += 1
         n = 0
         while n < len(guess) and guess[n] == got[n]:
@@ -68,7 +83,10 @@ async def speculative_decode(
             await sys.kv.truncate(file, length)
         new = got[: n + 1]
         stop = next((j for j, t in enumerate(new) if t in stop_ids), None)
-        out += new if stop is None else new[: stop + 1]
+        new = new if stop is None else new[: stop + 1]
+        out += new
+        if on_step is not None:
+            on_step(Verification(guess, n, dists[: len(new)], new))
     if length > start + len(out) - 1:  # a stop token came inside the accepted draft
         await sys.kv.truncate(file, start + len(out) - 1)
     return Speculation(out, forwards, drafted, accepted)

@@ -19,10 +19,16 @@ class TokenStep(NamedTuple):
     chosen: TokenChoice
     rank: int | None  # the chosen token's place in the distribution (0: most likely)
     alternatives: list[TokenChoice]  # the top k, most likely first
+    note: str = ""  # what the program says of this step ("draft accepted", "masked 120 tokens")
 
 
 def token_step(
-    index: int, dist: Distribution, chosen: int, detokenize: Callable[[list[int]], str], k: int = 5
+    index: int,
+    dist: Distribution,
+    chosen: int,
+    detokenize: Callable[[list[int]], str],
+    k: int = 5,
+    note: str = "",
 ) -> TokenStep:
     """One step: the chosen token and the distribution's k most likely tokens."""
     probs = dict(zip(dist.ids, dist.probs, strict=True))
@@ -31,9 +37,8 @@ def token_step(
         TokenChoice(i, detokenize([i]), p)
         for i, p in zip(dist.ids[:k], dist.probs[:k], strict=True)
     ]
-    return TokenStep(
-        index, TokenChoice(chosen, detokenize([chosen]), probs.get(chosen)), rank, alternatives
-    )
+    chosen_choice = TokenChoice(chosen, detokenize([chosen]), probs.get(chosen))
+    return TokenStep(index, chosen_choice, rank, alternatives, note)
 
 
 def token_steps(

@@ -39,15 +39,20 @@ class TokenView(widgets.VBox):
         self.detokenize = _detokenizer(detokenize)
         self.k, self.max_rows = k, max_rows
         self.steps: list[TokenStep] = []
+        self.colours: dict[int, str | None] = {}  # step index -> its row's colour
         self.table = widgets.HTML()
         self._pending: asyncio.Handle | None = None
         super().__init__([self.table])
         self.draw()
 
-    def add(self, dist: Distribution, chosen: int) -> TokenStep:
-        """One more step: chosen was picked from dist."""
-        step = token_step(len(self.steps), dist, int(chosen), self.detokenize, self.k)
+    def add(
+        self, dist: Distribution, chosen: int, note: str = "", colour: str | None = None
+    ) -> TokenStep:
+        """One more step: chosen was picked from dist. `note` says something of the step, and
+        `colour` (any CSS colour) marks its row, e.g. accepted and rejected draft tokens."""
+        step = token_step(len(self.steps), dist, int(chosen), self.detokenize, self.k, note)
         self.steps.append(step)
+        self.colours[step.index] = colour
         self._schedule()
         return step
 
@@ -56,7 +61,7 @@ class TokenView(widgets.VBox):
             self.add(d, t)
 
     def clear(self) -> None:
-        self.steps = []
+        self.steps, self.colours = [], {}
         self.draw()
 
     def _schedule(self) -> None:
@@ -73,9 +78,10 @@ class TokenView(widgets.VBox):
         self._pending = None
         rows = self.steps[-self.max_rows :]
         skipped = len(self.steps) - len(rows)
-        head = "<tr><th>step</th><th>chosen</th><th>p</th><th>rank</th><th>top tokens</th></tr>"
+        head = "<tr><th>step</th><th>chosen</th><th>p</th><th>rank</th><th>top tokens</th>"
+        head += "<th></th></tr>"
         note = f"<div>… {skipped} earlier steps</div>" if skipped else ""
-        body = "".join(_row(s) for s in rows)
+        body = "".join(_row(s, self.colours.get(s.index)) for s in rows)
         text = "".join(piece(s.chosen.text) for s in self.steps)
         self.table.value = (
             f'<div style="{FONT}"><div><b>text</b>: {text}</div>{note}'
@@ -83,13 +89,14 @@ class TokenView(widgets.VBox):
         )
 
 
-def _row(s: TokenStep) -> str:
+def _row(s: TokenStep, colour: str | None = None) -> str:
     prob = "?" if s.chosen.prob is None else f"{s.chosen.prob:.3f}"
     rank = "-" if s.rank is None else str(s.rank + 1)
     alts = "".join(_choice(c, c.id == s.chosen.id) for c in s.alternatives)
+    style = f' style="background:{html.escape(colour)}"' if colour else ""
     return (
-        f"<tr><td>{s.index}</td><td><b>{piece(s.chosen.text)}</b></td><td>{prob}</td>"
-        f"<td>{rank}</td><td>{alts}</td></tr>"
+        f"<tr{style}><td>{s.index}</td><td><b>{piece(s.chosen.text)}</b></td><td>{prob}</td>"
+        f"<td>{rank}</td><td>{alts}</td><td>{html.escape(s.note)}</td></tr>"
     )
 
 
