@@ -49,6 +49,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from engine import connection
 from engine import trace as ev
+from engine.arguments import check_call
 from engine.errors import (
     AuthenticationFailed,
     BadMessage,
@@ -68,6 +69,7 @@ from engine.protocol import (
     REQUEST,
     VERSION,
     Dropped,
+    Gate,
     Request,
     SocketReader,
     Wire,
@@ -79,7 +81,7 @@ from engine.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.syscalls import Syscalls
+from engine.syscalls import Syscalls, method_of
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
@@ -141,6 +143,7 @@ class EngineServer:
         self._ipc_dir: str | None = None
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
+        self.gate = Gate(self.wire)  # size, signature, replay: see engine.protocol
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
         self.syscalls: dict[int, Syscalls] = {}
@@ -188,7 +191,7 @@ class EngineServer:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.wire.max_message + 65536)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)  # per frame: no valid one is more
         if self.port:
             sock.bind(f"tcp://{self.host}:{self.port}")
         else:
@@ -257,7 +260,7 @@ class EngineServer:
 
     def _on_message(self, identity: bytes, frames: list[bytes]) -> None:
         try:
-            msg = self.wire.parse(frames)
+            msg = self.gate.admit(identity, frames)
         except Dropped:
             self.dropped += 1
             return
@@ -266,7 +269,7 @@ class EngineServer:
             return
         except ProtocolError as e:
             rid = getattr(e, "request_id", None)
-            self._reply(identity, "", rid, error_reply(rid, e))
+            self._reply(identity, getattr(e, "session", ""), rid, error_reply(rid, e))
             return
         header = msg.header
         session = self.sessions.get(str(header.get("session")))
@@ -415,6 +418,7 @@ class EngineServer:
     async def _trace(self, session: Session, req: Request) -> list[Any]:
         a = dict(req.args)
         limit = a.pop("limit", 50_000)
+        check_call("trace", self.kernel.trace.query, a)
         events = self.kernel.trace.query(**a)
         return events[:limit] if isinstance(limit, int) and limit >= 0 else events
 
@@ -466,12 +470,13 @@ class EngineServer:
         if req.pid is not None:
             self._check_attached(session, req.pid)
         args = {k: self._handle_arg(session, req.pid, k, v) for k, v in req.args.items()}
+        if req.op == "forward" and "returns" in args:
+            args["returns"] = returns_from_wire(args["returns"])
+        check_call(req.op, method_of(req.op), args)  # names and types, before anything runs
         if req.pid is None:
             result = await self._client_call(session, req.op, args)
         else:
             sys_ = self.syscalls[req.pid]
-            if req.op == "forward" and "returns" in args:
-                args["returns"] = returns_from_wire(args["returns"])
             target: Any = sys_.kv if req.op.startswith("kv.") else sys_
             result = getattr(target, req.op.removeprefix("kv."))(**args)
             if inspect.isawaitable(result):

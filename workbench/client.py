@@ -47,6 +47,7 @@ from engine.protocol import (
     REQUEST,
     SocketReader,
     Wire,
+    check_size,
     handle_to_wire,
     rebuild_error,
     request_body,
@@ -184,6 +185,8 @@ class Client:
             self._pending.pop(rid, None)
 
     async def _send(self, frames: list[bytes]) -> None:
+        if isinstance(limit := self.engine.get("max_message"), int):
+            check_size(frames, limit)  # the engine would drop it unread
         while True:
             try:
                 self._sock.send_multipart(frames, zmq.NOBLOCK)
@@ -203,7 +206,9 @@ class Client:
         except EngineError:
             return  # not from our engine, or damaged: nobody waits for it
         body = msg.body
-        if msg.header.get("kind") != REPLY or not isinstance(body, dict):
+        if msg.header.get("kind") != REPLY or msg.header.get("session") != self.session:
+            return  # a reply that is not this session's (a replay, say)
+        if not isinstance(body, dict):
             return
         future = self._pending.get(body.get("id"))  # type: ignore[arg-type]
         if body.get("id") is None and not body.get("ok"):
