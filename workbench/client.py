@@ -26,6 +26,7 @@ import contextlib
 import getpass
 import itertools
 import json
+import operator
 import os
 import sys
 import threading
@@ -490,10 +491,10 @@ class LIP:
         return await self._call(
             "forward",
             file=file,
-            tokens=_ints(tokens),
-            positions=None if positions is None else _ints(positions),
+            tokens=_ints("tokens", tokens),
+            positions=None if positions is None else _ints("positions", positions),
             mask=_plain(mask),
-            outputs=None if outputs is None else _ints(outputs),
+            outputs=None if outputs is None else _ints("outputs", outputs),
             returns=returns_to_wire(returns),
         )
 
@@ -556,8 +557,15 @@ def _write_output(stream: str, text: str) -> None:
     out.flush()
 
 
-def _ints(xs: Sequence[int]) -> list[int]:
-    return [int(x) for x in xs]
+def _ints(name: str, xs: Sequence[int]) -> list[int]:
+    """xs as plain ints (numpy integers too); InvalidArgument naming the argument for anything
+    else: a float such as 1.5 is no token id, and is not rounded into one."""
+    try:
+        if isinstance(xs, (str, bytes)) or any(isinstance(x, bool) for x in xs):
+            raise TypeError
+        return [operator.index(x) for x in xs]
+    except TypeError:
+        raise InvalidArgument(f"{name} must be a list of integers, not {xs!r:.40}") from None
 
 
 def _plain(value: Any) -> Any:
