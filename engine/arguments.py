@@ -22,6 +22,7 @@ from engine.errors import InvalidArgument
 
 class Parameters(NamedTuple):
     hints: dict[str, Any]  # each parameter's type hint (Any where it has none)
+    checks: dict[str, Callable[[Any], bool]]  # each one's check, made once from its hint
     required: tuple[str, ...]
 
 
@@ -34,20 +35,23 @@ def parameters(fn: Callable[..., Any]) -> Parameters:
         for p in inspect.signature(fn).parameters.values()
         if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
+    declared = {p.name: hints.get(p.name, Any) for p in params}
     return Parameters(
-        {p.name: hints.get(p.name, Any) for p in params},
+        declared,
+        {name: checker(hint) for name, hint in declared.items()},
         tuple(p.name for p in params if p.default is inspect.Parameter.empty),
     )
 
 
 def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
     """InvalidArgument naming the first argument of `op` that fn does not take as given."""
-    hints, required = parameters(fn)
+    hints, checks, required = parameters(fn)
     for name, value in args.items():
-        if name not in hints:
+        check = checks.get(name)
+        if check is None:
             takes = ", ".join(hints) or "no arguments"
             raise InvalidArgument(f"{op}: no argument {name!r} (it takes {takes})")
-        if not accepts(hints[name], value):
+        if not check(value):
             raise InvalidArgument(
                 f"{op}: {name} must be {describe(hints[name])}, not {_show(value)}"
             )
@@ -58,31 +62,38 @@ def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
 
 def accepts(hint: Any, value: Any) -> bool:
     """Whether value is of the type hint (as msgpack carries it: a path is a str)."""
+    return checker(hint)(value)
+
+
+def checker(hint: Any) -> Callable[[Any], bool]:
+    """A function telling whether a value is of the type hint."""
     if hint is Any:
-        return True
+        return lambda value: True
     if hint is None or hint is type(None):
-        return value is None
+        return lambda value: value is None
     if hint is int:
-        return type(value) is int  # not a bool, not a float
+        return lambda value: type(value) is int  # not a bool, not a float
     if hint is float:
-        return type(value) in (int, float)
+        return lambda value: type(value) is int or type(value) is float
     if hint is bool or hint is str:
-        return type(value) is hint
+        return lambda value: type(value) is hint
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(accepts(h, value) for h in typing.get_args(hint))
+        options = [checker(h) for h in typing.get_args(hint)]
+        return lambda value: any(ok(value) for ok in options)
     if _is(origin, Mapping):
-        return isinstance(value, dict)
+        return lambda value: isinstance(value, dict)
     if _is(origin, Iterable):  # Sequence[int], list[str], ...: a msgpack array
-        if not isinstance(value, (list, tuple)):
-            return False
         (item,) = typing.get_args(hint) or (Any,)
         if item is int:  # token ids, indices: the common case, kept quick
-            return all(type(v) is int for v in value)
-        return all(accepts(item, v) for v in value)
+            return lambda value: type(value) in (list, tuple) and all(type(v) is int for v in value)
+        ok = checker(item)
+        return lambda value: type(value) in (list, tuple) and all(ok(v) for v in value)
     if isinstance(hint, type) and issubclass(hint, PurePath):
-        return isinstance(value, str)
-    return isinstance(hint, type) and isinstance(value, hint)
+        return lambda value: isinstance(value, str)
+    if isinstance(hint, type):
+        return lambda value: isinstance(value, hint)
+    return lambda value: False
 
 
 def describe(hint: Any) -> str:
