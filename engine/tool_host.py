@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
-from engine.protocol import packb, unpackb
+from engine.protocol import MAX_DEPTH, nesting, packb, unpackb
 from engine.sandbox import cell_traceback, limit_memory
 
 HEADER = struct.Struct(">I")
@@ -77,6 +77,8 @@ class Host:
 
     def reply(self, msg: dict[str, Any]) -> None:
         try:
+            if (depth := nesting(msg.get("result"))) > MAX_DEPTH - 1:  # as a reply's result
+                raise ValueError(f"nested {depth} deep, and the wire carries {MAX_DEPTH - 1}")
             data = frame(msg)
         except Exception as e:  # a result msgpack cannot carry
             what = type(msg.get("result")).__name__

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InvalidArgument, ToolFailed
+from engine.errors import BadMessage, InvalidArgument, ToolFailed
 from engine.protocol import unpackb
 from engine.tool_host import HEADER, MAX_FRAME, MEMORY_ENV, frame
 
@@ -101,7 +101,7 @@ class ToolHost:
                 if n > MAX_FRAME:
                     raise ValueError(f"a reply of {n} bytes")
                 self._resolve(unpackb(await out.readexactly(n)))
-        except (asyncio.IncompleteReadError, ValueError):
+        except (asyncio.IncompleteReadError, ValueError, BadMessage):
             pass
         code = await self.proc.wait()
         self._fail_all(self.ended or f"the tool host died ({_exit_text(code, self.memory_mb)})")

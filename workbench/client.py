@@ -204,8 +204,10 @@ class Client:
             return
         try:
             msg = self.wire.parse(frames)
-        except EngineError:
-            return  # not from our engine, or damaged: nobody waits for it
+        except EngineError as e:  # not from our engine, or damaged: nobody waits for it, ...
+            if getattr(e, "session", None) == self.session:  # ... or a reply this side refuses
+                self._fail(getattr(e, "request_id", None), e)
+            return
         body = msg.body
         if msg.header.get("kind") != REPLY or msg.header.get("session") != self.session:
             return  # a reply that is not this session's (a replay, say)
@@ -219,6 +221,11 @@ class Client:
                 future.set_result(body.get("result"))
             else:
                 future.set_exception(rebuild_error(body.get("error")))
+
+    def _fail(self, rid: int | None, error: BaseException) -> None:
+        future = self._pending.get(rid) if rid is not None else None
+        if future is not None and not future.done():
+            future.set_exception(error)
 
     def _fail_all(self, error: BaseException) -> None:
         for future in list(self._pending.values()):

@@ -24,7 +24,7 @@ import zmq
 from engine_process import EngineProcess, engine_process
 
 from engine import connection
-from engine.errors import BadMessage, InvalidArgument
+from engine.errors import BadMessage, InvalidArgument, ToolFailed
 from engine.protocol import (
     MAX_DEPTH,
     PING,
@@ -402,5 +402,32 @@ def test_a_client_refuses_float_token_ids_before_sending(engine: EngineProcess) 
             with pytest.raises(InvalidArgument, match="positions"):
                 await lip.forward(f, [1], positions=[0.0])
             assert (await lip.kv.stat(f)).tokens == 0
+
+    asyncio.run(body())
+
+
+def test_a_tool_result_too_deep_for_the_wire_fails_that_call_only(engine: EngineProcess) -> None:
+    def nest(depth: int) -> list:
+        value: list = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    async def body() -> None:
+        async with (
+            await Client.connect(engine.conn, user="alice") as alice,
+            await alice.attach("tools") as lip,
+        ):
+            await alice.register_tool(
+                "def nest(depth):\n"
+                "    value = []\n"
+                "    for _ in range(depth - 1):\n"
+                "        value = [value]\n"
+                "    return value\n"
+            )
+            assert await lip.tool("nest", 31) == nest(31)  # as deep as a reply carries
+            with pytest.raises(ToolFailed, match="nested 40 deep"):
+                await lip.tool("nest", 40)
+            assert await lip.tool("nest", 2) == [[]]  # the tool host serves on
 
     asyncio.run(body())
