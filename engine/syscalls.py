@@ -98,7 +98,7 @@ class KVCalls:
         await self._sys._caller()
         self._fs.unhide(handle, list(indices))
 
-    async def link(self, src: str, dst: str) -> None:
+    async def link(self, src: Handle | str, dst: str) -> None:
         self._fs.link(await self._sys._caller(), src, dst)
 
     async def rename(self, src: str, dst: str) -> None:
