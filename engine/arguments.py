@@ -60,6 +60,13 @@ def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
             raise InvalidArgument(f"{op}: missing argument {name!r}")
 
 
+def check_arg(op: str, name: str, hint: Any, value: Any) -> Any:
+    """value, if it is of the type hint; else InvalidArgument naming the argument."""
+    if not checker(hint)(value):
+        raise InvalidArgument(f"{op}: {name} must be {describe(hint)}, not {_show(value)}")
+    return value
+
+
 def accepts(hint: Any, value: Any) -> bool:
     """Whether value is of the type hint (as msgpack carries it: a path is a str)."""
     return checker(hint)(value)

@@ -49,7 +49,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from engine import connection
 from engine import trace as ev
-from engine.arguments import check_call
+from engine.arguments import check_arg, check_call
 from engine.errors import (
     AuthenticationFailed,
     BadMessage,
@@ -405,7 +405,7 @@ class EngineServer:
         return pid
 
     async def _detach(self, session: Session, req: Request) -> None:
-        pid = req.args.get("pid", req.pid)
+        pid = check_arg("detach", "pid", int, req.args.get("pid", req.pid))
         error = req.args.get("error")
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
@@ -521,7 +521,7 @@ class EngineServer:
         """Start a worker for the code in args; its pid, at once (the session owns it)."""
         if req.pid is not None:
             raise InvalidArgument("run is a client call: send it without a pid")
-        parent = req.args.get("parent")
+        parent = check_arg("run", "parent", int | None, req.args.get("parent"))
         if parent is not None and parent not in session.pids:
             raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
         info = dataclasses.asdict(self.connection_info())
@@ -543,7 +543,7 @@ class EngineServer:
 
     async def _worker_exit(self, session: Session, req: Request) -> None:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
-        pid = req.args.get("pid")
+        pid = check_arg("worker.exit", "pid", int, req.args.get("pid"))
         if pid not in session.pids or pid not in self.workers.runs:
             raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
         error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))

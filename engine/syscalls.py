@@ -67,6 +67,14 @@ def _ints(name: str, values: Sequence[int]) -> list[int]:
         raise InvalidArgument(f"{name} must be a list of integers, not {values!r:.40}") from None
 
 
+def _seconds(name: str, value: float) -> float:
+    """A duration: a number, not NaN (a NaN timer breaks the order of asyncio's timer heap, and
+    the engine's timers stop firing), at least 0 (infinity waits for ever)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise InvalidArgument(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return value
+
+
 class KVCalls:
     """The KV file system calls (`sys.kv.*`)."""
 
@@ -265,10 +273,12 @@ class Syscalls:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next message sent to this process; TimeoutError after `timeout` seconds."""
+        if timeout is not None:
+            _seconds("timeout", timeout)
         return await self._waiting(asyncio.wait_for(self.process.inbox.get(), timeout))
 
     async def sleep(self, seconds: float) -> None:
-        await self._waiting(asyncio.sleep(seconds))
+        await self._waiting(asyncio.sleep(_seconds("seconds", seconds)))
 
     # --- tools -----------------------------------------------------------------------------------
 

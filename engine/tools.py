@@ -152,7 +152,9 @@ class Tools:
         _check_name(name)
         if not isinstance(source, str):
             raise InvalidArgument("a tool's source is a str")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or not timeout > 0
+        ):  # NaN
             raise InvalidArgument(f"a tool's time limit is a number of seconds > 0, not {timeout}")
         tool = Tool(name, source, float(timeout or self.timeout))
         host = await self._ready_host()

@@ -320,7 +320,7 @@ def _run_args(args: dict[str, Any]) -> tuple[str, str, int, float | None, int]:
         raise InvalidArgument("run takes code (str) and a name (str)")
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise InvalidArgument("run: priority is an int")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout > 0):  # NaN
         raise InvalidArgument(f"run: timeout is seconds > 0 or None (no limit), not {timeout!r}")
     memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
     if not isinstance(memory_mb, int) or isinstance(memory_mb, bool) or memory_mb <= 0:

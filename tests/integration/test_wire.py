@@ -376,8 +376,12 @@ def test_wrong_argument_types_are_invalid_arguments_naming_the_argument(
             ("kill", {"pid": "1"}, None, "pid"),
             ("wait", {"pid": 1.0}, pid, "pid"),
             ("sleep", {"seconds": "1"}, pid, "seconds"),
+            ("sleep", {"seconds": float("nan")}, pid, "seconds"),  # it stopped the engine's timers
+            ("receive", {"timeout": float("nan")}, pid, "timeout"),
             ("receive", {"timeout": [1]}, pid, "timeout"),
             ("trace", {"pid": "x"}, None, "pid"),
+            ("detach", {"pid": {"a": 1}}, None, "pid"),  # was: TypeError, unhashable type
+            ("worker.exit", {"pid": [1]}, None, "pid"),
             ("trace", {"colour": 1}, None, "colour"),
         ]
         for op, args, caller, name in cases:
@@ -385,6 +389,9 @@ def test_wrong_argument_types_are_invalid_arguments_naming_the_argument(
                 raw.call(op, args, caller)
             assert type(err.value) is InvalidArgument, (op, args, err.value)
         assert raw.call("kv.stat", {"path": f}, pid).tokens == 0  # nothing was appended
+        started = time.monotonic()
+        raw.call("sleep", {"seconds": 0.05}, pid)  # the engine's timers still fire
+        assert time.monotonic() - started < 2
         assert isinstance(raw.call("forward", {"file": f, "tokens": [1, 2]}, pid), tuple)
     finally:
         raw.close()
