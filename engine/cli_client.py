@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from engine import connection
-from engine.errors import BadMessage, EngineNotRunning
+from engine.errors import EngineNotRunning, SessionEnded, UnknownSession
 from engine.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
 
 
@@ -52,10 +52,11 @@ class SyncClient:
     ) -> Any:
         try:
             return self._call(op, args, pid, timeout)
-        except BadMessage as e:
-            if op == "hello" or "say hello first" not in str(e):
+        except (SessionEnded, UnknownSession):
+            if op == "hello":
                 raise
-        # Without heartbeats the engine forgets a silent session after 2 s: say hello again.
+        # Without heartbeats the engine ends a silent session: start a new one.
+        self.session = uuid.uuid4().hex
         self.call("hello", self._hello, timeout=timeout)
         return self._call(op, args, pid, timeout)
 

@@ -108,5 +108,14 @@ class UnknownOperation(ProtocolError):
     """A request for an operation the engine does not have."""
 
 
+class UnknownSession(ProtocolError):
+    """A request from a session the engine never greeted: say `hello` first."""
+
+
+class SessionEnded(EngineError):
+    """The engine ended this client's session (it went silent, or the engine stopped), and
+    detached its processes. `await client.reconnect()` starts a new session."""
+
+
 class EngineNotRunning(EngineError):
     """No engine to connect to: no connection file, a stale one, or no answer at its address."""

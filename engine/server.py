@@ -20,9 +20,12 @@ Each request is served at once, and one that has to wait (a forward, a sleep) go
 task, so the calls of one client's many tasks are pipelined. Handles
 are looked up per session: a client may only use the descriptors its own processes opened.
 
-Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 2 s has
+Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 5 s has
 its processes detached with the error "client vanished"; when a connection drops (a client killed
 with -9), sessions that have not spoken since are reaped once two heartbeats are overdue.
+Silence is judged on what was received: messages waiting in the socket are read before anyone is
+judged, and time the engine spent busy (a long forward holding the loop) is nobody's silence.
+A call or ping from an ended session is answered with `SessionEnded`, saying why it ended.
 Who holds the token may act as any user: users separate clients' files against mistakes, the
 token keeps everyone else out (as with a Jupyter kernel).
 """
@@ -30,6 +33,7 @@ token keeps everyone else out (as with a Jupyter kernel).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -56,7 +60,9 @@ from engine.errors import (
     PermissionDenied,
     ProcessExited,
     ProtocolError,
+    SessionEnded,
     UnknownOperation,
+    UnknownSession,
 )
 from engine.kernel import Kernel
 from engine.kvfs import Caller, Handle
@@ -84,10 +90,10 @@ from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
 
-HEARTBEAT_TIMEOUT = 2.0  # seconds of silence after which a session's processes are detached
+HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes are detached
 DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
 REAP_INTERVAL = 0.1
-MAX_POSTPONE = 0.5  # reaping waits at most this long for unread messages to be read
+ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 HANDLE_ARGS = ("file", "handle", "src", "path")
 KV_OPS = (
     "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
@@ -143,6 +149,7 @@ class EngineServer:
         self.wire = Wire(self.token, max_message)
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
+        self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> why
         self.syscalls: dict[int, Syscalls] = {}
         self.dropped = 0  # messages ignored (unsigned, malformed framing)
         self.stopped = asyncio.Event()
@@ -152,7 +159,7 @@ class EngineServer:
         self._tasks: list[asyncio.Task] = []
         self._suspect_since: float | None = None  # a connection dropped at this time
         self._stopping: asyncio.Task | None = None
-        self._unread_since = 0.0
+        self._last_reap = time.monotonic()
         self._inflight: set[asyncio.Task] = set()  # requests being served
         self._ops: dict[str, Callable[[Session, Request], Awaitable[Any]]] = {
             "hello": self._hello,
@@ -273,9 +280,10 @@ class EngineServer:
         if session is not None:
             session.last_seen = time.monotonic()
         if header["kind"] == PING:
-            self._send(
-                identity, self.wire.frames({"kind": PONG, "session": header.get("session")}, {})
-            )
+            sid = header.get("session")
+            why = self.ended.get(str(sid)) if session is None else None
+            body = {} if why is None else {"ended": why}  # the client learns its session ended
+            self._send(identity, self.wire.frames({"kind": PONG, "session": sid}, body))
         elif header["kind"] == REQUEST:
             self._start(identity, header, msg.body, session)
         else:
@@ -357,7 +365,12 @@ class EngineServer:
             return await self._hello_session(sid, req)
         session = self.sessions.get(sid)
         if session is None:
-            raise BadMessage(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
+            if sid in self.ended:
+                raise SessionEnded(
+                    f"{req.op}: the engine ended this client's session ({self.ended[sid]}) and"
+                    " detached its processes; reconnect to start a new one"
+                )
+            raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
         return await op(session, req)
 
     # --- session ops -----------------------------------------------------------------------------
@@ -368,6 +381,8 @@ class EngineServer:
         user, name = req.args.get("user"), req.args.get("name", "client")
         if not isinstance(user, str) or not user or "/" in user or not isinstance(name, str):
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
+        if sid in self.ended:
+            raise SessionEnded(f"hello: session {sid[:16]!r} has ended; start a new one")
         if sid not in self.sessions:
             self.sessions[sid] = Session(sid, user, name, time.monotonic())
         return await self._hello(self.sessions[sid], req)
@@ -455,10 +470,7 @@ class EngineServer:
 
     async def _goodbye(self, session: Session, req: Request) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
-        for pid in list(session.pids):
-            self._end_process(session, pid, "client closed")
-        self.sessions.pop(session.id, None)
-        self.workers.session_ended(session.id, "client closed")
+        self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
@@ -585,10 +597,15 @@ class EngineServer:
         for task in session.tasks.pop(pid, set()):
             task.cancel()
 
-    def _end_session(self, session: Session, error: str) -> None:
+    def _end_session(self, session: Session, error: str, why: str | None = None) -> None:
+        """Detach a session's processes with `error`; `why` (default: the error) is what a
+        later call from it is told."""
         for pid in list(session.pids):
             self._end_process(session, pid, error)
         self.sessions.pop(session.id, None)
+        self.ended[session.id] = why or error
+        while len(self.ended) > ENDED_SESSIONS:
+            self.ended.popitem(last=False)
         self.workers.session_ended(session.id, error)
 
     def _cancel_dead_tasks(self) -> None:
@@ -606,18 +623,30 @@ class EngineServer:
                 log.exception("failed to reap sessions")
 
     def _reap(self) -> None:
+        """End the sessions whose clients are gone: silent past the heartbeat timeout, or not
+        heard from since a connection dropped.
+
+        Judged on what was received: the messages waiting in the socket are read first, and a
+        check that ran late (the loop was held by a long forward) credits every session with the
+        time the engine itself was busy.
+        """
         self._cancel_dead_tasks()
         now = time.monotonic()
-        if self._unread() and now - self._unread_since < MAX_POSTPONE:
-            return  # heartbeats may be waiting unread: judge nobody yet
-        self._unread_since = now
+        busy = now - self._last_reap - REAP_INTERVAL  # how late this check runs
+        self._last_reap = now
+        if busy > REAP_INTERVAL:
+            for s in self.sessions.values():
+                s.last_seen = min(now, s.last_seen + busy)
+        if self._reader is not None:
+            self._reader.drain()  # pings that queued up while the loop was busy
         suspect = self._suspect_since
         check_drop = suspect is not None and now - suspect >= DISCONNECT_GRACE
         for s in list(self.sessions.values()):
             silent = now - s.last_seen > self.heartbeat_timeout
             dropped = check_drop and s.last_seen < suspect  # type: ignore[operator]
             if silent or dropped:
-                self._end_session(s, "client vanished")
+                how = f"silent for {now - s.last_seen:.1f} s" if silent else "connection dropped"
+                self._end_session(s, "client vanished", f"client vanished: {how}")
         if check_drop:
             self._suspect_since = None
         self._stop_if_idle(now)
@@ -630,10 +659,6 @@ class EngineServer:
         elif now - self._idle_since >= self.idle_exit:
             log.info("no clients for %.0f s: stopping", self.idle_exit)
             self.request_stop()
-
-    def _unread(self) -> bool:
-        """Messages waiting in the socket (the loop was busy, say with a long forward)."""
-        return self._sock is not None and bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
 
     async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
         try:
