@@ -19,8 +19,8 @@ class ModelLoadError(EngineError):
 class OutOfPages(EngineError):
     """The page pool has fewer free pages than a request needs. Nothing was allocated."""
 
-    def __init__(self, needed: int, free: int) -> None:
-        super().__init__(f"out of KV pages: needed {needed}, {free} free")
+    def __init__(self, needed: int, free: int, detail: str | None = None) -> None:
+        super().__init__(f"out of KV pages: {detail or f'needed {needed}, {free} free'}")
         self.needed = needed
         self.free = free
 

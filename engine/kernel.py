@@ -27,7 +27,6 @@ from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.runner import Runner
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
-from engine.sequence import pages_for
 from engine.tools import Tools
 from engine.trace import Trace
 
@@ -66,6 +65,7 @@ def freeze_startup_heap() -> None:
 
 
 _startup_heap_frozen = False
+MAKE_ROOM_AFTER = 0.5  # seconds a suspended process waits before others are suspended for it
 YOUNG_OBJECTS_PER_COLLECTION = 10_000  # the collector's first threshold; Python's default is 700
 
 
@@ -394,17 +394,30 @@ class Kernel:
         while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
             calls.pop()
             sizes.pop()
-        if not calls:
+        if not calls or self._pages_needed(Batch(calls, sizes)) <= self.pool.num_free:
             return Batch(calls, sizes)
-        while self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
-            victim = self._pick_victim(exclude={c.process.pid for c in calls})
+        # One call that does not fit: suspend others, then run as much of it as fits.
+        (head,), (size,) = calls, sizes
+        while head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+            victim = self._pick_victim(exclude={head.process.pid})
             if victim is None:
-                head = calls[0]
-                need = self._pages_needed(Batch(calls, sizes))
-                self._finish(head, error=OutOfPages(need, self.pool.num_free))
-                return Batch([], [])
+                break
             self._suspend(victim)
-        return Batch(calls, sizes)
+        while size and head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+            size -= 1
+        if size == 0:  # its own process's other files hold the rest of the pool
+            held = self.pool.num_pages - self.pool.num_free
+            self._finish(
+                head,
+                error=OutOfPages(
+                    head.seq.pages_needed(self.pool, 1),
+                    self.pool.num_free,
+                    f"process {head.process.pid}'s files hold {held} of the pool's"
+                    f" {self.pool.num_pages} pages, and its call needs one more",
+                ),
+            )
+            return Batch([], [])
+        return Batch([head], [size])
 
     def _private_files(self, p: Process) -> list[Any]:
         prefix = f"/proc/{p.pid}/"
@@ -429,31 +442,58 @@ class Kernel:
 
     def _suspend(self, p: Process) -> None:
         freed = sum(f.seq.swap_out(self.pool) for f in self._private_files(p))
+        p.suspended_since = time.monotonic()
         self._set_state(p, SUSPENDED, pages_swapped=freed)
 
     def _resume_suspended(self) -> None:
-        """Bring back suspended processes, highest priority and oldest first, while they fit."""
+        """Bring back suspended processes, highest priority and oldest first, while they fit.
+
+        One that does not fit now does not hold up those after it. The first in line gets room
+        made for it (others suspended) once it has waited MAKE_ROOM_AFTER seconds, or at once
+        when no resident process has a call to run: every process that fits alone makes progress.
+        """
         suspended = [p for p in self.live.values() if p.state is SUSPENDED]
-        for p in sorted(suspended, key=lambda p: (-p.priority, p.started)):
-            if not self._try_resume(p):
-                break
+        first = True
+        for p in sorted(suspended, key=lambda p: (-p.priority, p.suspended_since)):
+            need = self._resume_need(p)
+            if first and need > self.pool.num_free and need <= self.pool.num_pages:
+                waited = time.monotonic() - p.suspended_since
+                idle = not any(c.process.state is not SUSPENDED for c in self.scheduler.queue)
+                if idle or waited >= MAKE_ROOM_AFTER:
+                    while need > self.pool.num_free:
+                        victim = self._pick_victim(exclude={p.pid})
+                        if victim is None:
+                            break
+                        self._suspend(victim)
+            first = False
+            if need <= self.pool.num_free:
+                self._resume(p)
+
+    def _resume_need(self, p: Process) -> int:
+        """Pages p needs to come back and run one token of each queued call: its swapped pages,
+        plus, per call, a page when its file's last page is full (or a copy of a shared one)."""
+        need = sum(len(f.seq.swapped) for f in self._private_files(p))
+        return need + sum(
+            c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
+        )
 
     def _try_resume(self, p: Process) -> bool:
-        files = self._private_files(p)
-        queued = [c for c in self.scheduler.queue if c.process is p]
-        need = sum(len(f.seq.swapped) for f in files)
-        need += sum(pages_for(c.remaining, self.pool.page_size) + 1 for c in queued)
-        if need > self.pool.num_free:
+        if self._resume_need(p) > self.pool.num_free:
             return False
-        for f in files:
+        self._resume(p)
+        return True
+
+    def _resume(self, p: Process) -> None:
+        for f in self._private_files(p):
             f.seq.swap_in(self.pool)
         self._set_state(p, WAITING if p.blocked else READY)
-        return True
 
     async def ensure_resident(self, p: Process) -> None:
         """Wait until a suspended process's files are back in the pool (before it touches them)."""
-        while p.state is SUSPENDED and not self._try_resume(p):
-            await asyncio.sleep(0.01)
+        while p.state is SUSPENDED:
+            self._resume_suspended()
+            if p.state is SUSPENDED:
+                await asyncio.sleep(0.01)
 
     def _swapped_pages(self) -> int:
         """Only suspended processes hold swapped pages (resuming brings all of them back)."""

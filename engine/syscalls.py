@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
+from engine.errors import InvalidArgument, OutOfPages, PermissionDenied, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.records import (
@@ -33,6 +33,7 @@ from engine.records import (
 from engine.runner import Segment, TopKResult
 from engine.sampler import make_generator
 from engine.scheduler import Call
+from engine.sequence import pages_for
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
@@ -194,6 +195,13 @@ class Syscalls:
         outs = None if outputs is None else list(outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         k.runner.check(segment, "forward")  # what the caller gave
+        pages = pages_for(len(seq) + len(tokens), k.pool.page_size)
+        if pages > k.pool.num_pages:  # it could never run, however long it waited
+            raise OutOfPages(
+                pages - len(seq.pages),
+                k.pool.num_free,
+                f"forward: the file would take {pages} pages; the pool has {k.pool.num_pages}",
+            )
         # A queued call carries explicit outputs (it may run in chunks); the default is valid.
         # Default positions stay None: they continue the file when the call runs, after any
         # call on the same file queued before it.

@@ -89,11 +89,50 @@ def test_a_process_that_cannot_fit_even_alone_gets_out_of_pages(tiny_loaded) -> 
     async def body(k: Kernel) -> None:
         pid = k.spawn(greedy, prompt(1, 30), 1)  # 30 tokens = 8 pages > 6
         ok = k.spawn(greedy, prompt(2, 6), 3)
-        with pytest.raises(ProcessFailed, match="out of KV pages"):
+        with pytest.raises(ProcessFailed, match="8 pages; the pool has 6"):
             await k.wait(pid)
         assert len(await k.wait(ok)) == 3
+        assert not k.trace.query(pid=pid, kinds=[ev.CALL_SUBMITTED])  # refused, never queued
 
     run(Kernel(tiny_loaded, num_pages=6, page_size=4), body)
+
+
+def test_a_process_suspended_holding_all_but_one_page_with_a_call_queued_resumes(
+    tiny_loaded,  # noqa: ANN001
+) -> None:
+    """a holds 3 of the 4 pages and has its next decode queued when b (higher priority) needs 2:
+    a is suspended, call and all. Once b is done the pool is empty, and a must come back."""
+
+    async def body(k: Kernel) -> None:
+        a = k.spawn(greedy, prompt(1, 9), 3)  # 9 tokens: 3 pages of 4
+        while not k.trace.query(pid=a, kinds=[ev.CALL_FINISHED]):
+            await asyncio.sleep(0)
+        b = k.spawn(greedy, prompt(2, 5), 1, priority=1)
+        assert len(await asyncio.wait_for(k.wait(b), 30)) == 1
+        assert len(await asyncio.wait_for(k.wait(a), 30)) == 3
+        suspended = k.trace.query(pid=a, kinds=[ev.PROCESS])
+        assert any(e.data["new"] == "suspended" and e.data["pages_swapped"] == 3 for e in suspended)
+
+    run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
+
+
+def test_a_tiny_pool_runs_every_process_that_fits_alone_to_the_end(tiny_loaded) -> None:  # noqa: ANN001
+    """32 LIPs on 4 pages of 4 tokens: each ends holding 3 of them (the pool's size minus one), so
+    most are suspended with a call queued, some while holding 3 pages; each must resume."""
+    n, steps = 32, 5  # 6 + 5 tokens = 3 pages each
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i, 6), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=256, page_size=4), alone)
+
+    async def crowded(k: Kernel) -> list[list[int]]:
+        pids = [k.spawn(greedy, prompt(i, 6), steps, priority=i % 2) for i in range(n)]
+        return [await asyncio.wait_for(k.wait(p), 60) for p in pids]
+
+    kernel = Kernel(tiny_loaded, num_pages=4, page_size=4)
+    assert run(kernel, crowded) == solo
+    assert kernel.pool.num_free == kernel.pool.num_pages
 
 
 def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: ANN001
