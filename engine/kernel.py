@@ -315,9 +315,12 @@ class Kernel:
                 self.trace.emit(ev.CALL_STARTED, c.process.pid, {"call": c.id, "batch": bid})
         try:
             results = self.runner.forward(segments, validate=False)  # checked at submission
-        except Exception as e:  # validated at submission, so this is the engine's own failure
-            for c in batch.calls:
-                self._finish(c, error=e)
+        except Exception as e:  # checked at submission, yet failed: the batch left no trace
+            if len(batch.calls) == 1:
+                self._finish(batch.calls[0], error=e)
+            else:  # each call alone: only the calls that cause the failure fail
+                for c, n in zip(batch.calls, batch.sizes, strict=True):
+                    self._run_batch(Batch([c], [n]))
             return
         took = time.monotonic() - start
         self.trace.emit(

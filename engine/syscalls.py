@@ -217,9 +217,10 @@ class Syscalls:
         """The process's own stream (seed None) or a fresh one seeded for this call."""
         if seed is None:
             return self.generator
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise InvalidArgument(
-                f"a Sample generator is a torch.Generator or an int seed, not {seed!r}"
+                f"a Sample generator is a torch.Generator or an int seed in 0..2**64-1,"
+                f" not {seed!r}"
             )
         return make_generator(seed)
 

@@ -14,9 +14,9 @@ import torch
 from engine import trace as ev
 from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
-from engine.runner import LogProbs, Sample
+from engine.runner import LogProbs, Sample, Segment, TopK
 from engine.sampler import SamplingParams
-from engine.scheduler import Adaptive, BatchPolicy, Eager, QueueView, WaitForK, WaitForT
+from engine.scheduler import Adaptive, BatchPolicy, Call, Eager, QueueView, WaitForK, WaitForT
 from engine.syscalls import Distribution, Syscalls
 
 
@@ -133,6 +133,78 @@ def test_a_tiny_pool_runs_every_process_that_fits_alone_to_the_end(tiny_loaded) 
     kernel = Kernel(tiny_loaded, num_pages=4, page_size=4)
     assert run(kernel, crowded) == solo
     assert kernel.pool.num_free == kernel.pool.num_pages
+
+
+def test_one_processs_bad_arguments_fail_only_its_own_calls(tiny_loaded) -> None:  # noqa: ANN001
+    """Arguments past the model's real limits (a top-k of 2**63, a position of 2**64 - 1) are
+    refused at submission or, if a batch still fails, fail only the call that caused it: ten
+    other generations batched beside them finish as they would alone."""
+    n, steps = 10, 8
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=128, page_size=4), alone)
+    huge_top_k = Sample(SamplingParams(temperature=1.0, top_k=2**63))
+
+    async def bad(sys: Syscalls, how: str) -> None:
+        f = await sys.kv.create()
+        for _ in range(steps):
+            with pytest.raises(EngineError) as failed:
+                if how == "top_k":
+                    await sys.forward(f, [1, 2, 3], returns=huge_top_k)
+                else:
+                    await sys.forward(f, [1], positions=[2**64 - 1])
+            assert ("top_k" if how == "top_k" else "context length") in str(failed.value)
+            await sys.forward(f, [4])  # the file took none of the failed call's tokens
+            assert (await sys.kv.stat(f)).tokens == 1
+            await sys.kv.truncate(f, 0)
+
+    async def together(k: Kernel) -> list[list[int]]:
+        bads = [k.spawn(bad, how) for how in ("top_k", "positions")]
+        pids = [k.spawn(greedy, prompt(i), steps) for i in range(n)]
+        outs = [await k.wait(p) for p in pids]
+        for b in bads:
+            await k.wait(b)
+        return outs
+
+    assert run(Kernel(tiny_loaded, num_pages=128, page_size=4), together) == solo
+
+
+def test_a_batch_that_fails_anyway_fails_only_the_call_that_caused_it(tiny_loaded) -> None:  # noqa: ANN001
+    """Behind the checks at submission: a call that slipped past them (queued here directly,
+    with a position past int64) fails alone; the calls batched with it are run again without it
+    and finish as they would alone, and its file takes none of its tokens."""
+    n, steps = 6, 6
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=128, page_size=4), alone)
+
+    async def unchecked(sys: Syscalls) -> None:
+        f = await sys.kv.create()
+        await sys.forward(f, [1, 2])
+        seq = sys.kernel.kvfs.sequence(f, write=True)
+        for _ in range(steps):
+            segment = Segment(seq, [3], [2**64 - 1], None, [0], TopK(5))
+            future = asyncio.get_running_loop().create_future()
+            call = Call(sys.kernel.new_call_id(), sys.process, segment, future, 0.0, len(seq))
+            with pytest.raises(ValueError, match="Overflow"):
+                await sys.kernel.submit(call)
+            assert (await sys.kv.stat(f)).tokens == 2
+
+    async def together(k: Kernel) -> list[list[int]]:
+        sneaky = k.spawn(unchecked)
+        pids = [k.spawn(greedy, prompt(i), steps) for i in range(n)]
+        outs = [await k.wait(p) for p in pids]
+        await k.wait(sneaky)
+        return outs
+
+    kernel = Kernel(tiny_loaded, num_pages=128, page_size=4)
+    assert run(kernel, together) == solo
+    batches = kernel.trace.query(kinds=[ev.BATCH])
+    assert any(len(b.data["pids"]) > 1 for b in batches)
 
 
 def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: ANN001
