@@ -196,7 +196,8 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
-    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size, data_dir=data_dir)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
 
     def ready(server: EngineServer, path: str) -> None:
@@ -224,6 +225,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    p.add_argument(
+        "--data-dir",
+        help="where saved KV files are kept, per user ($SYMPHONY_DATA_DIR, else"
+        " ~/.local/share/symphony)",
+    )
     p.add_argument("--ip", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
     p.add_argument("--connection-file", help="where to write the connection file")

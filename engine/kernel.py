@@ -15,6 +15,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -26,6 +27,7 @@ from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.runner import Runner
+from engine.saved import SavedFiles, default_data_dir
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.tools import Tools
 from engine.trace import Trace
@@ -78,14 +80,17 @@ class Kernel:
         policy: BatchPolicy | None = None,
         token_budget: int = 2048,
         trace_capacity: int = 200_000,
+        data_dir: Path | None = None,
     ) -> None:
+        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir())."""
         self.loaded = loaded
         model = loaded.model
         self.pool = PagePool.for_model(
             loaded.config, num_pages, page_size, model.dtype, model.device
         )
         self.runner = Runner(model, self.pool)
-        self.kvfs = KVFS(self.pool, model_id(loaded))
+        saved = SavedFiles((data_dir or default_data_dir()) / "saved")
+        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)

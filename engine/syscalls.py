@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -102,11 +101,20 @@ class KVCalls:
     async def chmod(self, path: str, mode: int) -> None:
         self._fs.chmod(await self._sys._caller(), path, mode)
 
-    async def save(self, path: Handle | str, dest: str | Path) -> None:
-        self._fs.save(await self._sys._caller(), path, dest)
+    async def save(self, path: Handle | str, dest: str) -> None:
+        """Save a file under the name dest, among this user's saved files (engine.saved)."""
+        caller = await self._sys._caller()
+        tensors, meta = self._fs.snapshot(caller, path)
+        saved = self._fs.saved_files()
+        writing = asyncio.to_thread(saved.write, caller.user, dest, tensors, meta)  # off the loop
+        await self._sys._waiting(writing)
 
-    async def load(self, src: str | Path, path: str | None = None) -> Handle:
-        return self._fs.load(await self._sys._caller(), src, path)
+    async def load(self, src: str, path: str | None = None) -> Handle:
+        """A new file from the saved file named src (`name`, or `user/name` for another's)."""
+        caller = await self._sys._caller()
+        reading = asyncio.to_thread(self._fs.saved_files().read, caller.user, src)
+        saved = await self._sys._waiting(reading)
+        return self._fs.restore(caller, saved, path)
 
     # --- views: what the workbench's widgets read (see KVFS.walk, .pages, .read) ---------------
 

@@ -450,12 +450,15 @@ class KVCalls:
     async def chmod(self, path: str, mode: int) -> None:
         await self._lip._call("kv.chmod", path=path, mode=mode)
 
-    async def save(self, path: FileHandle | str, dest: str | Path) -> None:
-        """Write the file to dest, a path on the engine's machine."""
-        await self._lip._call("kv.save", path=path, dest=str(dest))
+    async def save(self, path: FileHandle | str, dest: str) -> None:
+        """Save the file under the name dest among this user's saved files, kept by the engine
+        (a name such as "prompt-v1", not a host path; see engine.saved)."""
+        await self._lip._call("kv.save", path=path, dest=dest)
 
-    async def load(self, src: str | Path, path: str | None = None) -> FileHandle:
-        return await self._handle("kv.load", src=str(src), path=path)
+    async def load(self, src: str, path: str | None = None) -> FileHandle:
+        """A new file from the saved file named src ("name", or "user/name" for another user's
+        that others may read)."""
+        return await self._handle("kv.load", src=src, path=path)
 
     # --- views: what the widgets read (see Client.walk, .pages, .read) --------------------------
 

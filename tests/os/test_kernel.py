@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +16,10 @@ import torch
 from engine import trace as ev
 from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
+from engine.process import State
 from engine.runner import LogProbs, Sample, Segment, TopK
 from engine.sampler import SamplingParams
+from engine.saved import Saved, SavedFiles
 from engine.scheduler import Adaptive, BatchPolicy, Call, Eager, QueueView, WaitForK, WaitForT
 from engine.syscalls import Distribution, Syscalls
 
@@ -556,3 +560,37 @@ print(*threshold, *gc.get_threshold())
     started = [int(t) for t in thresholds.split()[3:]]
     assert default[0] == 700  # Python's own, until a kernel starts
     assert started == [YOUNG_OBJECTS_PER_COLLECTION, *default[1:]]  # only young objects change
+
+
+def test_a_saved_file_read_that_blocks_holds_up_only_its_caller(
+    tiny_loaded,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    """Saved files are read off the event loop: while one process's read waits (as on a hung
+    network disk), the others compute to the end."""
+
+    class HungDisk(SavedFiles):
+        release = threading.Event()
+
+        def read(self, user: str, name: str) -> Saved:
+            assert self.release.wait(60), "never released"
+            return super().read(user, name)
+
+    async def save_then_load(sys: Syscalls) -> list[int]:
+        f = await sys.kv.create()
+        await sys.forward(f, prompt(0))
+        await sys.kv.save(f, "prompt")
+        g = await sys.kv.load("prompt")
+        return sys.kernel.kvfs.sequence(g).tokens
+
+    async def body(k: Kernel) -> None:
+        k.kvfs.saved = HungDisk(tmp_path)
+        loader = k.spawn(save_then_load)
+        others = [k.spawn(greedy, prompt(i), 8) for i in range(1, 5)]
+        for pid in others:
+            assert len(await k.wait(pid)) == 8
+        assert k.procs[loader].state is State.WAITING  # still reading
+        HungDisk.release.set()
+        assert await k.wait(loader) == prompt(0)
+
+    run(Kernel(tiny_loaded, num_pages=64, page_size=4, data_dir=tmp_path), body)
