@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from engine import trace as ev
-from engine.errors import EngineError, OutOfPages, ProcessFailed
+from engine.errors import EngineError, OutOfPages, PermissionDenied, ProcessFailed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
@@ -208,8 +208,17 @@ class Kernel:
         p.done.set()
         self._wake()
 
-    async def wait(self, pid: int) -> Any:
+    def owned(self, pid: int, user: str | None) -> Process:
+        """Process pid, when `user` (None: the engine itself) may wait on, kill or message it:
+        processes of one user are theirs alone."""
         p = self._proc(pid)
+        if user is not None and p.owner != user:
+            raise PermissionDenied(f"process {pid}", f"belongs to {p.owner}, not {user}")
+        return p
+
+    async def wait(self, pid: int, by: str | None = None) -> Any:
+        """pid's result once it has exited (by: the user asking, who must own it)."""
+        p = self.owned(pid, by)
         if p.task is not None:
             await asyncio.shield(p.task)
         await p.done.wait()  # an attached process: until it detaches
@@ -219,8 +228,8 @@ class Kernel:
             )
         return p.result
 
-    def kill(self, pid: int) -> None:
-        p = self._proc(pid)
+    def kill(self, pid: int, by: str | None = None) -> None:
+        p = self.owned(pid, by)
         if p.alive and p.task is not None:
             p.task.cancel()
         elif p.alive:  # attached: end it here; its remote code sees its next call fail

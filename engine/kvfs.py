@@ -8,7 +8,8 @@ Access. A file's owner (a user) always reads and writes it; its `mode` bits 0o00
 everyone else read and write. A name under /proc/<pid>/ is usable only by that process, whatever
 the mode and even by other processes of the same user. Names may be added (create, fork, link,
 rename, load) only under one's own /proc/<pid>/ or /home/<user>/, or anywhere in /shared; removing
-one (unlink, rename) needs that too, and write access to the file.
+one (unlink, rename) needs that too, and write access to the file. Another user's file (link,
+rename) may be given a new name only under /shared, so it never leaves its owner's sight.
 
 Directories are implicit: one exists while a file lies under it. `listdir` shows only what the
 caller may read: files it may open and directories holding one (the three roots always).
@@ -243,12 +244,12 @@ class KVFS:
     def link(self, caller: Caller, src: Handle | str, dst: str) -> None:
         """Another name for the same file (a handle may give a name back to an unlinked file)."""
         _, f = self._resolve(caller, src, WRITE)
-        self._add_name(self._new_name(caller, dst), f)
+        self._add_name(self._new_name_for(caller, f, dst), f)
 
     def rename(self, caller: Caller, src: str, dst: str) -> None:
         src, f = self._lookup(caller, src, WRITE)
         self._check_may_name(caller, src)
-        dst = self._new_name(caller, dst)
+        dst = self._new_name_for(caller, f, dst)
         self._add_name(dst, f)
         self._drop_name(src)
         for h in self._handles.values():
@@ -551,6 +552,16 @@ class KVFS:
         for i in range(2, len(parts)):
             if (above := "/" + "/".join(parts[:i])) in self._names:
                 raise BadPath(path, f"{above} is a file, not a directory")
+        return path
+
+    def _new_name_for(self, caller: Caller, f: KVFile, path: str) -> str:
+        """A new name for an existing file: another user's file may be named only in /shared
+        (taking it into one's own /home or /proc would hide it from its owner)."""
+        path = self._new_name(caller, path)
+        if f.owner != caller.user and not path.startswith("/shared/"):
+            raise PermissionDenied(
+                path, f"{_who(caller)} may name {f.owner}'s file only under /shared"
+            )
         return path
 
     def _new_file(

@@ -498,13 +498,9 @@ class EngineServer:
         if op == "ps":
             return k.ps(**args)
         if op == "wait":
-            return await k.wait(**args)
+            return await k.wait(**args, by=session.user)
         if op == "kill":
-            pid = args.get("pid")
-            target = k._proc(pid)  # type: ignore[arg-type]
-            if target.owner != session.user:
-                raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
-            k.kill(target.pid)
+            k.kill(**args, by=session.user)
             self._cancel_dead_tasks()
             return None
         name = op.removeprefix("kv.")
@@ -560,7 +556,9 @@ class EngineServer:
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
         a = req.args
-        return await self.kernel.tools.register(a.get("name"), a.get("source"), a.get("timeout"))
+        return await self.kernel.tools.register(
+            a.get("name"), a.get("source"), a.get("timeout"), owner=session.user
+        )
 
     async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
         return self.kernel.tools.list()

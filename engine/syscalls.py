@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.errors import InvalidArgument, OutOfPages, PermissionDenied, ProcessExited
+from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.records import (
@@ -248,19 +248,16 @@ class Syscalls:
         )
 
     async def wait(self, pid: int) -> Any:
-        return await self._waiting(self.kernel.wait(pid))
+        return await self._waiting(self.kernel.wait(pid, by=self.process.owner))
 
     async def kill(self, pid: int) -> None:
-        target = self.kernel._proc(pid)
-        if target.owner != self.process.owner:
-            raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
-        self.kernel.kill(pid)
+        self.kernel.kill(pid, by=self.process.owner)
 
     async def ps(self) -> list[ProcessInfo]:
         return self.kernel.ps()
 
     async def send(self, pid: int, data: Any) -> None:
-        target = self.kernel._proc(pid)
+        target = self.kernel.owned(pid, self.process.owner)
         if not target.alive:
             raise InvalidArgument(f"process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InvalidArgument, ToolFailed
+from engine.errors import InvalidArgument, PermissionDenied, ToolFailed
 from engine.protocol import unpackb
 from engine.tool_host import HEADER, MAX_FRAME, MEMORY_ENV, frame
 
@@ -41,11 +41,17 @@ class Tool:
     name: str
     source: str
     timeout: float
+    owner: str | None = None  # the user who registered it (None: the engine's own)
     signature: str = "(...)"
     doc: str = ""
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "signature": self.signature, "doc": self.doc}
+        return {
+            "name": self.name,
+            "signature": self.signature,
+            "doc": self.doc,
+            "owner": self.owner,
+        }
 
 
 class ToolHost:
@@ -146,15 +152,22 @@ class Tools:
         return [t.info() for t in self.tools.values()]
 
     async def register(
-        self, name: str, source: str, timeout: float | None = None
+        self, name: str, source: str, timeout: float | None = None, owner: str | None = None
     ) -> dict[str, Any]:
-        """Define a tool from its source (see `engine.tool_host.define`); returns its info."""
+        """Define a tool from its source (see `engine.tool_host.define`); returns its info.
+
+        A tool's name belongs to whoever registered it first: its owner may replace it, nobody
+        else may (every user's processes call it).
+        """
         _check_name(name)
+        held = self.tools.get(name)
+        if held is not None and held.owner is not None and held.owner != owner:
+            raise PermissionDenied(f"tool {name!r}", f"was registered by {held.owner}")
         if not isinstance(source, str):
             raise InvalidArgument("a tool's source is a str")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise InvalidArgument(f"a tool's time limit is a number of seconds > 0, not {timeout}")
-        tool = Tool(name, source, float(timeout or self.timeout))
+        tool = Tool(name, source, float(timeout or self.timeout), owner)
         host = await self._ready_host()
         await self._define(host, tool)
         self.tools[name] = tool

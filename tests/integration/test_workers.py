@@ -237,7 +237,7 @@ def test_tools_are_callable_from_every_lip_and_fail_cleanly(conn: Path) -> None:
         bob = await Client.connect(conn, user="bob")
         info = await alice.register_tool(add)
         assert info == {"name": "add", "signature": "(a: int, b: int = 0) -> int",
-                        "doc": "a + b, beside the engine."}  # fmt: skip
+                        "doc": "a + b, beside the engine.", "owner": "alice"}  # fmt: skip
         await bob.register_tool(divide, name="div")
         assert await wb_tools.register_pending(alice) == ["hang"] and not wb_tools.PENDING
         assert [t["name"] for t in await bob.tools()] == ["add", "div", "hang"]
@@ -315,3 +315,42 @@ def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) 
             await lip.exit()
 
     run(body())
+
+
+def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path) -> None:
+    """Between users: no wait on another's process (a spawned child's result included), no
+    message into it, no replacing another's tool, and another's file named only under /shared."""
+
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice", name="alice")
+        mallory = await Client.connect(conn, user="mallory", name="mallory")
+        a, m = await alice.attach("a"), await mallory.attach("m")
+        child = await a.spawn(child_result, 7)
+        assert await a.wait(child) == 7  # her own child's
+        for wait in (m.wait, mallory.wait):
+            with pytest.raises(PermissionDenied, match="belongs to alice"):
+                await wait(child)
+        with pytest.raises(PermissionDenied, match="belongs to alice"):
+            await m.send(a.pid, "hello from mallory")
+        await alice.register_tool(add, name="search")
+        with pytest.raises(PermissionDenied, match="registered by alice"):
+            await mallory.register_tool(divide, name="search")
+        await alice.register_tool(divide, name="search")  # her own: replaced
+        assert await m.tool("search", 6, 3) == 2
+
+        f = await a.kv.create("/shared/alice-open", mode=0o666)  # anyone may read and write it
+        await a.forward(f, PROMPT)
+        with pytest.raises(PermissionDenied, match="only under /shared"):
+            await m.kv.rename("/shared/alice-open", "/home/mallory/mine")
+        with pytest.raises(PermissionDenied, match="only under /shared"):
+            await m.kv.link("/shared/alice-open", f"/proc/{m.pid}/mine")
+        await m.kv.rename("/shared/alice-open", "/shared/moved")  # stays in everyone's sight
+        assert (await alice.stat("/shared/moved")).owner == "alice"
+        for c in (alice, mallory):
+            await c.close()
+
+    run(body())
+
+
+async def child_result(lip: Any, n: int) -> int:
+    return n
