@@ -257,7 +257,10 @@ class Syscalls:
         return self.kernel.ps()
 
     async def send(self, pid: int, data: Any) -> None:
-        target = self.kernel.owned(pid, self.process.owner)
+        """Put a message in a live process's inbox, of any user's process: messages are how
+        programs (and users in a class) pass each other prompts and results. The message names
+        its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
+        target = self.kernel._proc(pid)
         if not target.alive:
             raise InvalidArgument(f"process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))

@@ -319,7 +319,8 @@ def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) 
 
 def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path) -> None:
     """Between users: no wait on another's process (a spawned child's result included), no
-    message into it, no replacing another's tool, and another's file named only under /shared."""
+    replacing another's tool, and another's file named only under /shared. Messages may cross
+    users: the receiver sees who sent each one."""
 
     async def body() -> None:
         alice = await Client.connect(conn, user="alice", name="alice")
@@ -330,8 +331,10 @@ def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path
         for wait in (m.wait, mallory.wait):
             with pytest.raises(PermissionDenied, match="belongs to alice"):
                 await wait(child)
-        with pytest.raises(PermissionDenied, match="belongs to alice"):
-            await m.send(a.pid, "hello from mallory")
+        await m.send(a.pid, "hello from mallory")  # messages may cross users, signed by pid
+        msg = await a.receive(timeout=5)
+        sender = {p.pid: p for p in await a.ps()}[msg.sender]
+        assert (msg.data, sender.owner) == ("hello from mallory", "mallory")
         await alice.register_tool(add, name="search")
         with pytest.raises(PermissionDenied, match="registered by alice"):
             await mallory.register_tool(divide, name="search")
