@@ -224,6 +224,7 @@ class KVFSMachine(RuleBasedStateMachine):
         dst = self.dest(data, caller, proc=False)
         assert dst is not None
         ok = allowed(caller, path, f, W) and (not rename or may_name(caller, path))
+        ok = ok and (f.owner == caller.user or dst.startswith("/shared/"))  # others' stay in sight
         self.expect(ok, lambda: (self.fs.rename if rename else self.fs.link)(caller, path, dst))
         assert self.named().get(dst) is (f if ok else None)
 
