@@ -53,6 +53,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from engine import connection
 from engine import trace as ev
+from engine.arguments import check_call
 from engine.errors import (
     AuthenticationFailed,
     BadMessage,
@@ -74,6 +75,7 @@ from engine.protocol import (
     REQUEST,
     VERSION,
     Dropped,
+    Gate,
     Request,
     SocketReader,
     Wire,
@@ -85,7 +87,7 @@ from engine.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.syscalls import Syscalls
+from engine.syscalls import Syscalls, method_of
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
@@ -122,7 +124,8 @@ class Session:
     id: str
     user: str
     name: str
-    last_seen: float
+    last_seen: float  # when a message from it last came in
+    excused: float = 0.0  # seconds since then that the engine itself was busy
     pids: set[int] = field(default_factory=set)  # its live attached processes
     ended: set[int] = field(default_factory=set)  # those that have exited
     tasks: dict[int | None, set[asyncio.Task]] = field(default_factory=dict)
@@ -147,6 +150,7 @@ class EngineServer:
         self._ipc_dir: str | None = None
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
+        self.gate = Gate(self.wire)  # size, signature, replay: see engine.protocol
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
         self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> why
@@ -195,7 +199,7 @@ class EngineServer:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.wire.max_message + 65536)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)  # per frame: no valid one is more
         if self.port:
             sock.bind(f"tcp://{self.host}:{self.port}")
         else:
@@ -264,7 +268,7 @@ class EngineServer:
 
     def _on_message(self, identity: bytes, frames: list[bytes]) -> None:
         try:
-            msg = self.wire.parse(frames)
+            msg = self.gate.admit(identity, frames)
         except Dropped:
             self.dropped += 1
             return
@@ -273,12 +277,12 @@ class EngineServer:
             return
         except ProtocolError as e:
             rid = getattr(e, "request_id", None)
-            self._reply(identity, "", rid, error_reply(rid, e))
+            self._reply(identity, getattr(e, "session", ""), rid, error_reply(rid, e))
             return
         header = msg.header
         session = self.sessions.get(str(header.get("session")))
         if session is not None:
-            session.last_seen = time.monotonic()
+            session.last_seen, session.excused = time.monotonic(), 0.0
         if header["kind"] == PING:
             sid = header.get("session")
             why = self.ended.get(str(sid)) if session is None else None
@@ -430,6 +434,7 @@ class EngineServer:
     async def _trace(self, session: Session, req: Request) -> list[Any]:
         a = dict(req.args)
         limit = a.pop("limit", 50_000)
+        check_call("trace", self.kernel.trace.query, a)
         events = self.kernel.trace.query(**a)
         return events[:limit] if isinstance(limit, int) and limit >= 0 else events
 
@@ -478,12 +483,13 @@ class EngineServer:
         if req.pid is not None:
             self._check_attached(session, req.pid)
         args = {k: self._handle_arg(session, req.pid, k, v) for k, v in req.args.items()}
+        if req.op == "forward" and "returns" in args:
+            args["returns"] = returns_from_wire(args["returns"])
+        check_call(req.op, method_of(req.op), args)  # names and types, before anything runs
         if req.pid is None:
             result = await self._client_call(session, req.op, args)
         else:
             sys_ = self.syscalls[req.pid]
-            if req.op == "forward" and "returns" in args:
-                args["returns"] = returns_from_wire(args["returns"])
             target: Any = sys_.kv if req.op.startswith("kv.") else sys_
             result = getattr(target, req.op.removeprefix("kv."))(**args)
             if inspect.isawaitable(result):
@@ -634,16 +640,17 @@ class EngineServer:
         self._last_reap = now
         if busy > REAP_INTERVAL:
             for s in self.sessions.values():
-                s.last_seen = min(now, s.last_seen + busy)
+                s.excused += busy
         if self._reader is not None:
             self._reader.drain()  # pings that queued up while the loop was busy
         suspect = self._suspect_since
         check_drop = suspect is not None and now - suspect >= DISCONNECT_GRACE
         for s in list(self.sessions.values()):
-            silent = now - s.last_seen > self.heartbeat_timeout
+            silent = now - s.last_seen - s.excused > self.heartbeat_timeout
             dropped = check_drop and s.last_seen < suspect  # type: ignore[operator]
             if silent or dropped:
-                how = f"silent for {now - s.last_seen:.1f} s" if silent else "connection dropped"
+                quiet = now - s.last_seen - s.excused
+                how = f"silent for {quiet:.1f} s" if silent else "connection dropped"
                 self._end_session(s, "client vanished", f"client vanished: {how}")
         if check_drop:
             self._suspect_since = None

@@ -7,8 +7,9 @@ lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,6 +53,20 @@ def _plain(result: Any) -> Any:
     return result.tolist()
 
 
+def _ints(name: str, values: Sequence[int]) -> list[int]:
+    """values as a new list of ints (numpy and torch integers too); InvalidArgument naming the
+    argument for anything else: a float (1.5 is no token id), a bool, a string."""
+    if type(values) is list and all(type(v) is int for v in values):
+        return values[:]  # the common case, kept quick
+    try:
+        items = list(values)
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError("a bool")
+        return [operator.index(v) for v in items]
+    except TypeError:
+        raise InvalidArgument(f"{name} must be a list of integers, not {values!r:.40}") from None
+
+
 class KVCalls:
     """The KV file system calls (`sys.kv.*`)."""
 
@@ -83,7 +98,7 @@ class KVCalls:
         await self._sys._caller()
         self._fs.unhide(handle, list(indices))
 
-    async def link(self, src: str, dst: str) -> None:
+    async def link(self, src: Handle | str, dst: str) -> None:
         self._fs.link(await self._sys._caller(), src, dst)
 
     async def rename(self, src: str, dst: str) -> None:
@@ -196,11 +211,11 @@ class Syscalls:
         elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
             returns = Sample(returns.params, self._generator(returns.generator))
-        tokens = list(map(int, tokens))
-        pos = None if positions is None else list(map(int, positions))
+        tokens = _ints("tokens", tokens)
+        pos = None if positions is None else _ints("positions", positions)
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
-        outs = None if outputs is None else list(outputs)
+        outs = None if outputs is None else _ints("outputs", outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         k.runner.check(segment, "forward")  # what the caller gave
         pages = pages_for(len(seq) + len(tokens), k.pool.page_size)
@@ -286,6 +301,12 @@ class Syscalls:
             return await aw
         finally:
             k.unblock(p)
+
+
+def method_of(op: str) -> Callable[..., Any]:
+    """The method that serves a call named op ("forward", "kv.fork"): its parameters and type
+    hints declare the call's arguments (see engine.arguments)."""
+    return getattr(KVCalls, op[3:]) if op.startswith("kv.") else getattr(Syscalls, op)
 
 
 __all__ = [

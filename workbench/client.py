@@ -26,6 +26,7 @@ import contextlib
 import getpass
 import itertools
 import json
+import operator
 import os
 import sys
 import threading
@@ -53,6 +54,7 @@ from engine.protocol import (
     REQUEST,
     SocketReader,
     Wire,
+    check_size,
     handle_to_wire,
     rebuild_error,
     request_body,
@@ -231,6 +233,8 @@ class Client:
             self._pending.pop(rid, None)
 
     async def _send(self, frames: list[bytes]) -> None:
+        if isinstance(limit := self.engine.get("max_message"), int):
+            check_size(frames, limit)  # the engine would drop it unread
         while True:
             try:
                 self._sock.send_multipart(frames, zmq.NOBLOCK)
@@ -250,7 +254,9 @@ class Client:
         except EngineError:
             return  # not from our engine, or damaged: nobody waits for it
         body = msg.body
-        if msg.header.get("kind") != REPLY or not isinstance(body, dict):
+        if msg.header.get("kind") != REPLY or msg.header.get("session") != self.session:
+            return  # a reply that is not this session's (a replay, say)
+        if not isinstance(body, dict):
             return
         future = self._pending.get(body.get("id"))  # type: ignore[arg-type]
         if body.get("id") is None and not body.get("ok"):
@@ -538,10 +544,10 @@ class LIP:
         return await self._call(
             "forward",
             file=file,
-            tokens=_ints(tokens),
-            positions=None if positions is None else _ints(positions),
+            tokens=_ints("tokens", tokens),
+            positions=None if positions is None else _ints("positions", positions),
             mask=_plain(mask),
-            outputs=None if outputs is None else _ints(outputs),
+            outputs=None if outputs is None else _ints("outputs", outputs),
             returns=returns_to_wire(returns),
         )
 
@@ -604,8 +610,15 @@ def _write_output(stream: str, text: str) -> None:
     out.flush()
 
 
-def _ints(xs: Sequence[int]) -> list[int]:
-    return [int(x) for x in xs]
+def _ints(name: str, xs: Sequence[int]) -> list[int]:
+    """xs as plain ints (numpy integers too); InvalidArgument naming the argument for anything
+    else: a float such as 1.5 is no token id, and is not rounded into one."""
+    try:
+        if isinstance(xs, (str, bytes)) or any(isinstance(x, bool) for x in xs):
+            raise TypeError
+        return [operator.index(x) for x in xs]
+    except TypeError:
+        raise InvalidArgument(f"{name} must be a list of integers, not {xs!r:.40}") from None
 
 
 def _plain(value: Any) -> Any:

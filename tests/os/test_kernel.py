@@ -239,6 +239,10 @@ def test_bad_calls_raise_in_the_caller_and_others_keep_going(tiny_loaded) -> Non
         elif what == "readonly":
             g = await sys.kv.open(f.path, write=False)
             await sys.forward(g, [1])
+        elif what == "float tokens":  # 1.5 is no token id: not rounded into one
+            await sys.forward(f, [1.5])  # type: ignore[list-item]
+        elif what == "bool positions":
+            await sys.forward(f, [1], positions=[True])
 
     async def body(k: Kernel) -> None:
         good = k.spawn(greedy, prompt(3), 8)
@@ -247,12 +251,16 @@ def test_bad_calls_raise_in_the_caller_and_others_keep_going(tiny_loaded) -> Non
             "positions": InvalidArgument,
             "handle": InvalidArgument,
             "readonly": PermissionDenied,
+            "float tokens": InvalidArgument,
+            "bool positions": InvalidArgument,
         }
         for what, kind in errors.items():
             pid = k.spawn(bad, what)
             with pytest.raises(ProcessFailed) as err:
                 await k.wait(pid)
             assert isinstance(err.value.__cause__, kind), what
+            if what in ("float tokens", "bool positions"):
+                assert what.split()[1] in str(err.value.__cause__)
         assert len(await k.wait(good)) == 8
 
     run(Kernel(tiny_loaded, page_size=4), body)

@@ -25,11 +25,17 @@ from engine.errors import (
     PermissionDenied,
 )
 from engine.protocol import (
+    MAX_DEPTH,
+    MAX_GREETING,
     VERSION,
     Dropped,
+    Gate,
     RemoteError,
+    ReplayGuard,
     Wire,
+    check_size,
     error_reply,
+    nesting,
     packb,
     parse_request,
     rebuild_error,
@@ -110,9 +116,10 @@ def test_signatures_and_refusals() -> None:
     with pytest.raises(Dropped):
         wire.parse(frames[1:])
     big = wire.frames({"kind": "request", "id": 9}, "x" * 2000)
-    with pytest.raises(MessageTooLarge) as err:
+    with pytest.raises(Dropped, match="over the limit of 1000"):  # unread: not even hashed
         wire.parse(big)
-    assert err.value.request_id == 9  # type: ignore[attr-defined]
+    with pytest.raises(MessageTooLarge, match="over the engine's limit of 1000"):
+        check_size(big, 1000)  # what a client checks before it sends
     header = packb({"v": VERSION, "kind": "request", "id": 3})
     bad = [sign(wire.key, header, b"\xc1"), header, b"\xc1"]
     with pytest.raises(BadMessage, match="not msgpack"):
@@ -213,3 +220,112 @@ def test_the_notebook_side_imports_no_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ---- hostile input (issue 18, items 6 to 8) ----
+
+
+def _nested(opener: bytes, levels: int) -> bytes:
+    return opener * levels + b"\x00"
+
+
+def test_values_nest_at_most_max_depth_in_arrays_maps_and_records() -> None:
+    records = msgpack.packb(0)
+    for _ in range(MAX_DEPTH + 1):  # a record (extension 1) around a record ...
+        records = msgpack.packb(msgpack.ExtType(1, records))
+    for opener in (b"\x91", b"\x81\xa1k"):
+        assert nesting(unpackb(_nested(opener, MAX_DEPTH))) == MAX_DEPTH
+        with pytest.raises(BadMessage, match=f"nested more than {MAX_DEPTH}"):
+            unpackb(_nested(opener, MAX_DEPTH + 1))
+    with pytest.raises(BadMessage, match=f"nested more than {MAX_DEPTH}"):
+        unpackb(records)
+    with pytest.raises(BadMessage):  # deeper than msgpack's own stack: still a BadMessage
+        unpackb(_nested(b"\x91", 5000))
+    mixed = Message(1, {"a": [Message(2, [[1]])]})  # records count as a level each
+    assert nesting(unpackb(packb(mixed))) == 6
+    with pytest.raises(BadMessage):
+        unpackb(packb(mixed), max_depth=5)
+
+
+def test_records_nested_250_deep_are_refused_without_a_crash() -> None:
+    """Each record unpacks in a C call of its own: 250 of them overflowed the stack (SIGSEGV)."""
+    code = (
+        "import msgpack\n"
+        "from engine.protocol import unpackb, Wire\n"
+        "data = msgpack.packb(0)\n"
+        "for _ in range(250): data = msgpack.packb(msgpack.ExtType(1, data))\n"
+        "assert len(data) < 1024\n"
+        "try: unpackb(data)\n"
+        "except Exception as e: print(type(e).__name__)\n"
+        "print(Wire.rejection([b'', b'\\x80', data]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"died with {done.returncode}: {done.stderr}"
+    assert done.stdout.split() == ["BadMessage", "None"]
+
+
+def test_headers_are_flat_and_unsigned_replies_small_and_plain() -> None:
+    wire = Wire("secret")
+    h = packb({"v": VERSION, "kind": "request", "id": 1, "n": 1, "extra": [1]})
+    with pytest.raises(BadMessage, match="header"):
+        wire.parse([sign(wire.key, h, b"\x80"), h, b"\x80"])
+    refused = error_reply(None, AuthenticationFailed("no"))
+    assert isinstance(Wire.rejection([b"", b"\x80", packb(refused)]), AuthenticationFailed)
+    padded = {**refused, "pad": "x" * 5000}  # over 4 KiB: not read
+    assert Wire.rejection([b"", b"\x80", packb(padded)]) is None
+    as_record = msgpack.packb(msgpack.ExtType(1, packb(["Message", [1, refused]])))
+    assert Wire.rejection([b"", b"\x80", as_record]) is None  # no records in unsigned replies
+
+
+def test_the_gate_refuses_big_messages_from_strangers_before_hashing() -> None:
+    wire = Wire("secret", max_message=1 << 20)
+    gate = Gate(wire)
+    big = ["x" * (MAX_GREETING + 10)]
+    forged = [b"0" * 64, *wire.frames({"kind": "request", "session": "s", "id": 1}, big)[1:]]
+    with pytest.raises(Dropped, match="over the limit"):  # not AuthenticationFailed: unhashed
+        gate.admit(b"stranger", forged)
+    with pytest.raises(AuthenticationFailed):  # small enough to check
+        gate.admit(b"stranger", [b"0" * 64, *wire.frames({"kind": "ping"}, {})[1:]])
+    with pytest.raises(Dropped, match="over the limit"):
+        gate.admit(b"peer", wire.frames({"kind": "request", "session": "s", "id": 1}, big))
+    hello = wire.frames({"kind": "request", "session": "s", "id": 2}, {"op": "hello"})
+    assert gate.admit(b"peer", hello).body == {"op": "hello"}
+    assert gate.admit(b"peer", wire.frames({"kind": "request", "session": "s"}, big)).body == big
+    with pytest.raises(Dropped, match="replayed"):  # the same message, from anywhere
+        gate.admit(b"other", hello)
+    h = packb({"v": VERSION, "kind": "request", "session": "s"})  # not numbered
+    with pytest.raises(Dropped, match="serial number"):
+        gate.admit(b"peer", [sign(wire.key, h, b"\x80"), h, b"\x80"])
+
+
+def test_the_replay_guard_takes_each_serial_once_in_bounded_memory() -> None:
+    guard = ReplayGuard(sessions=2, window=8)
+    assert [guard.first_time("a", n) for n in (1, 3, 2, 3, 1)] == [True] * 3 + [False] * 2
+    for n in range(4, 40):  # the window moves on ...
+        assert guard.first_time("a", n)
+    assert len(guard._seen["a"].recent) <= 8
+    assert not any(guard.first_time("a", n) for n in range(1, 40))  # ... and nothing old passes
+    assert guard.first_time("a", 41) and guard.first_time("a", 40)  # a little out of order
+    assert guard.first_time("b", 1)  # another session has its own serials
+    guard.first_time("c", 1)  # a third: the longest unused ("a") is forgotten
+    assert set(guard._seen) == {"b", "c"}
+
+
+def test_call_arguments_are_checked_against_the_declaration() -> None:
+    from engine.arguments import check_call
+    from engine.syscalls import method_of
+
+    for op, args, message in [
+        ("kv.truncate", {"n": 1.0}, "n must be an int, not 1.0"),
+        ("kv.create", {"path": "/x", "colour": 1}, "no argument 'colour'"),
+        ("kv.chmod", {"path": "/x"}, "missing argument 'mode'"),
+        ("sleep", {"seconds": "1"}, "seconds must be a number"),
+        ("receive", {"timeout": True}, "timeout must be a number or None"),
+        ("kv.stat", {"path": 3}, "path must be a KV file handle or a str"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            check_call(op, method_of(op), args)
+    check_call("kv.load", method_of("kv.load"), {"src": "saved.kv", "path": None})
+    check_call("receive", method_of("receive"), {"timeout": 2})

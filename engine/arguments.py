@@ -1,0 +1,128 @@
+"""A call's arguments checked against the signature of the method that serves it.
+
+The methods of `engine.syscalls` (their parameter names and type hints) are the declaration of
+every call. Arguments that come over the wire are plain msgpack values: before a call is
+submitted, each one is checked here, so a wrong name, a missing argument or a value of the
+wrong type (a float token id, a string where an int belongs) is an `InvalidArgument` naming the
+argument, never a `TypeError` from deep inside the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePath
+from typing import Any, NamedTuple
+
+from engine.errors import InvalidArgument
+
+
+class Parameters(NamedTuple):
+    hints: dict[str, Any]  # each parameter's type hint (Any where it has none)
+    checks: dict[str, Callable[[Any], bool]]  # each one's check, made once from its hint
+    required: tuple[str, ...]
+
+
+@functools.cache
+def parameters(fn: Callable[..., Any]) -> Parameters:
+    """fn's keyword-passable parameters (without self) and the ones without a default."""
+    hints = typing.get_type_hints(fn)
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    declared = {p.name: hints.get(p.name, Any) for p in params}
+    return Parameters(
+        declared,
+        {name: checker(hint) for name, hint in declared.items()},
+        tuple(p.name for p in params if p.default is inspect.Parameter.empty),
+    )
+
+
+def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
+    """InvalidArgument naming the first argument of `op` that fn does not take as given."""
+    hints, checks, required = parameters(fn)
+    for name, value in args.items():
+        check = checks.get(name)
+        if check is None:
+            takes = ", ".join(hints) or "no arguments"
+            raise InvalidArgument(f"{op}: no argument {name!r} (it takes {takes})")
+        if not check(value):
+            raise InvalidArgument(
+                f"{op}: {name} must be {describe(hints[name])}, not {_show(value)}"
+            )
+    for name in required:
+        if name not in args:
+            raise InvalidArgument(f"{op}: missing argument {name!r}")
+
+
+def accepts(hint: Any, value: Any) -> bool:
+    """Whether value is of the type hint (as msgpack carries it: a path is a str)."""
+    return checker(hint)(value)
+
+
+def checker(hint: Any) -> Callable[[Any], bool]:
+    """A function telling whether a value is of the type hint."""
+    if hint is Any:
+        return lambda value: True
+    if hint is None or hint is type(None):
+        return lambda value: value is None
+    if hint is int:
+        return lambda value: type(value) is int  # not a bool, not a float
+    if hint is float:
+        return lambda value: type(value) is int or type(value) is float
+    if hint is bool or hint is str:
+        return lambda value: type(value) is hint
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [checker(h) for h in typing.get_args(hint)]
+        return lambda value: any(ok(value) for ok in options)
+    if _is(origin, Mapping):
+        return lambda value: isinstance(value, dict)
+    if _is(origin, Iterable):  # Sequence[int], list[str], ...: a msgpack array
+        (item,) = typing.get_args(hint) or (Any,)
+        if item is int:  # token ids, indices: the common case, kept quick
+            return lambda value: type(value) in (list, tuple) and all(type(v) is int for v in value)
+        ok = checker(item)
+        return lambda value: type(value) in (list, tuple) and all(ok(v) for v in value)
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return lambda value: isinstance(value, str)
+    if isinstance(hint, type):
+        return lambda value: isinstance(value, hint)
+    return lambda value: False
+
+
+def describe(hint: Any) -> str:
+    """A type hint in words: 'an int', 'a list of int or None'."""
+    if hint is None or hint is type(None):
+        return "None"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe(h) for h in typing.get_args(hint)))
+    if _is(origin, Mapping):
+        return "a map"
+    if _is(origin, Iterable):
+        (item,) = typing.get_args(hint) or (Any,)
+        return f"a list of {describe(item).removeprefix('an ').removeprefix('a ')}"
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return "a str"
+    if hint is Any:
+        return "any value"
+    name = {"Handle": "KV file handle", "float": "number"}.get(
+        getattr(hint, "__name__", ""), getattr(hint, "__name__", str(hint))
+    )
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _is(origin: Any, kind: type) -> bool:
+    return isinstance(origin, type) and issubclass(origin, kind)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return f"{shown} ({type(value).__name__})"
