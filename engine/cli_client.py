@@ -7,6 +7,7 @@ heartbeat): enough for commands and benches. Notebooks use `workbench.client`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -30,13 +31,13 @@ class SyncClient:
     ) -> None:
         self.info = info
         self.session = uuid.uuid4().hex
-        self.wire = Wire(info.token, 1 << 30)
+        self.wire = Wire(info.token, 1 << 30, info.user)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(info.local_address)
         self._ids = itertools.count(1)
-        self._hello = {"user": user or getpass.getuser(), "name": name}
+        self._hello = {"user": user or info.user or getpass.getuser(), "name": name}
         self.engine = self.call("hello", self._hello)
 
     @classmethod
@@ -140,7 +141,20 @@ def stop(client: SyncClient, args: argparse.Namespace) -> None:
     print(f"stopped the engine (pid {pid})")
 
 
-COMMANDS = {"ps": ps, "ls": ls, "stat": stat, "kill": kill, "stop": stop}
+def user(client: SyncClient, args: argparse.Namespace) -> None:
+    """`symphony user add NAME`: a connection file holding NAME's own credential (mode 0600)."""
+    if args.action == "remove":
+        had = client.call("user.remove", {"user": args.name})
+        print(f"revoked {args.name}'s credential" if had else f"{args.name} had no credential")
+        return
+    issued = client.call("user.add", {"user": args.name})
+    info = dataclasses.replace(client.info, token=issued["token"], user=args.name)
+    out = Path(args.out or f"symphony-engine-{args.name}.json")
+    connection.write(info, out)
+    print(f"wrote {out}: {args.name}'s connection file (give it to {args.name} only)")
+
+
+COMMANDS = {"ps": ps, "ls": ls, "stat": stat, "kill": kill, "stop": stop, "user": user}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -158,6 +172,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add("stat", "show a KV file").add_argument("path")
     add("kill", "end a process (one of this user's)").add_argument("pid", type=int)
     add("stop", "stop the running engine")
+    p = add("user", "issue (add) or revoke (remove) a user's own credential")
+    p.add_argument("action", choices=("add", "remove"))
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--out", help="where add writes the connection file (default: here)")
 
 
 def run(args: argparse.Namespace) -> int:

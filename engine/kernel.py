@@ -89,7 +89,8 @@ class Kernel:
             loaded.config, num_pages, page_size, model.dtype, model.device
         )
         self.runner = Runner(model, self.pool)
-        saved = SavedFiles((data_dir or default_data_dir()) / "saved")
+        self.data_dir = data_dir or default_data_dir()  # saved files, users' credentials
+        saved = SavedFiles(self.data_dir / "saved")
         self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)

@@ -54,6 +54,7 @@ from zmq.utils.monitor import parse_monitor_message
 from engine import connection
 from engine import trace as ev
 from engine.arguments import check_call
+from engine.credentials import Credentials
 from engine.errors import (
     AuthenticationFailed,
     BadMessage,
@@ -124,6 +125,7 @@ class Session:
     id: str
     user: str
     name: str
+    cred: str  # the credential that signs its messages ("": the engine's owner's)
     last_seen: float  # when a message from it last came in
     excused: float = 0.0  # seconds since then that the engine itself was busy
     pids: set[int] = field(default_factory=set)  # its live attached processes
@@ -150,7 +152,10 @@ class EngineServer:
         self._ipc_dir: str | None = None
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
-        self.gate = Gate(self.wire)  # size, signature, replay: see engine.protocol
+        self.credentials = Credentials(self.token, kernel.data_dir / "users.json")
+        self._wires = {"": self.wire}  # what signs the replies to each credential's clients
+        # size, signature (by the credential a message names), replay: see engine.protocol
+        self.gate = Gate(self.wire, keys=self.credentials.key)
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
         self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> why
@@ -186,6 +191,8 @@ class EngineServer:
                 "output": self._output,
                 "worker.adopt": self._adopt,
                 "worker.exit": self._worker_exit,
+                "user.add": self._user_add,
+                "user.remove": self._user_remove,
                 "tool.register": self._tool_register,
                 "tool.list": self._tool_list,
                 "tool": self._tool,
@@ -277,7 +284,8 @@ class EngineServer:
             return
         except ProtocolError as e:
             rid = getattr(e, "request_id", None)
-            self._reply(identity, getattr(e, "session", ""), rid, error_reply(rid, e))
+            sid, cred = getattr(e, "session", ""), getattr(e, "cred", "")
+            self._reply(identity, sid, rid, error_reply(rid, e), cred)
             return
         header = msg.header
         session = self.sessions.get(str(header.get("session")))
@@ -287,13 +295,17 @@ class EngineServer:
             sid = header.get("session")
             why = self.ended.get(str(sid)) if session is None else None
             body = {} if why is None else {"ended": why}  # the client learns its session ended
-            self._send(identity, self.wire.frames({"kind": PONG, "session": sid}, body))
+            pong = self._wire_for(header.get("cred", "")).frames(
+                {"kind": PONG, "session": sid}, body
+            )
+            self._send(identity, pong)
         elif header["kind"] == REQUEST:
             self._start(identity, header, msg.body, session)
         else:
             rid = header.get("id")
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
-            self._reply(identity, str(header.get("session", "")), rid, error_reply(rid, err))
+            sid, cred = str(header.get("session", "")), header.get("cred", "")
+            self._reply(identity, sid, rid, error_reply(rid, err), cred)
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         if self._sock is not None:
@@ -302,12 +314,15 @@ class EngineServer:
             if self._reader is not None:
                 self._reader.drain()
 
-    def _reply(self, identity: bytes, session: str, rid: int | None, body: dict[str, Any]) -> None:
+    def _reply(
+        self, identity: bytes, session: str, rid: int | None, body: dict[str, Any], cred: str = ""
+    ) -> None:
         header = {"kind": REPLY, "session": session, "id": rid}
+        wire = self._wire_for(cred)
         try:
-            frames = self.wire.frames(header, body)
+            frames = wire.frames(header, body)
         except Exception as e:  # a result msgpack cannot carry
-            frames = self.wire.frames(header, error_reply(rid, InvalidArgument(str(e))))
+            frames = wire.frames(header, error_reply(rid, InvalidArgument(str(e))))
         self._send(identity, frames)
 
     @staticmethod
@@ -338,12 +353,12 @@ class EngineServer:
             self._track(session, body, task)
 
     async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
-        sid = str(header.get("session", ""))
+        sid, cred = str(header.get("session", "")), str(header.get("cred", ""))
         rid = header.get("id")
         try:
             req = parse_request(body)
             rid = req.id
-            result = await self._dispatch(sid, req)
+            result = await self._dispatch(sid, req, cred)
             reply = ok_reply(rid, result)
         except asyncio.CancelledError:
             if self._sock is None or self.stopped.is_set():
@@ -352,7 +367,7 @@ class EngineServer:
         except Exception as e:  # every error becomes a reply naming it; the engine keeps serving
             rid = getattr(e, "request_id", rid)
             reply = error_reply(rid, e)
-        self._reply(identity, sid, rid, reply)
+        self._reply(identity, sid, rid, reply, cred)
         if reply.get("ok") and isinstance(body, dict) and body.get("op") == "shutdown":
             await asyncio.sleep(0.05)  # let the reply leave before the socket closes
             self.request_stop()
@@ -361,12 +376,22 @@ class EngineServer:
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self.stop())
 
-    async def _dispatch(self, sid: str, req: Request) -> Any:
+    def _wire_for(self, cred: Any) -> Wire:
+        """The Wire that signs messages to clients of credential cred (the owner's by default)."""
+        wire = self._wires.get(cred) if isinstance(cred, str) else None
+        if wire is None:
+            token = self.credentials.tokens.get(cred) if isinstance(cred, str) else None
+            if token is None:
+                return self.wire
+            wire = self._wires[cred] = Wire(token, self.wire.max_message, cred)
+        return wire
+
+    async def _dispatch(self, sid: str, req: Request, cred: str = "") -> Any:
         op = self._ops.get(req.op)
         if op is None:
             raise UnknownOperation(f"unknown op {req.op!r}")
         if req.op == "hello":
-            return await self._hello_session(sid, req)
+            return await self._hello_session(sid, req, cred)
         session = self.sessions.get(sid)
         if session is None:
             if sid in self.ended:
@@ -375,11 +400,13 @@ class EngineServer:
                     " detached its processes; reconnect to start a new one"
                 )
             raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
+        if session.cred != cred:
+            raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
         return await op(session, req)
 
     # --- session ops -----------------------------------------------------------------------------
 
-    async def _hello_session(self, sid: str, req: Request) -> dict[str, Any]:
+    async def _hello_session(self, sid: str, req: Request, cred: str) -> dict[str, Any]:
         if not sid:
             raise BadMessage("hello needs a session id in the header")
         user, name = req.args.get("user"), req.args.get("name", "client")
@@ -387,8 +414,12 @@ class EngineServer:
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
         if sid in self.ended:
             raise SessionEnded(f"hello: session {sid[:16]!r} has ended; start a new one")
+        if cred and user != cred:  # a user's credential acts as that user only
+            raise PermissionDenied(f"user {user!r}", f"this credential is {cred!r}'s")
         if sid not in self.sessions:
-            self.sessions[sid] = Session(sid, user, name, time.monotonic())
+            self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
+        elif self.sessions[sid].cred != cred:
+            raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
         return await self._hello(self.sessions[sid], req)
 
     async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
@@ -534,6 +565,8 @@ class EngineServer:
         if parent is not None and parent not in session.pids:
             raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
         info = dataclasses.asdict(self.connection_info())
+        if session.cred:  # the worker acts with its user's credential, never the owner's
+            info.update(token=self.credentials.tokens[session.cred], user=session.cred)
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
         return await self.workers.launch(session.id, session.user, req.args, info)
@@ -559,6 +592,36 @@ class EngineServer:
         if error is None:
             self.workers.runs[pid].process.result = req.args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
+
+    # --- users' credentials (engine.credentials) -------------------------------------------
+
+    def _check_owner(self, session: Session, op: str) -> None:
+        if session.cred:
+            raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
+
+    async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
+        """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
+        self._check_owner(session, "user.add")
+        user = req.args.get("user")
+        token = self.credentials.add(user)  # type: ignore[arg-type]
+        self._wires.pop(user, None)  # type: ignore[arg-type]
+        self._end_sessions_of(user, "its user's credential was replaced")  # type: ignore[arg-type]
+        return {"user": user, "token": token}
+
+    async def _user_remove(self, session: Session, req: Request) -> bool:
+        """Revoke user's credential and end their sessions; whether they had one."""
+        self._check_owner(session, "user.remove")
+        user = req.args.get("user")
+        if not isinstance(user, str):
+            raise InvalidArgument("user.remove takes a user name")
+        had = self.credentials.remove(user)
+        self._wires.pop(user, None)
+        self._end_sessions_of(user, "its user's credential was revoked")
+        return had
+
+    def _end_sessions_of(self, cred: str, why: str) -> None:
+        for s in [s for s in self.sessions.values() if s.cred == cred]:
+            self._end_session(s, why)
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
         a = req.args

@@ -108,7 +108,7 @@ class Client:
         """A new session: its id, the calls socket and the heartbeat thread."""
         self.address = self.info.local_address  # the Unix socket when the engine is here
         self.session = uuid.uuid4().hex
-        self.wire = Wire(self.info.token, REPLY_LIMIT)
+        self.wire = Wire(self.info.token, REPLY_LIMIT, self.info.user)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -128,14 +128,15 @@ class Client:
     ) -> Client:
         """Connect to the running engine; EngineNotRunning when there is none.
 
-        user: whose /home this client works in (default `$SYMPHONY_USER`, else the login name).
+        user: whose /home this client works in (default: the user of a user's connection file,
+        else `$SYMPHONY_USER`, else the login name).
         """
         if isinstance(connection_file, connection.ConnectionInfo):
             info, source = connection_file, None  # an engine-side worker is given the info itself
         else:
             source = Path(connection_file) if connection_file else connection.default_path()
             info = connection.read(source)
-        user = user or os.environ.get(USER_ENV) or getpass.getuser()
+        user = user or info.user or os.environ.get(USER_ENV) or getpass.getuser()
         client = cls(info, user, name or f"client-{os.getpid()}", source)
         await client._hello(timeout)
         return client
