@@ -7,6 +7,7 @@ heartbeat): enough for commands and benches. Notebooks use `workbench.client`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import zmq
 
 from engine import connection
-from engine.errors import BadMessage, EngineNotRunning
+from engine.errors import EngineNotRunning, SessionEnded, UnknownSession
 from engine.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
 
 
@@ -30,13 +31,13 @@ class SyncClient:
     ) -> None:
         self.info = info
         self.session = uuid.uuid4().hex
-        self.wire = Wire(info.token, 1 << 30)
+        self.wire = Wire(info.token, 1 << 30, info.user)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(info.local_address)
         self._ids = itertools.count(1)
-        self._hello = {"user": user or getpass.getuser(), "name": name}
+        self._hello = {"user": user or info.user or getpass.getuser(), "name": name}
         self.engine = self.call("hello", self._hello)
 
     @classmethod
@@ -52,10 +53,11 @@ class SyncClient:
     ) -> Any:
         try:
             return self._call(op, args, pid, timeout)
-        except BadMessage as e:
-            if op == "hello" or "say hello first" not in str(e):
+        except (SessionEnded, UnknownSession):
+            if op == "hello":
                 raise
-        # Without heartbeats the engine forgets a silent session after 2 s: say hello again.
+        # Without heartbeats the engine ends a silent session: start a new one.
+        self.session = uuid.uuid4().hex
         self.call("hello", self._hello, timeout=timeout)
         return self._call(op, args, pid, timeout)
 
@@ -139,7 +141,20 @@ def stop(client: SyncClient, args: argparse.Namespace) -> None:
     print(f"stopped the engine (pid {pid})")
 
 
-COMMANDS = {"ps": ps, "ls": ls, "stat": stat, "kill": kill, "stop": stop}
+def user(client: SyncClient, args: argparse.Namespace) -> None:
+    """`symphony user add NAME`: a connection file holding NAME's own credential (mode 0600)."""
+    if args.action == "remove":
+        had = client.call("user.remove", {"user": args.name})
+        print(f"revoked {args.name}'s credential" if had else f"{args.name} had no credential")
+        return
+    issued = client.call("user.add", {"user": args.name})
+    info = dataclasses.replace(client.info, token=issued["token"], user=args.name)
+    out = Path(args.out or f"symphony-engine-{args.name}.json")
+    connection.write(info, out)
+    print(f"wrote {out}: {args.name}'s connection file (give it to {args.name} only)")
+
+
+COMMANDS = {"ps": ps, "ls": ls, "stat": stat, "kill": kill, "stop": stop, "user": user}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -157,6 +172,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add("stat", "show a KV file").add_argument("path")
     add("kill", "end a process (one of this user's)").add_argument("pid", type=int)
     add("stop", "stop the running engine")
+    p = add("user", "issue (add) or revoke (remove) a user's own credential")
+    p.add_argument("action", choices=("add", "remove"))
+    p.add_argument("name", help="the user's name")
+    p.add_argument("--out", help="where add writes the connection file (default: here)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +214,8 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
-    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size, data_dir=data_dir)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
 
     def ready(server: EngineServer, path: str) -> None:
@@ -223,6 +243,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    p.add_argument(
+        "--data-dir",
+        help="where saved KV files are kept, per user ($SYMPHONY_DATA_DIR, else"
+        " ~/.local/share/symphony)",
+    )
     p.add_argument("--ip", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
     p.add_argument("--connection-file", help="where to write the connection file")

@@ -5,6 +5,8 @@ without importing Jupyter), named `symphony-engine.json`; `$SYMPHONY_CONNECTION_
 another path. Fields: transport, ip, port, token, pid, model, device, and ipc: the engine's
 second endpoint on POSIX, a Unix socket (`ipc://...`) that clients on the same machine use
 instead of loopback TCP (a bare ZeroMQ round trip measured 157-192 µs over it here, 228 over TCP).
+A user's connection file (`symphony user add NAME`, see engine.credentials) also has `user`: its
+token is that user's, not the engine's own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class ConnectionInfo:
     model: str
     device: str
     ipc: str = ""
+    user: str = ""  # a user's credential: the user whose token this is ("": the engine's owner)
 
     @property
     def address(self) -> str:

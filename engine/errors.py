@@ -19,8 +19,8 @@ class ModelLoadError(EngineError):
 class OutOfPages(EngineError):
     """The page pool has fewer free pages than a request needs. Nothing was allocated."""
 
-    def __init__(self, needed: int, free: int) -> None:
-        super().__init__(f"out of KV pages: needed {needed}, {free} free")
+    def __init__(self, needed: int, free: int, detail: str | None = None) -> None:
+        super().__init__(f"out of KV pages: {detail or f'needed {needed}, {free} free'}")
         self.needed = needed
         self.free = free
 
@@ -106,6 +106,15 @@ class BadMessage(ProtocolError):
 
 class UnknownOperation(ProtocolError):
     """A request for an operation the engine does not have."""
+
+
+class UnknownSession(ProtocolError):
+    """A request from a session the engine never greeted: say `hello` first."""
+
+
+class SessionEnded(EngineError):
+    """The engine ended this client's session (it went silent, or the engine stopped), and
+    detached its processes. `await client.reconnect()` starts a new session."""
 
 
 class EngineNotRunning(EngineError):

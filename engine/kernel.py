@@ -15,19 +15,20 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from engine import trace as ev
-from engine.errors import EngineError, OutOfPages, ProcessFailed
+from engine.errors import EngineError, OutOfPages, PermissionDenied, ProcessFailed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.runner import Runner
+from engine.saved import SavedFiles, default_data_dir
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
-from engine.sequence import pages_for
 from engine.tools import Tools
 from engine.trace import Trace
 
@@ -66,6 +67,7 @@ def freeze_startup_heap() -> None:
 
 
 _startup_heap_frozen = False
+MAKE_ROOM_AFTER = 0.5  # seconds a suspended process waits before others are suspended for it
 YOUNG_OBJECTS_PER_COLLECTION = 10_000  # the collector's first threshold; Python's default is 700
 
 
@@ -78,14 +80,18 @@ class Kernel:
         policy: BatchPolicy | None = None,
         token_budget: int = 2048,
         trace_capacity: int = 200_000,
+        data_dir: Path | None = None,
     ) -> None:
+        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir())."""
         self.loaded = loaded
         model = loaded.model
         self.pool = PagePool.for_model(
             loaded.config, num_pages, page_size, model.dtype, model.device
         )
         self.runner = Runner(model, self.pool)
-        self.kvfs = KVFS(self.pool, model_id(loaded))
+        self.data_dir = data_dir or default_data_dir()  # saved files, users' credentials
+        saved = SavedFiles(self.data_dir / "saved")
+        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)
@@ -203,8 +209,17 @@ class Kernel:
         p.done.set()
         self._wake()
 
-    async def wait(self, pid: int) -> Any:
+    def owned(self, pid: int, user: str | None) -> Process:
+        """Process pid, when `user` (None: the engine itself) may wait on, kill or message it:
+        processes of one user are theirs alone."""
         p = self._proc(pid)
+        if user is not None and p.owner != user:
+            raise PermissionDenied(f"process {pid}", f"belongs to {p.owner}, not {user}")
+        return p
+
+    async def wait(self, pid: int, by: str | None = None) -> Any:
+        """pid's result once it has exited (by: the user asking, who must own it)."""
+        p = self.owned(pid, by)
         if p.task is not None:
             await asyncio.shield(p.task)
         await p.done.wait()  # an attached process: until it detaches
@@ -214,8 +229,8 @@ class Kernel:
             )
         return p.result
 
-    def kill(self, pid: int) -> None:
-        p = self._proc(pid)
+    def kill(self, pid: int, by: str | None = None) -> None:
+        p = self.owned(pid, by)
         if p.alive and p.task is not None:
             p.task.cancel()
         elif p.alive:  # attached: end it here; its remote code sees its next call fail
@@ -315,9 +330,12 @@ class Kernel:
                 self.trace.emit(ev.CALL_STARTED, c.process.pid, {"call": c.id, "batch": bid})
         try:
             results = self.runner.forward(segments, validate=False)  # checked at submission
-        except Exception as e:  # validated at submission, so this is the engine's own failure
-            for c in batch.calls:
-                self._finish(c, error=e)
+        except Exception as e:  # checked at submission, yet failed: the batch left no trace
+            if len(batch.calls) == 1:
+                self._finish(batch.calls[0], error=e)
+            else:  # each call alone: only the calls that cause the failure fail
+                for c, n in zip(batch.calls, batch.sizes, strict=True):
+                    self._run_batch(Batch([c], [n]))
             return
         took = time.monotonic() - start
         self.trace.emit(
@@ -394,17 +412,30 @@ class Kernel:
         while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
             calls.pop()
             sizes.pop()
-        if not calls:
+        if not calls or self._pages_needed(Batch(calls, sizes)) <= self.pool.num_free:
             return Batch(calls, sizes)
-        while self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
-            victim = self._pick_victim(exclude={c.process.pid for c in calls})
+        # One call that does not fit: suspend others, then run as much of it as fits.
+        (head,), (size,) = calls, sizes
+        while head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+            victim = self._pick_victim(exclude={head.process.pid})
             if victim is None:
-                head = calls[0]
-                need = self._pages_needed(Batch(calls, sizes))
-                self._finish(head, error=OutOfPages(need, self.pool.num_free))
-                return Batch([], [])
+                break
             self._suspend(victim)
-        return Batch(calls, sizes)
+        while size and head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+            size -= 1
+        if size == 0:  # its own process's other files hold the rest of the pool
+            held = self.pool.num_pages - self.pool.num_free
+            self._finish(
+                head,
+                error=OutOfPages(
+                    head.seq.pages_needed(self.pool, 1),
+                    self.pool.num_free,
+                    f"process {head.process.pid}'s files hold {held} of the pool's"
+                    f" {self.pool.num_pages} pages, and its call needs one more",
+                ),
+            )
+            return Batch([], [])
+        return Batch([head], [size])
 
     def _private_files(self, p: Process) -> list[Any]:
         prefix = f"/proc/{p.pid}/"
@@ -429,31 +460,58 @@ class Kernel:
 
     def _suspend(self, p: Process) -> None:
         freed = sum(f.seq.swap_out(self.pool) for f in self._private_files(p))
+        p.suspended_since = time.monotonic()
         self._set_state(p, SUSPENDED, pages_swapped=freed)
 
     def _resume_suspended(self) -> None:
-        """Bring back suspended processes, highest priority and oldest first, while they fit."""
+        """Bring back suspended processes, highest priority and oldest first, while they fit.
+
+        One that does not fit now does not hold up those after it. The first in line gets room
+        made for it (others suspended) once it has waited MAKE_ROOM_AFTER seconds, or at once
+        when no resident process has a call to run: every process that fits alone makes progress.
+        """
         suspended = [p for p in self.live.values() if p.state is SUSPENDED]
-        for p in sorted(suspended, key=lambda p: (-p.priority, p.started)):
-            if not self._try_resume(p):
-                break
+        first = True
+        for p in sorted(suspended, key=lambda p: (-p.priority, p.suspended_since)):
+            need = self._resume_need(p)
+            if first and need > self.pool.num_free and need <= self.pool.num_pages:
+                waited = time.monotonic() - p.suspended_since
+                idle = not any(c.process.state is not SUSPENDED for c in self.scheduler.queue)
+                if idle or waited >= MAKE_ROOM_AFTER:
+                    while need > self.pool.num_free:
+                        victim = self._pick_victim(exclude={p.pid})
+                        if victim is None:
+                            break
+                        self._suspend(victim)
+            first = False
+            if need <= self.pool.num_free:
+                self._resume(p)
+
+    def _resume_need(self, p: Process) -> int:
+        """Pages p needs to come back and run one token of each queued call: its swapped pages,
+        plus, per call, a page when its file's last page is full (or a copy of a shared one)."""
+        need = sum(len(f.seq.swapped) for f in self._private_files(p))
+        return need + sum(
+            c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
+        )
 
     def _try_resume(self, p: Process) -> bool:
-        files = self._private_files(p)
-        queued = [c for c in self.scheduler.queue if c.process is p]
-        need = sum(len(f.seq.swapped) for f in files)
-        need += sum(pages_for(c.remaining, self.pool.page_size) + 1 for c in queued)
-        if need > self.pool.num_free:
+        if self._resume_need(p) > self.pool.num_free:
             return False
-        for f in files:
+        self._resume(p)
+        return True
+
+    def _resume(self, p: Process) -> None:
+        for f in self._private_files(p):
             f.seq.swap_in(self.pool)
         self._set_state(p, WAITING if p.blocked else READY)
-        return True
 
     async def ensure_resident(self, p: Process) -> None:
         """Wait until a suspended process's files are back in the pool (before it touches them)."""
-        while p.state is SUSPENDED and not self._try_resume(p):
-            await asyncio.sleep(0.01)
+        while p.state is SUSPENDED:
+            self._resume_suspended()
+            if p.state is SUSPENDED:
+                await asyncio.sleep(0.01)
 
     def _swapped_pages(self) -> int:
         """Only suspended processes hold swapped pages (resuming brings all of them back)."""

@@ -8,12 +8,15 @@ Access. A file's owner (a user) always reads and writes it; its `mode` bits 0o00
 everyone else read and write. A name under /proc/<pid>/ is usable only by that process, whatever
 the mode and even by other processes of the same user. Names may be added (create, fork, link,
 rename, load) only under one's own /proc/<pid>/ or /home/<user>/, or anywhere in /shared; removing
-one (unlink, rename) needs that too, and write access to the file.
+one (unlink, rename) needs that too, and write access to the file. Another user's file (link,
+rename) may be given a new name only under /shared, so it never leaves its owner's sight.
 
 Directories are implicit: one exists while a file lies under it. `listdir` shows only what the
 caller may read: files it may open and directories holding one (the three roots always).
 A file lives while it has a name or an open handle, like unix: unlinking the last name of an open
 file keeps its pages until the last close. Handles are capabilities: whoever holds one may use it.
+
+Saved files (`save`, `load`) are kept by name in the engine's data directory (engine.saved).
 
 Views (the widgets' data): `walk` stats every readable file under a path, `pages` shows the pool
 with the readable files behind each page, `read` returns a readable file's token ids.
@@ -30,8 +33,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from engine.errors import (
@@ -44,6 +45,7 @@ from engine.errors import (
 )
 from engine.page_pool import PagePool
 from engine.records import FileStat, PageMap
+from engine.saved import Saved, SavedFiles
 from engine.sequence import KVSequence, pages_for
 
 ROOTS = ("proc", "home", "shared")
@@ -177,21 +179,16 @@ def _longs(xs: list[int]) -> Tensor:
     return torch.tensor(xs, dtype=torch.int64)
 
 
-def _read_saved(src: str | Path) -> tuple[dict[str, str], dict[str, Tensor]]:
-    try:
-        with safe_open(str(src), framework="pt") as fh:
-            return fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-    except FileNotFoundError:
-        raise FileNotFound(src, "no such file on disk") from None
-    except (OSError, SafetensorError) as e:
-        raise IncompatibleFile(src, f"not a saved KV file ({e})") from None
-
-
 class KVFS:
     def __init__(
-        self, pool: PagePool, model_id: str, clock: Callable[[], float] = time.time
+        self,
+        pool: PagePool,
+        model_id: str,
+        clock: Callable[[], float] = time.time,
+        saved: SavedFiles | None = None,
     ) -> None:
         self.pool, self.model_id, self.clock = pool, model_id, clock
+        self.saved = saved  # where kv.save writes (None: nowhere)
         self._names: dict[str, KVFile] = {}
         self._handles: dict[int, Handle] = {}
         self._fds = itertools.count(1)
@@ -247,12 +244,12 @@ class KVFS:
     def link(self, caller: Caller, src: Handle | str, dst: str) -> None:
         """Another name for the same file (a handle may give a name back to an unlinked file)."""
         _, f = self._resolve(caller, src, WRITE)
-        self._add_name(self._new_name(caller, dst), f)
+        self._add_name(self._new_name_for(caller, f, dst), f)
 
     def rename(self, caller: Caller, src: str, dst: str) -> None:
         src, f = self._lookup(caller, src, WRITE)
         self._check_may_name(caller, src)
-        dst = self._new_name(caller, dst)
+        dst = self._new_name_for(caller, f, dst)
         self._add_name(dst, f)
         self._drop_name(src)
         for h in self._handles.values():
@@ -412,8 +409,23 @@ class KVFS:
 
     # ---- persistence ----
 
-    def save(self, caller: Caller, path: Handle | str, dest: str | Path) -> None:
-        """Write the file's tokens, positions, hidden set and K/V to dest (safetensors)."""
+    # ---- saved files (engine.saved): a snapshot is taken and restored here, on the loop ----
+
+    def save(self, caller: Caller, path: Handle | str, name: str) -> None:
+        """Save a file under `name` in the caller's saved files (see engine.saved)."""
+        self.saved_files().write(caller.user, name, *self.snapshot(caller, path))
+
+    def load(self, caller: Caller, name: str, path: str | None = None) -> Handle:
+        """A new file at path (None: `/proc/<pid>/kv<N>`) from a saved one, open for writing."""
+        return self.restore(caller, self.saved_files().read(caller.user, name), path)
+
+    def saved_files(self) -> SavedFiles:
+        if self.saved is None:
+            raise InvalidArgument("this engine keeps no saved files (it has no data directory)")
+        return self.saved
+
+    def snapshot(self, caller: Caller, path: Handle | str) -> tuple[dict[str, Tensor], dict]:
+        """A readable file's tokens, positions, hidden set and K/V, and its metadata."""
         src, f = self._resolve(caller, path, READ)
         k, v = gather_kv(self.pool, f.seq)
         tensors = {
@@ -423,20 +435,21 @@ class KVFS:
             "positions": _longs(f.seq.positions),
             "hidden": _longs(sorted(f.seq.hidden)),
         }
-        save_file(
-            tensors,
-            str(dest),
-            metadata={"format": FORMAT, "model_id": self.model_id, "source": src},
-        )
+        meta = {
+            "format": FORMAT,
+            "model_id": self.model_id,
+            "source": src,
+            "owner": f.owner,
+            "mode": oct(f.mode),
+        }
+        return tensors, meta
 
-    def load(self, caller: Caller, src: str | Path, path: str | None = None) -> Handle:
-        """A new file at path (None: `/proc/<pid>/kv<N>`) from a saved one, open for writing.
-
-        Refuses another model's file or a misshapen one; allocates all its pages or none.
-        """
+    def restore(self, caller: Caller, saved: Saved, path: str | None = None) -> Handle:
+        """A new file from a saved one, with its mode; refuses another model's file or a
+        misshapen one; allocates all its pages or none."""
         path = self._new_name(caller, path)
-        meta, t = _read_saved(src)
-        self._check_saved(src, meta, t)
+        t = saved.tensors
+        self._check_saved(saved.name, saved.meta, t)
         tokens, positions, hidden = (t[n].tolist() for n in ("tokens", "positions", "hidden"))
         seq = KVSequence(
             tokens,
@@ -447,7 +460,8 @@ class KVFS:
         slots = _slots(self.pool, seq)
         self.pool.k.flatten(1, 2)[:, slots] = t["k"].to(self.pool.k)
         self.pool.v.flatten(1, 2)[:, slots] = t["v"].to(self.pool.v)
-        f = self._new_file(seq, caller, path, None, parent=None)
+        mode = int(saved.meta.get("mode", oct(_default_mode(path))), 8)
+        f = self._new_file(seq, caller, path, mode, parent=None)
         return self._open_handle(caller, path, f, writable=True)
 
     def _check_saved(self, src: str | Path, meta: dict[str, str], t: dict[str, Tensor]) -> None:
@@ -538,6 +552,16 @@ class KVFS:
         for i in range(2, len(parts)):
             if (above := "/" + "/".join(parts[:i])) in self._names:
                 raise BadPath(path, f"{above} is a file, not a directory")
+        return path
+
+    def _new_name_for(self, caller: Caller, f: KVFile, path: str) -> str:
+        """A new name for an existing file: another user's file may be named only in /shared
+        (taking it into one's own /home or /proc would hide it from its owner)."""
+        path = self._new_name(caller, path)
+        if f.owner != caller.user and not path.startswith("/shared/"):
+            raise PermissionDenied(
+                path, f"{_who(caller)} may name {f.owner}'s file only under /shared"
+            )
         return path
 
     def _new_file(

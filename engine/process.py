@@ -41,6 +41,7 @@ class Process:
     state: State = READY
     blocked: int = 0  # system calls it is waiting in (a LIP may gather several)
     ready_since: float = field(default_factory=time.monotonic)  # when it last became READY
+    suspended_since: float = 0.0  # when it was last suspended
     counters: Counters = field(default_factory=Counters)
     started: float = 0.0
     ended: float | None = None

@@ -57,7 +57,7 @@ import hashlib
 import hmac
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -226,13 +226,15 @@ class Wire:
     client's heartbeat thread shares its Wire), so no two of its messages sign alike.
     """
 
-    def __init__(self, token: str, max_message: int = MAX_MESSAGE) -> None:
+    def __init__(self, token: str, max_message: int = MAX_MESSAGE, cred: str = "") -> None:
         self.key = token.encode()
         self.max_message = max_message
+        self.cred = cred  # whose credential the token is ("": the engine's owner's)
         self._serials = itertools.count(1)
 
     def frames(self, header: dict[str, Any], body: Any) -> list[bytes]:
-        h = packb({"v": VERSION, **header, "n": next(self._serials)})
+        cred = {"cred": self.cred} if self.cred else {}
+        h = packb({"v": VERSION, **header, **cred, "n": next(self._serials)})
         b = packb(body)
         return [sign(self.key, h, b), h, b]
 
@@ -241,12 +243,19 @@ class Wire:
         """For peers whose signature failed: they could not check ours anyway."""
         return [b"", packb({"v": VERSION, **header}), packb(body)]
 
-    def parse(self, frames: Sequence[bytes], max_size: int | None = None) -> Message:
+    def parse(
+        self,
+        frames: Sequence[bytes],
+        max_size: int | None = None,
+        keys: Callable[[str], bytes | None] | None = None,
+    ) -> Message:
         """The message in frames, or a ProtocolError saying why not (with .request_id and
         .session once the header is known to be genuine).
 
         max_size: the most bytes of header + body to read (default: max_message); a bigger
         message is dropped before it is hashed.
+        keys: the key of each credential the header may name (`cred`, "" for the owner's);
+        default: this Wire's own key for its own credential only.
         """
         if len(frames) != 3 or not frames[0]:
             raise Dropped("expected three frames with a signature")
@@ -256,14 +265,24 @@ class Wire:
         limit = self.max_message if max_size is None else min(max_size, self.max_message)
         if len(h) + len(b) > limit:
             raise Dropped(f"a message of {len(h) + len(b)} bytes is over the limit of {limit}")
-        if not hmac.compare_digest(signature, sign(self.key, h, b)):
+        try:  # flat and bounded: safe to read before the signature, for the credential it names
+            header, bad = self._header(h), None
+        except BadMessage as e:
+            header, bad = {}, e
+        cred = header.get("cred", "")
+        key = (keys or self._own_key)(cred) if isinstance(cred, str) else None
+        if key is None or not hmac.compare_digest(signature, sign(key, h, b)):
             raise AuthenticationFailed("bad message signature: is the connection token right?")
-        header = self._header(h)
+        if bad is not None:
+            raise bad
         try:
             body = unpackb(b)
         except BadMessage as e:
             raise _with_id(BadMessage(f"body: {e}"), header.get("id"), header) from None
         return Message(header, body)
+
+    def _own_key(self, cred: str) -> bytes | None:
+        return self.key if cred == self.cred else None
 
     @staticmethod
     def rejection(frames: Sequence[bytes]) -> ProtocolError | None:
@@ -311,8 +330,9 @@ def _with_id(
     """error, saying which request (and, from a genuine header, which session) it answers."""
     error.request_id = request_id if isinstance(request_id, int) else None  # type: ignore[attr-defined]
     if header is not None:
-        session = header.get("session")
+        session, cred = header.get("session"), header.get("cred", "")
         error.session = session if isinstance(session, str) else ""  # type: ignore[attr-defined]
+        error.cred = cred if isinstance(cred, str) else ""  # type: ignore[attr-defined]
     return error
 
 
@@ -364,15 +384,21 @@ class Gate:
     token is wrong), or another ProtocolError (with .request_id and .session) to answer.
     """
 
-    def __init__(self, wire: Wire, senders: int = 4096) -> None:
+    def __init__(
+        self,
+        wire: Wire,
+        senders: int = 4096,
+        keys: Callable[[str], bytes | None] | None = None,
+    ) -> None:
         self.wire = wire
+        self.keys = keys  # each credential's key (see Wire.parse)
         self.replays = ReplayGuard()
         self.senders = senders
         self._signed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def admit(self, identity: bytes, frames: Sequence[bytes]) -> Message:
         known = identity in self._signed
-        msg = self.wire.parse(frames, None if known else MAX_GREETING)
+        msg = self.wire.parse(frames, None if known else MAX_GREETING, self.keys)
         session, n = msg.header.get("session"), msg.header.get("n")
         if not isinstance(n, int):
             raise Dropped("a message without a serial number n")

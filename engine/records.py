@@ -8,6 +8,7 @@ Forward's `returns=` specs live here too: `TopK(k)`, `Sample(params, generator)`
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ class SamplingParams:
     min_p: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise InvalidArgument(f"temperature must be >= 0, got {self.temperature}")
+        if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN too
+            raise InvalidArgument(f"temperature must be finite and >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise InvalidArgument(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:

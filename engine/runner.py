@@ -57,6 +57,7 @@ class Runner:
         self.pool = pool
         self.backend = backend or select_backend(pool.k.device, pool.k.dtype, pool.page_size)
         self.vocab_size = model.cfg.vocab_size
+        self.context_length = model.cfg.max_position_embeddings
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment], validate: bool = True) -> list[Result]:
@@ -70,24 +71,25 @@ class Runner:
         needed = sum(s.seq.pages_needed(self.pool, len(s.tokens)) for s in segments)
         if needed > self.pool.num_free:
             raise OutOfPages(needed, self.pool.num_free)
-        layout, ids, positions = self._layout(segments)
+        before = [len(s.seq) for s in segments]
         try:
+            layout, ids, positions = self._layout(segments)
             plan = self.backend.plan(layout, self.pool)
             hidden = self.model(
                 ids, positions, lambda i, q, k, v: self.backend.attend(i, q, k, v, plan, self.pool)
             )
+            rows, start = [], 0
+            for s, n in zip(segments, layout.q_lens, strict=True):
+                s.seq.append(s.tokens, positions[start : start + n].tolist())
+                rows.extend(start + o for o in (s.outputs if s.outputs is not None else [n - 1]))
+                start += n
+            out_rows = torch.tensor(rows, dtype=torch.long, device=hidden.device)
+            logits = self.model.logits(hidden[out_rows])
+            return self._results(segments, logits)
         except BaseException:
-            for s in segments:  # give back the pages reserved for tokens that were never written
-                s.seq.truncate(self.pool, len(s.seq))
+            for s, n in zip(segments, before, strict=True):  # a failed forward leaves no trace
+                s.seq.truncate(self.pool, n)
             raise
-        rows, start = [], 0
-        for s, n in zip(segments, layout.q_lens, strict=True):
-            s.seq.append(s.tokens, positions[start : start + n].tolist())
-            rows.extend(start + o for o in (s.outputs if s.outputs is not None else [n - 1]))
-            start += n
-        out_rows = torch.tensor(rows, dtype=torch.long, device=hidden.device)
-        logits = self.model.logits(hidden[out_rows])
-        return self._results(segments, logits)
 
     def _layout(self, segments: list[Segment]) -> tuple[BatchLayout, Tensor, Tensor]:
         device = self.model.device
@@ -192,6 +194,11 @@ class Runner:
             raise InvalidArgument(
                 f"{where}: need {n} non-negative positions, got {len(s.positions)}"
             )
+        if s.positions is not None and max(s.positions) >= self.context_length:
+            raise InvalidArgument(
+                f"{where}: positions must be below the model's context length,"
+                f" {self.context_length}; got {max(s.positions)}"
+            )
         if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
             raise InvalidArgument(
                 f"{where}: mask must have shape ({n}, {len(s.seq) + n}), got {tuple(s.mask.shape)}"
@@ -204,6 +211,11 @@ class Runner:
         n_out = len(s.outputs) if s.outputs is not None else 1
         if isinstance(s.returns, TopK) and not 1 <= s.returns.k <= self.vocab_size:
             raise InvalidArgument(f"{where}: top-k needs 1 <= k <= {self.vocab_size}")
+        if isinstance(s.returns, Sample) and s.returns.params.top_k > self.vocab_size:
+            raise InvalidArgument(
+                f"{where}: SamplingParams.top_k must be in 0..{self.vocab_size} (0 is off),"
+                f" got {s.returns.params.top_k}"
+            )
         if isinstance(s.returns, LogProbs):
             rows = s.returns.tokens
             if len(rows) != n_out or len({len(r) for r in rows}) > 1:

@@ -1,10 +1,58 @@
-"""What code run beside the engine shares (`%%lip --server` workers, the tool host): a memory
-cap and tracebacks that show the user's frames only. Pure Python: no torch."""
+"""What code run beside the engine shares (`%%lip --server` workers, tool hosts): a sandbox, a
+memory cap and tracebacks that show the user's frames only. Pure Python: no torch.
+
+The sandbox is what Linux gives without root: new user and PID namespaces (`unshare`). Inside,
+the engine's process does not exist (it cannot be signalled, traced or named by pid), and when
+the program ends, the kernel ends everything it started, `setsid` children included. A small
+`sh` is the namespace's first process (its init), so the program itself keeps ordinary signal
+handling, and `sh` passes on how it ended (128 + the signal's number when killed). Where
+namespaces are not allowed (some distributions forbid them to unprivileged users), the program
+runs in a process group of its own, as before, and `sandboxed()` says so.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import subprocess
 import traceback
+from collections.abc import Sequence
+
+UNSHARE = ("unshare", "--user", "--pid", "--fork", "--kill-child", "--")
+INIT = ("sh", "-c", '"$0" "$@"; exit $?')  # not `exec`: sh stays the namespace's init
+
+
+@functools.cache
+def namespaces_work() -> bool:
+    """Whether this machine lets this user make user and PID namespaces (tried once)."""
+    try:
+        done = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def sandboxed(command: Sequence[str]) -> tuple[list[str], bool]:
+    """The command line that runs `command` in the sandbox, and whether the sandbox is there."""
+    if namespaces_work():
+        return [*UNSHARE, *INIT, *command], True
+    return list(command), False
+
+
+def end_signal(returncode: int | None, in_sandbox: bool) -> int | None:
+    """The signal that ended a program, from its exit status (the sandbox's `sh` says 128 + n)."""
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    if in_sandbox and 128 < returncode < 128 + signal.NSIG:
+        return returncode - 128
+    return None
+
+
+def signal_name(number: int) -> str:
+    return signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
 
 
 def limit_memory(megabytes: int) -> None:

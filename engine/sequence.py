@@ -39,7 +39,8 @@ class KVSequence:
         """Fresh pages a write of num_new tokens takes, a copy-on-write copy included."""
         n, ps = len(self.tokens), pool.page_size
         needed = pages_for(n + num_new, ps) - len(self.pages)
-        if n % ps and num_new and pool.refcount[self.pages[-1]] > 1:
+        last = self.pages[-1] if self.pages else -1  # -1: swapped out, so it was private
+        if n % ps and num_new and last >= 0 and pool.refcount[last] > 1:
             needed += 1
         return needed
 

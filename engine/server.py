@@ -20,9 +20,12 @@ Each request is served at once, and one that has to wait (a forward, a sleep) go
 task, so the calls of one client's many tasks are pipelined. Handles
 are looked up per session: a client may only use the descriptors its own processes opened.
 
-Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 2 s has
+Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 5 s has
 its processes detached with the error "client vanished"; when a connection drops (a client killed
 with -9), sessions that have not spoken since are reaped once two heartbeats are overdue.
+Silence is judged on what was received: messages waiting in the socket are read before anyone is
+judged, and time the engine spent busy (a long forward holding the loop) is nobody's silence.
+A call or ping from an ended session is answered with `SessionEnded`, saying why it ended.
 Who holds the token may act as any user: users separate clients' files against mistakes, the
 token keeps everyone else out (as with a Jupyter kernel).
 """
@@ -30,6 +33,7 @@ token keeps everyone else out (as with a Jupyter kernel).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -50,6 +54,7 @@ from zmq.utils.monitor import parse_monitor_message
 from engine import connection
 from engine import trace as ev
 from engine.arguments import check_arg, check_call
+from engine.credentials import Credentials
 from engine.errors import (
     AuthenticationFailed,
     BadMessage,
@@ -57,7 +62,9 @@ from engine.errors import (
     PermissionDenied,
     ProcessExited,
     ProtocolError,
+    SessionEnded,
     UnknownOperation,
+    UnknownSession,
 )
 from engine.kernel import Kernel
 from engine.kvfs import Caller, Handle
@@ -86,10 +93,10 @@ from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
 
-HEARTBEAT_TIMEOUT = 2.0  # seconds of silence after which a session's processes are detached
+HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes are detached
 DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
 REAP_INTERVAL = 0.1
-MAX_POSTPONE = 0.5  # reaping waits at most this long for unread messages to be read
+ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 HANDLE_ARGS = ("file", "handle", "src", "path")
 KV_OPS = (
     "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
@@ -118,7 +125,9 @@ class Session:
     id: str
     user: str
     name: str
-    last_seen: float
+    cred: str  # the credential that signs its messages ("": the engine's owner's)
+    last_seen: float  # when a message from it last came in
+    excused: float = 0.0  # seconds since then that the engine itself was busy
     pids: set[int] = field(default_factory=set)  # its live attached processes
     ended: set[int] = field(default_factory=set)  # those that have exited
     tasks: dict[int | None, set[asyncio.Task]] = field(default_factory=dict)
@@ -143,9 +152,13 @@ class EngineServer:
         self._ipc_dir: str | None = None
         self.token = token or new_token()
         self.wire = Wire(self.token, max_message)
-        self.gate = Gate(self.wire)  # size, signature, replay: see engine.protocol
+        self.credentials = Credentials(self.token, kernel.data_dir / "users.json")
+        self._wires = {"": self.wire}  # what signs the replies to each credential's clients
+        # size, signature (by the credential a message names), replay: see engine.protocol
+        self.gate = Gate(self.wire, keys=self.credentials.key)
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
+        self.ended: collections.OrderedDict[str, str] = collections.OrderedDict()  # id -> why
         self.syscalls: dict[int, Syscalls] = {}
         self.dropped = 0  # messages ignored (unsigned, malformed framing)
         self.stopped = asyncio.Event()
@@ -155,7 +168,7 @@ class EngineServer:
         self._tasks: list[asyncio.Task] = []
         self._suspect_since: float | None = None  # a connection dropped at this time
         self._stopping: asyncio.Task | None = None
-        self._unread_since = 0.0
+        self._last_reap = time.monotonic()
         self._inflight: set[asyncio.Task] = set()  # requests being served
         self._ops: dict[str, Callable[[Session, Request], Awaitable[Any]]] = {
             "hello": self._hello,
@@ -178,6 +191,8 @@ class EngineServer:
                 "output": self._output,
                 "worker.adopt": self._adopt,
                 "worker.exit": self._worker_exit,
+                "user.add": self._user_add,
+                "user.remove": self._user_remove,
                 "tool.register": self._tool_register,
                 "tool.list": self._tool_list,
                 "tool": self._tool,
@@ -269,22 +284,28 @@ class EngineServer:
             return
         except ProtocolError as e:
             rid = getattr(e, "request_id", None)
-            self._reply(identity, getattr(e, "session", ""), rid, error_reply(rid, e))
+            sid, cred = getattr(e, "session", ""), getattr(e, "cred", "")
+            self._reply(identity, sid, rid, error_reply(rid, e), cred)
             return
         header = msg.header
         session = self.sessions.get(str(header.get("session")))
         if session is not None:
-            session.last_seen = time.monotonic()
+            session.last_seen, session.excused = time.monotonic(), 0.0
         if header["kind"] == PING:
-            self._send(
-                identity, self.wire.frames({"kind": PONG, "session": header.get("session")}, {})
+            sid = header.get("session")
+            why = self.ended.get(str(sid)) if session is None else None
+            body = {} if why is None else {"ended": why}  # the client learns its session ended
+            pong = self._wire_for(header.get("cred", "")).frames(
+                {"kind": PONG, "session": sid}, body
             )
+            self._send(identity, pong)
         elif header["kind"] == REQUEST:
             self._start(identity, header, msg.body, session)
         else:
             rid = header.get("id")
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
-            self._reply(identity, str(header.get("session", "")), rid, error_reply(rid, err))
+            sid, cred = str(header.get("session", "")), header.get("cred", "")
+            self._reply(identity, sid, rid, error_reply(rid, err), cred)
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         if self._sock is not None:
@@ -293,12 +314,15 @@ class EngineServer:
             if self._reader is not None:
                 self._reader.drain()
 
-    def _reply(self, identity: bytes, session: str, rid: int | None, body: dict[str, Any]) -> None:
+    def _reply(
+        self, identity: bytes, session: str, rid: int | None, body: dict[str, Any], cred: str = ""
+    ) -> None:
         header = {"kind": REPLY, "session": session, "id": rid}
+        wire = self._wire_for(cred)
         try:
-            frames = self.wire.frames(header, body)
+            frames = wire.frames(header, body)
         except Exception as e:  # a result msgpack cannot carry
-            frames = self.wire.frames(header, error_reply(rid, InvalidArgument(str(e))))
+            frames = wire.frames(header, error_reply(rid, InvalidArgument(str(e))))
         self._send(identity, frames)
 
     @staticmethod
@@ -329,12 +353,12 @@ class EngineServer:
             self._track(session, body, task)
 
     async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
-        sid = str(header.get("session", ""))
+        sid, cred = str(header.get("session", "")), str(header.get("cred", ""))
         rid = header.get("id")
         try:
             req = parse_request(body)
             rid = req.id
-            result = await self._dispatch(sid, req)
+            result = await self._dispatch(sid, req, cred)
             reply = ok_reply(rid, result)
         except asyncio.CancelledError:
             if self._sock is None or self.stopped.is_set():
@@ -343,7 +367,7 @@ class EngineServer:
         except Exception as e:  # every error becomes a reply naming it; the engine keeps serving
             rid = getattr(e, "request_id", rid)
             reply = error_reply(rid, e)
-        self._reply(identity, sid, rid, reply)
+        self._reply(identity, sid, rid, reply, cred)
         if reply.get("ok") and isinstance(body, dict) and body.get("op") == "shutdown":
             await asyncio.sleep(0.05)  # let the reply leave before the socket closes
             self.request_stop()
@@ -352,27 +376,50 @@ class EngineServer:
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self.stop())
 
-    async def _dispatch(self, sid: str, req: Request) -> Any:
+    def _wire_for(self, cred: Any) -> Wire:
+        """The Wire that signs messages to clients of credential cred (the owner's by default)."""
+        wire = self._wires.get(cred) if isinstance(cred, str) else None
+        if wire is None:
+            token = self.credentials.tokens.get(cred) if isinstance(cred, str) else None
+            if token is None:
+                return self.wire
+            wire = self._wires[cred] = Wire(token, self.wire.max_message, cred)
+        return wire
+
+    async def _dispatch(self, sid: str, req: Request, cred: str = "") -> Any:
         op = self._ops.get(req.op)
         if op is None:
             raise UnknownOperation(f"unknown op {req.op!r}")
         if req.op == "hello":
-            return await self._hello_session(sid, req)
+            return await self._hello_session(sid, req, cred)
         session = self.sessions.get(sid)
         if session is None:
-            raise BadMessage(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
+            if sid in self.ended:
+                raise SessionEnded(
+                    f"{req.op}: the engine ended this client's session ({self.ended[sid]}) and"
+                    " detached its processes; reconnect to start a new one"
+                )
+            raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
+        if session.cred != cred:
+            raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
         return await op(session, req)
 
     # --- session ops -----------------------------------------------------------------------------
 
-    async def _hello_session(self, sid: str, req: Request) -> dict[str, Any]:
+    async def _hello_session(self, sid: str, req: Request, cred: str) -> dict[str, Any]:
         if not sid:
             raise BadMessage("hello needs a session id in the header")
         user, name = req.args.get("user"), req.args.get("name", "client")
         if not isinstance(user, str) or not user or "/" in user or not isinstance(name, str):
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
+        if sid in self.ended:
+            raise SessionEnded(f"hello: session {sid[:16]!r} has ended; start a new one")
+        if cred and user != cred:  # a user's credential acts as that user only
+            raise PermissionDenied(f"user {user!r}", f"this credential is {cred!r}'s")
         if sid not in self.sessions:
-            self.sessions[sid] = Session(sid, user, name, time.monotonic())
+            self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
+        elif self.sessions[sid].cred != cred:
+            raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
         return await self._hello(self.sessions[sid], req)
 
     async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
@@ -459,10 +506,7 @@ class EngineServer:
 
     async def _goodbye(self, session: Session, req: Request) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
-        for pid in list(session.pids):
-            self._end_process(session, pid, "client closed")
-        self.sessions.pop(session.id, None)
-        self.workers.session_ended(session.id, "client closed")
+        self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
@@ -491,13 +535,9 @@ class EngineServer:
         if op == "ps":
             return k.ps(**args)
         if op == "wait":
-            return await k.wait(**args)
+            return await k.wait(**args, by=session.user)
         if op == "kill":
-            pid = args.get("pid")
-            target = k._proc(pid)  # type: ignore[arg-type]
-            if target.owner != session.user:
-                raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
-            k.kill(target.pid)
+            k.kill(**args, by=session.user)
             self._cancel_dead_tasks()
             return None
         name = op.removeprefix("kv.")
@@ -525,6 +565,8 @@ class EngineServer:
         if parent is not None and parent not in session.pids:
             raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
         info = dataclasses.asdict(self.connection_info())
+        if session.cred:  # the worker acts with its user's credential, never the owner's
+            info.update(token=self.credentials.tokens[session.cred], user=session.cred)
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
         return await self.workers.launch(session.id, session.user, req.args, info)
@@ -551,9 +593,41 @@ class EngineServer:
             self.workers.runs[pid].process.result = req.args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
 
+    # --- users' credentials (engine.credentials) -------------------------------------------
+
+    def _check_owner(self, session: Session, op: str) -> None:
+        if session.cred:
+            raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
+
+    async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
+        """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
+        self._check_owner(session, "user.add")
+        user = req.args.get("user")
+        token = self.credentials.add(user)  # type: ignore[arg-type]
+        self._wires.pop(user, None)  # type: ignore[arg-type]
+        self._end_sessions_of(user, "its user's credential was replaced")  # type: ignore[arg-type]
+        return {"user": user, "token": token}
+
+    async def _user_remove(self, session: Session, req: Request) -> bool:
+        """Revoke user's credential and end their sessions; whether they had one."""
+        self._check_owner(session, "user.remove")
+        user = req.args.get("user")
+        if not isinstance(user, str):
+            raise InvalidArgument("user.remove takes a user name")
+        had = self.credentials.remove(user)
+        self._wires.pop(user, None)
+        self._end_sessions_of(user, "its user's credential was revoked")
+        return had
+
+    def _end_sessions_of(self, cred: str, why: str) -> None:
+        for s in [s for s in self.sessions.values() if s.cred == cred]:
+            self._end_session(s, why)
+
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
         a = req.args
-        return await self.kernel.tools.register(a.get("name"), a.get("source"), a.get("timeout"))
+        return await self.kernel.tools.register(
+            a.get("name"), a.get("source"), a.get("timeout"), owner=session.user
+        )
 
     async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
         return self.kernel.tools.list()
@@ -590,10 +664,15 @@ class EngineServer:
         for task in session.tasks.pop(pid, set()):
             task.cancel()
 
-    def _end_session(self, session: Session, error: str) -> None:
+    def _end_session(self, session: Session, error: str, why: str | None = None) -> None:
+        """Detach a session's processes with `error`; `why` (default: the error) is what a
+        later call from it is told."""
         for pid in list(session.pids):
             self._end_process(session, pid, error)
         self.sessions.pop(session.id, None)
+        self.ended[session.id] = why or error
+        while len(self.ended) > ENDED_SESSIONS:
+            self.ended.popitem(last=False)
         self.workers.session_ended(session.id, error)
 
     def _cancel_dead_tasks(self) -> None:
@@ -611,18 +690,31 @@ class EngineServer:
                 log.exception("failed to reap sessions")
 
     def _reap(self) -> None:
+        """End the sessions whose clients are gone: silent past the heartbeat timeout, or not
+        heard from since a connection dropped.
+
+        Judged on what was received: the messages waiting in the socket are read first, and a
+        check that ran late (the loop was held by a long forward) credits every session with the
+        time the engine itself was busy.
+        """
         self._cancel_dead_tasks()
         now = time.monotonic()
-        if self._unread() and now - self._unread_since < MAX_POSTPONE:
-            return  # heartbeats may be waiting unread: judge nobody yet
-        self._unread_since = now
+        busy = now - self._last_reap - REAP_INTERVAL  # how late this check runs
+        self._last_reap = now
+        if busy > REAP_INTERVAL:
+            for s in self.sessions.values():
+                s.excused += busy
+        if self._reader is not None:
+            self._reader.drain()  # pings that queued up while the loop was busy
         suspect = self._suspect_since
         check_drop = suspect is not None and now - suspect >= DISCONNECT_GRACE
         for s in list(self.sessions.values()):
-            silent = now - s.last_seen > self.heartbeat_timeout
+            silent = now - s.last_seen - s.excused > self.heartbeat_timeout
             dropped = check_drop and s.last_seen < suspect  # type: ignore[operator]
             if silent or dropped:
-                self._end_session(s, "client vanished")
+                quiet = now - s.last_seen - s.excused
+                how = f"silent for {quiet:.1f} s" if silent else "connection dropped"
+                self._end_session(s, "client vanished", f"client vanished: {how}")
         if check_drop:
             self._suspect_since = None
         self._stop_if_idle(now)
@@ -635,10 +727,6 @@ class EngineServer:
         elif now - self._idle_since >= self.idle_exit:
             log.info("no clients for %.0f s: stopping", self.idle_exit)
             self.request_stop()
-
-    def _unread(self) -> bool:
-        """Messages waiting in the socket (the loop was busy, say with a long forward)."""
-        return self._sock is not None and bool(self._sock.get(zmq.EVENTS) & zmq.POLLIN)
 
     async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
         try:

@@ -10,12 +10,11 @@ import asyncio
 import operator
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
+from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.records import (
@@ -34,6 +33,7 @@ from engine.records import (
 from engine.runner import Segment, TopKResult
 from engine.sampler import make_generator
 from engine.scheduler import Call
+from engine.sequence import pages_for
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
@@ -124,11 +124,20 @@ class KVCalls:
     async def chmod(self, path: str, mode: int) -> None:
         self._fs.chmod(await self._sys._caller(), path, mode)
 
-    async def save(self, path: Handle | str, dest: str | Path) -> None:
-        self._fs.save(await self._sys._caller(), path, dest)
+    async def save(self, path: Handle | str, dest: str) -> None:
+        """Save a file under the name dest, among this user's saved files (engine.saved)."""
+        caller = await self._sys._caller()
+        tensors, meta = self._fs.snapshot(caller, path)
+        saved = self._fs.saved_files()
+        writing = asyncio.to_thread(saved.write, caller.user, dest, tensors, meta)  # off the loop
+        await self._sys._waiting(writing)
 
-    async def load(self, src: str | Path, path: str | None = None) -> Handle:
-        return self._fs.load(await self._sys._caller(), src, path)
+    async def load(self, src: str, path: str | None = None) -> Handle:
+        """A new file from the saved file named src (`name`, or `user/name` for another's)."""
+        caller = await self._sys._caller()
+        reading = asyncio.to_thread(self._fs.saved_files().read, caller.user, src)
+        saved = await self._sys._waiting(reading)
+        return self._fs.restore(caller, saved, path)
 
     # --- views: what the workbench's widgets read (see KVFS.walk, .pages, .read) ---------------
 
@@ -217,6 +226,13 @@ class Syscalls:
         outs = None if outputs is None else _ints("outputs", outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         k.runner.check(segment, "forward")  # what the caller gave
+        pages = pages_for(len(seq) + len(tokens), k.pool.page_size)
+        if pages > k.pool.num_pages:  # it could never run, however long it waited
+            raise OutOfPages(
+                pages - len(seq.pages),
+                k.pool.num_free,
+                f"forward: the file would take {pages} pages; the pool has {k.pool.num_pages}",
+            )
         # A queued call carries explicit outputs (it may run in chunks); the default is valid.
         # Default positions stay None: they continue the file when the call runs, after any
         # call on the same file queued before it.
@@ -232,9 +248,10 @@ class Syscalls:
         """The process's own stream (seed None) or a fresh one seeded for this call."""
         if seed is None:
             return self.generator
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise InvalidArgument(
-                f"a Sample generator is a torch.Generator or an int seed, not {seed!r}"
+                f"a Sample generator is a torch.Generator or an int seed in 0..2**64-1,"
+                f" not {seed!r}"
             )
         return make_generator(seed)
 
@@ -254,18 +271,18 @@ class Syscalls:
         )
 
     async def wait(self, pid: int) -> Any:
-        return await self._waiting(self.kernel.wait(pid))
+        return await self._waiting(self.kernel.wait(pid, by=self.process.owner))
 
     async def kill(self, pid: int) -> None:
-        target = self.kernel._proc(pid)
-        if target.owner != self.process.owner:
-            raise PermissionDenied(f"process {pid}", f"belongs to {target.owner}")
-        self.kernel.kill(pid)
+        self.kernel.kill(pid, by=self.process.owner)
 
     async def ps(self) -> list[ProcessInfo]:
         return self.kernel.ps()
 
     async def send(self, pid: int, data: Any) -> None:
+        """Put a message in a live process's inbox, of any user's process: messages are how
+        programs (and users in a class) pass each other prompts and results. The message names
+        its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
         target = self.kernel._proc(pid)
         if not target.alive:
             raise InvalidArgument(f"process {pid} has exited")

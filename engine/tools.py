@@ -3,16 +3,17 @@
     kernel.tools.register("add", "def add(a, b):\\n    return a + b\\n")
     await sys.tool("add", 1, 2)                          # in a LIP: 3
 
-Tools run in one tool host subprocess (`engine.tool_host`, no torch), started on the first
-registration, never in the engine process. Arguments and results are msgpack values. A tool is
-registered by its source, which must be self-contained (imports inside it); registering a name
-again replaces the tool. Who holds the engine's token may register code, as with a Jupyter kernel.
+Each tool runs in a tool host subprocess of its own (`engine.tool_host`, no torch), in the
+sandbox of `engine.sandbox` where the machine allows it, never in the engine process. Arguments
+and results are msgpack values. A tool is registered by its source, which must be
+self-contained (imports inside it); its owner (who registered it first) may register it again to
+replace it. Who holds the engine's token may register code, as with a Jupyter kernel.
 
 Failures are the caller's, never the engine's: a tool that raises fails that call with
 `ToolFailed` (its traceback attached); a call past its time limit (30 s unless registered with
-another) kills the host, fails the calls then in flight, and the next call starts a new host
-with every tool registered again; a host that dies (over its memory limit, say) is reported the
-same way.
+another) kills that tool's host and fails that tool's calls then in flight, and its next call
+starts a new host; a host that dies (over its memory limit, say) is reported the same way. Other
+tools, in hosts of their own, never notice.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import BadMessage, InvalidArgument, ToolFailed
+from engine import sandbox
+from engine.errors import BadMessage, InvalidArgument, PermissionDenied, ToolFailed
 from engine.protocol import unpackb
 from engine.tool_host import HEADER, MAX_FRAME, MEMORY_ENV, frame
 
@@ -41,18 +43,25 @@ class Tool:
     name: str
     source: str
     timeout: float
+    owner: str | None = None  # the user who registered it (None: the engine's own)
     signature: str = "(...)"
     doc: str = ""
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "signature": self.signature, "doc": self.doc}
+        return {
+            "name": self.name,
+            "signature": self.signature,
+            "doc": self.doc,
+            "owner": self.owner,
+        }
 
 
 class ToolHost:
-    """One tool host subprocess: requests out on its stdin, replies matched by id."""
+    """One tool's host subprocess: requests out on its stdin, replies matched by id."""
 
     def __init__(self, memory_mb: int) -> None:
         self.memory_mb = memory_mb
+        self.in_sandbox = False
         self.proc: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -61,8 +70,9 @@ class ToolHost:
 
     async def start(self) -> ToolHost:
         env = {**os.environ, MEMORY_ENV: str(self.memory_mb)}
+        command, self.in_sandbox = sandbox.sandboxed(TOOL_HOST_COMMAND)
         self.proc = await asyncio.create_subprocess_exec(
-            *TOOL_HOST_COMMAND,
+            *command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -104,7 +114,8 @@ class ToolHost:
         except (asyncio.IncompleteReadError, ValueError, BadMessage):
             pass
         code = await self.proc.wait()
-        self._fail_all(self.ended or f"the tool host died ({_exit_text(code, self.memory_mb)})")
+        how = _exit_text(code, self.in_sandbox, self.memory_mb)
+        self._fail_all(self.ended or f"the tool host died ({how})")
 
     def _resolve(self, reply: Any) -> None:
         future = self._pending.get(reply.get("id")) if isinstance(reply, dict) else None
@@ -131,14 +142,14 @@ class ToolHost:
 
 
 class Tools:
-    """The registry of tools (`kernel.tools`) and the host that runs them."""
+    """The registry of tools (`kernel.tools`) and the hosts that run them, one per tool."""
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, memory_mb: int = MEMORY_MB) -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.tools: dict[str, Tool] = {}
-        self._host: ToolHost | None = None
-        self._lock: asyncio.Lock | None = None
+        self.hosts: dict[str, ToolHost] = {}  # by tool name
+        self._locks: dict[str, asyncio.Lock] = {}
         self.restarts = 0  # hosts ended because a call hung or the host died
 
     def list(self) -> list[dict[str, Any]]:
@@ -146,19 +157,28 @@ class Tools:
         return [t.info() for t in self.tools.values()]
 
     async def register(
-        self, name: str, source: str, timeout: float | None = None
+        self, name: str, source: str, timeout: float | None = None, owner: str | None = None
     ) -> dict[str, Any]:
-        """Define a tool from its source (see `engine.tool_host.define`); returns its info."""
+        """Define a tool from its source (see `engine.tool_host.define`); returns its info.
+
+        A tool's name belongs to whoever registered it first: its owner may replace it, nobody
+        else may (every user's processes call it).
+        """
         _check_name(name)
+        held = self.tools.get(name)
+        if held is not None and held.owner is not None and held.owner != owner:
+            raise PermissionDenied(f"tool {name!r}", f"was registered by {held.owner}")
         if not isinstance(source, str):
             raise InvalidArgument("a tool's source is a str")
         if timeout is not None and (
             not isinstance(timeout, (int, float)) or not timeout > 0
         ):  # NaN
             raise InvalidArgument(f"a tool's time limit is a number of seconds > 0, not {timeout}")
-        tool = Tool(name, source, float(timeout or self.timeout))
-        host = await self._ready_host()
-        await self._define(host, tool)
+        tool = Tool(name, source, float(timeout or self.timeout), owner)
+        old = self.hosts.pop(name, None)
+        if old is not None:  # replaced: its calls in flight fail, saying so
+            await old.kill(f"tool {name!r} was replaced while this call ran")
+        await self._ready_host(tool)  # defines it: a source that fails to define is refused
         self.tools[name] = tool
         return tool.info()
 
@@ -168,39 +188,41 @@ class Tools:
         if tool is None:
             known = ", ".join(sorted(self.tools)) or "none"
             raise InvalidArgument(f"no tool named {name!r} (registered: {known})")
-        host = await self._ready_host()
+        host = await self._ready_host(tool)
         msg = {"op": "call", "name": name, "args": list(args), "kwargs": dict(kwargs)}
         try:
             reply = await host.request(msg, tool.timeout)
         except asyncio.TimeoutError:
             why = f"tool {name!r} exceeded its time limit of {tool.timeout:g}s"
-            await self._restart(host, f"{why}; the tool host was restarted")
-            raise ToolFailed(f"{why}; the tool host was restarted") from None
+            await self._restart(name, host, f"{why}; its host was restarted")
+            raise ToolFailed(f"{why}; its host was restarted") from None
         if not reply.get("ok"):
             raise _failure(f"tool {name!r}", reply)
         return reply.get("result")
 
     async def stop(self) -> None:
-        if self._host is not None:
-            await self._host.kill("the engine stopped")
-            self._host = None
+        hosts, self.hosts = list(self.hosts.values()), {}
+        for host in hosts:
+            await host.kill("the engine stopped")
 
-    # --- the host ---------------------------------------------------------------------------------
+    # --- the hosts --------------------------------------------------------------------------------
 
-    async def _ready_host(self) -> ToolHost:
-        """The running host, starting one (with every tool registered) when there is none."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._host is not None and self._host.alive:
-                return self._host
-            if self._host is not None:
+    async def _ready_host(self, tool: Tool) -> ToolHost:
+        """The tool's running host, starting one (and defining the tool) when there is none."""
+        lock = self._locks.setdefault(tool.name, asyncio.Lock())
+        async with lock:
+            host = self.hosts.get(tool.name)
+            if host is not None and host.alive:
+                return host
+            if host is not None:
                 self.restarts += 1
             host = await ToolHost(self.memory_mb).start()
-            for tool in self.tools.values():
-                with contextlib.suppress(ToolFailed):
-                    await self._define(host, tool)
-            self._host = host
+            try:
+                await self._define(host, tool)
+            except BaseException:
+                await host.kill("its tool could not be defined")
+                raise
+            self.hosts[tool.name] = host
             return host
 
     async def _define(self, host: ToolHost, tool: Tool) -> None:
@@ -208,18 +230,18 @@ class Tools:
         try:
             reply = await host.request(msg, REGISTER_TIMEOUT)
         except asyncio.TimeoutError:
-            why = f"defining tool {tool.name!r} took over {REGISTER_TIMEOUT:g}s"
-            await self._restart(host, f"{why}; the tool host was restarted")
-            raise ToolFailed(why) from None
+            raise ToolFailed(
+                f"defining tool {tool.name!r} took over {REGISTER_TIMEOUT:g}s"
+            ) from None
         if not reply.get("ok"):
             raise _failure(f"registering tool {tool.name!r}", reply)
         tool.signature = str(reply["result"].get("signature", "(...)"))
         tool.doc = str(reply["result"].get("doc", ""))
 
-    async def _restart(self, host: ToolHost, why: str) -> None:
+    async def _restart(self, name: str, host: ToolHost, why: str) -> None:
         await host.kill(why)
-        if self._host is host:
-            self._host = None
+        if self.hosts.get(name) is host:
+            del self.hosts[name]
             self.restarts += 1
 
 
@@ -235,8 +257,8 @@ def _failure(what: str, reply: dict[str, Any]) -> ToolFailed:
     return ToolFailed(text, error.get("traceback") or None)
 
 
-def _exit_text(code: int | None, memory_mb: int) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return f"ended by {name}; over its memory limit of {memory_mb} MB?"
+def _exit_text(code: int | None, in_sandbox: bool, memory_mb: int) -> str:
+    sig = sandbox.end_signal(code, in_sandbox)
+    if sig is not None:
+        return f"killed by {sandbox.signal_name(sig)}; its memory limit is {memory_mb} MB"
     return f"exit code {code}"

@@ -10,10 +10,14 @@ serves, long-polled.
 
 A worker ends with its process: killed (`kill`, its requesting session closing or vanishing) or
 past its time limit, its subprocess group is killed; its subprocess exiting ends the process with
-why ("raised ValueError: ...", "exceeded its memory limit of 200 MB", "exit code 3"). Its memory
-limit is an address-space cap (RLIMIT_AS) the worker sets on itself before running the cell: what
-it has mapped then (Python, the connection) plus `memory_mb`. Nothing a worker does reaches the
-engine's own process.
+why ("raised ValueError: ...", "exceeded its memory limit of 200 MB", "killed by SIGTERM", "exit
+code 3", "ended without reporting how its cell ended"). Its memory limit is an address-space cap
+(RLIMIT_AS) the worker sets on itself before running the cell: what it has mapped then (Python,
+the connection) plus `memory_mb`.
+
+Workers run in the sandbox of `engine.sandbox` where the machine allows it: there the engine's
+process does not exist for them (no signal reaches it), and everything a worker started, `setsid`
+children too, ends with it. `Workers.sandboxed` says whether that is so on this machine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import sandbox
 from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import Kernel
 from engine.process import Process
@@ -71,6 +76,7 @@ class Run:
     buffered: int = 0
     dropped: int = 0  # characters of output dropped unread
     limit_hit: str | None = None  # the time limit, when the engine ended it for that
+    killed: bool = False  # the engine killed it (kill, its session gone, its time up)
     reported: bool = False  # the worker said how it ended
     traceback: str | None = None
     finished: bool = False  # its subprocess exited and its pipes are drained
@@ -108,6 +114,7 @@ class Workers:
         self.kernel = kernel
         self.on_exit = on_exit  # a process ended here: let the server drop its sessions' state
         self.runs: dict[int, Run] = {}
+        self.sandboxed = sandbox.namespaces_work()
 
     # --- starting one -----------------------------------------------------------------------------
 
@@ -122,8 +129,9 @@ class Workers:
         run = Run(self.kernel.procs[pid], session, user, name, code, timeout, memory_mb, key)
         self.runs[pid] = run
         try:
+            command, _ = sandbox.sandboxed(WORKER_COMMAND)
             run.proc = await asyncio.create_subprocess_exec(
-                *WORKER_COMMAND,
+                *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -278,14 +286,16 @@ class Workers:
         _kill(run)
         await asyncio.wait({exited}, timeout=PIPE_GRACE)
 
-    @staticmethod
-    def _exit_reason(run: Run, code: int | None) -> str | None:
-        if run.limit_hit is not None or code == 0:
+    def _exit_reason(self, run: Run, code: int | None) -> str | None:
+        """Why a worker's process ends, from how its subprocess exited."""
+        if run.limit_hit is not None:
             return run.limit_hit
-        if code is not None and code < 0:
-            sig = -code
-            name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-            return f"exceeded its memory limit of {run.memory_mb} MB (ended by {name})"
+        sig = sandbox.end_signal(code, self.sandboxed)
+        if sig is not None:
+            by = " (by the engine)" if run.killed else ""
+            return f"killed by {sandbox.signal_name(sig)}{by}"
+        if code == 0:
+            return None if run.reported else "ended without reporting how its cell ended"
         return f"exit code {code}"
 
     @staticmethod
@@ -305,8 +315,9 @@ def _after(run: Run, after: int) -> list[Chunk]:
 
 
 def _kill(run: Run) -> None:
-    """Kill a worker's whole process group (what its cell started, too)."""
+    """Kill a worker's whole process group (in the sandbox: all it started, by the kernel)."""
     if run.proc is not None and run.proc.returncode is None:
+        run.killed = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, signal.SIGKILL)
 

@@ -35,6 +35,7 @@ def engine_process(
     """Serve a random `arch` checkpoint written to tmp (None: the bundled model) with args."""
     conn = conn or tmp / "conn.json"
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--connection-file", str(conn)]
+    cmd += ["--data-dir", str(tmp / "data")]  # saved files and users' credentials: the test's
     if arch is not None:
         from checkpoints import write_checkpoint
 

@@ -40,7 +40,13 @@ import tokenizers
 import zmq
 
 from engine import connection
-from engine.errors import EngineError, EngineNotRunning, InvalidArgument, ProcessFailed
+from engine.errors import (
+    EngineError,
+    EngineNotRunning,
+    InvalidArgument,
+    ProcessFailed,
+    SessionEnded,
+)
 from engine.protocol import (
     PING,
     PONG,
@@ -77,26 +83,40 @@ USER_ENV = "SYMPHONY_USER"  # who this client acts as (default: the login name)
 
 
 class Client:
-    """One connection to an engine; `attach` makes processes that call through it."""
+    """One connection to an engine; `attach` makes processes that call through it.
 
-    def __init__(self, info: connection.ConnectionInfo, user: str, name: str) -> None:
+    Once the engine has stopped answering (no pong for 10 s) or has ended this client's session,
+    every call fails at once with that reason (`EngineNotRunning`, `SessionEnded`) rather than
+    wait: `await client.reconnect()` starts a new session, on a restarted engine too.
+    """
+
+    def __init__(
+        self, info: connection.ConnectionInfo, user: str, name: str, source: Path | None = None
+    ) -> None:
         self.info = info
-        self.address = info.local_address  # the Unix socket when the engine is on this machine
+        self.source = source  # the connection file, re-read on reconnect (None: info was given)
         self.user, self.name = user, name
-        self.session = uuid.uuid4().hex
-        self.wire = Wire(info.token, REPLY_LIMIT)
         self.engine: dict[str, Any] = {}  # what hello said: model, vocab_size, page_size, ...
         self.tokenizer: tokenizers.Tokenizer | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._children: set[asyncio.Task] = set()  # following spawned processes' output
+        self._broken: EngineError | None = None  # why every call now fails at once
+        self._open_sockets()
+
+    def _open_sockets(self) -> None:
+        """A new session: its id, the calls socket and the heartbeat thread."""
+        self.address = self.info.local_address  # the Unix socket when the engine is here
+        self.session = uuid.uuid4().hex
+        self.wire = Wire(self.info.token, REPLY_LIMIT, self.info.user)
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTING_ID, f"{self.session}/calls".encode())
         self._sock.connect(self.address)
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
         self._reader: SocketReader | None = None
         self._heartbeat: _Heartbeat | None = None
-        self._children: set[asyncio.Task] = set()  # following spawned processes' output
+        self._broken = None
 
     @classmethod
     async def connect(
@@ -108,53 +128,79 @@ class Client:
     ) -> Client:
         """Connect to the running engine; EngineNotRunning when there is none.
 
-        user: whose /home this client works in (default `$SYMPHONY_USER`, else the login name).
+        user: whose /home this client works in (default: the user of a user's connection file,
+        else `$SYMPHONY_USER`, else the login name).
         """
-        info = (
-            connection_file
-            if isinstance(connection_file, connection.ConnectionInfo)
-            else connection.read(connection_file)
-        )  # an engine-side worker is given the info itself
-        user = user or os.environ.get(USER_ENV) or getpass.getuser()
-        client = cls(info, user, name or f"client-{os.getpid()}")
-        client._reader = SocketReader(client._sock, client._on_frames)
-        loop = asyncio.get_running_loop()
-        client._heartbeat = _Heartbeat(
-            client.address,
-            client.wire,
-            client.session,
-            lambda: loop.call_soon_threadsafe(
-                client._fail_all,
-                EngineNotRunning(f"the engine at {client.address} stopped answering"),
-            ),
-        )
-        client._heartbeat.start()
+        if isinstance(connection_file, connection.ConnectionInfo):
+            info, source = connection_file, None  # an engine-side worker is given the info itself
+        else:
+            source = Path(connection_file) if connection_file else connection.default_path()
+            info = connection.read(source)
+        user = user or info.user or os.environ.get(USER_ENV) or getpass.getuser()
+        client = cls(info, user, name or f"client-{os.getpid()}", source)
+        await client._hello(timeout)
+        return client
+
+    async def _hello(self, timeout: float) -> None:
+        """Start reading, start the heartbeat, and say hello: the session begins."""
+        loop, session = asyncio.get_running_loop(), self.session
+
+        def news(error: EngineError | None) -> None:  # from the heartbeat's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(self._break, session, error)
+
+        self._reader = SocketReader(self._sock, self._on_frames)
+        self._heartbeat = _Heartbeat(self.address, self.wire, self.session, news)
+        self._heartbeat.start()
         try:
-            hello = {"user": client.user, "name": client.name}
-            client.engine = await asyncio.wait_for(client.call("hello", hello), timeout)
+            hello = {"user": self.user, "name": self.name}
+            self.engine = await asyncio.wait_for(self.call("hello", hello), timeout)
         except asyncio.TimeoutError:
-            await client.close()
+            await self.close()
             raise EngineNotRunning(
-                f"no answer from the engine at {client.address} in {timeout:g}s"
+                f"no answer from the engine at {self.address} in {timeout:g}s"
             ) from None
         except BaseException:
-            await client.close()
+            await self.close()
             raise
-        if client.engine.get("tokenizer"):
-            client.tokenizer = tokenizers.Tokenizer.from_str(client.engine["tokenizer"])
-        return client
+        tokenizer = self.engine.get("tokenizer")
+        self.tokenizer = tokenizers.Tokenizer.from_str(tokenizer) if tokenizer else None
+
+    async def reconnect(self, timeout: float = 10.0) -> None:
+        """A new session, with the engine that now owns the connection file (a restarted one
+        too). The old session's processes are gone: attach new ones."""
+        await self.close()
+        if self.source is not None:
+            self.info = connection.read(self.source)
+        self._open_sockets()
+        await self._hello(timeout)
+
+    def _break(self, session: str, error: EngineError | None) -> None:
+        """The heartbeat's news: the engine stopped answering, or ended this session (every call
+        fails at once from now on), or (None) it answers again after a long busy spell."""
+        if session != self.session:
+            return  # news about a session this client has left
+        if error is None:
+            if isinstance(self._broken, EngineNotRunning):
+                self._broken = None
+            return
+        if not isinstance(self._broken, SessionEnded):
+            self._broken = error
+        self._fail_all(error)
 
     async def close(self) -> None:
         """Close the connection; the engine detaches this client's processes."""
-        if self.engine:
+        if self.engine and self._broken is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.call("goodbye"), 2.0)
         for task in self._children:
             task.cancel()
         if self._heartbeat is not None:
             self._heartbeat.stop()
+            self._heartbeat = None
         if self._reader is not None:
             self._reader.close()
+            self._reader = None
         self._fail_all(EngineError("the client was closed"))
         self._sock.close(linger=0)
         self._ctx.destroy(linger=0)
@@ -171,6 +217,8 @@ class Client:
         self, op: str, args: dict[str, Any] | None = None, pid: int | None = None
     ) -> Any:
         """Send one request and wait for its reply: the result, or the error raised here."""
+        if self._broken is not None:
+            raise type(self._broken)(str(self._broken))
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
@@ -220,7 +268,10 @@ class Client:
             if body.get("ok"):
                 future.set_result(body.get("result"))
             else:
-                future.set_exception(rebuild_error(body.get("error")))
+                error = rebuild_error(body.get("error"))
+                if isinstance(error, SessionEnded):
+                    self._broken = error
+                future.set_exception(error)
 
     def _fail(self, rid: int | None, error: BaseException) -> None:
         future = self._pending.get(rid) if rid is not None else None
@@ -413,12 +464,15 @@ class KVCalls:
     async def chmod(self, path: str, mode: int) -> None:
         await self._lip._call("kv.chmod", path=path, mode=mode)
 
-    async def save(self, path: FileHandle | str, dest: str | Path) -> None:
-        """Write the file to dest, a path on the engine's machine."""
-        await self._lip._call("kv.save", path=path, dest=str(dest))
+    async def save(self, path: FileHandle | str, dest: str) -> None:
+        """Save the file under the name dest among this user's saved files, kept by the engine
+        (a name such as "prompt-v1", not a host path; see engine.saved)."""
+        await self._lip._call("kv.save", path=path, dest=dest)
 
-    async def load(self, src: str | Path, path: str | None = None) -> FileHandle:
-        return await self._handle("kv.load", src=str(src), path=path)
+    async def load(self, src: str, path: str | None = None) -> FileHandle:
+        """A new file from the saved file named src ("name", or "user/name" for another user's
+        that others may read)."""
+        return await self._handle("kv.load", src=src, path=path)
 
     # --- views: what the widgets read (see Client.walk, .pages, .read) --------------------------
 
@@ -581,18 +635,26 @@ def _plain(value: Any) -> Any:
 
 
 class _Heartbeat(threading.Thread):
-    """Pings the engine every 0.5 s from its own socket, so a busy event loop does not matter."""
+    """Pings the engine every 0.5 s from its own socket, so a busy event loop does not matter.
 
-    def __init__(self, address: str, wire: Wire, session: str, on_dead: Any) -> None:
+    on_news(error) is called when the engine stops answering (EngineNotRunning), when its pong
+    says this session has ended (SessionEnded), and with None when pongs come back.
+    """
+
+    def __init__(
+        self, address: str, wire: Wire, session: str, on_news: Callable[[Any], None]
+    ) -> None:
         super().__init__(name="symphony-heartbeat", daemon=True)
         self.address, self.wire, self.session = address, wire, session
-        self.on_dead = on_dead
+        self.on_news = on_news
         self.last_pong = time.monotonic()
+        self.ended: str | None = None  # why the engine ended this session, once a pong says so
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=2)
+        if self is not threading.current_thread():
+            self.join(timeout=2)
 
     def run(self) -> None:
         ctx = zmq.Context()
@@ -600,26 +662,35 @@ class _Heartbeat(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, f"{self.session}/heartbeat".encode())
         sock.connect(self.address)
-        reported = False
+        dead = False
         try:
-            while not self._stop_event.is_set():
+            while not self._stop_event.is_set() and self.ended is None:
                 sock.send_multipart(self.wire.frames({"kind": PING, "session": self.session}, {}))
                 deadline = time.monotonic() + HEARTBEAT_INTERVAL
                 while (left := deadline - time.monotonic()) > 0 and not self._stop_event.is_set():
                     if sock.poll(int(left * 1000) + 1):
                         self._on_frames(sock.recv_multipart())
-                dead = time.monotonic() - self.last_pong > ENGINE_DEAD_AFTER
-                if dead and not reported:
-                    self.on_dead()
-                reported = dead
+                if self.ended is not None:
+                    self.on_news(SessionEnded(f"the engine ended this session: {self.ended}"))
+                elif (time.monotonic() - self.last_pong > ENGINE_DEAD_AFTER) != dead:
+                    dead = not dead
+                    why = f"the engine at {self.address} stopped answering"
+                    self.on_news(
+                        EngineNotRunning(f"{why} (no answer for {ENGINE_DEAD_AFTER:g} s)")
+                        if dead
+                        else None
+                    )
         finally:
             sock.close(linger=0)
             ctx.term()
 
     def _on_frames(self, frames: list[bytes]) -> None:
         with contextlib.suppress(EngineError):
-            if self.wire.parse(frames).header.get("kind") == PONG:
+            msg = self.wire.parse(frames)
+            if msg.header.get("kind") == PONG:
                 self.last_pong = time.monotonic()
+                if isinstance(msg.body, dict) and isinstance(msg.body.get("ended"), str):
+                    self.ended = msg.body["ended"]
 
 
 __all__ = [

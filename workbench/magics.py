@@ -38,7 +38,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from engine import cli_client
-from engine.errors import EngineNotRunning, ProcessFailed
+from engine.errors import EngineNotRunning, ProcessFailed, SessionEnded
 from workbench import autostart
 from workbench.client import LIP, USER_ENV, Client
 from workbench.names import lip_names
@@ -94,7 +94,8 @@ def client_name() -> str:
 async def _attach(name: str, priority: int) -> LIP:
     try:
         return await (await connect()).attach(name, priority)
-    except EngineNotRunning:  # the engine went away since: find or start another
+    except (EngineNotRunning, SessionEnded):  # the engine went away or ended this session:
+        # find (or start) the engine, and begin a new session
         stale = _clients.pop(id(asyncio.get_running_loop()), None)
         if stale is not None:
             await stale.close()

@@ -47,6 +47,7 @@ from engine.errors import (
     FileNotFound,
     InvalidArgument,
     PermissionDenied,
+    SessionEnded,
     UnknownOperation,
 )
 from workbench import autostart
@@ -158,8 +159,8 @@ class EngineService:
             client = await self.connect()
             try:
                 return await asyncio.wait_for(getattr(client, method)(*args), CALL_TIMEOUT)
-            except (EngineNotRunning, asyncio.TimeoutError) as e:
-                await self._drop_client()
+            except (EngineNotRunning, SessionEnded, asyncio.TimeoutError) as e:
+                await self._drop_client()  # the next attempt connects afresh
                 if attempt:
                     self.state, self.error = "stopped", str(e) or "no answer from the engine"
                     raise EngineNotRunning(self.error) from None

@@ -54,10 +54,12 @@ PROMPT = 64
 class EngineThread:
     """A kernel and its RPC server running in a thread: `call` runs a coroutine there."""
 
-    def __init__(self, loaded: LoadedModel, pages: int = 64) -> None:
+    def __init__(
+        self, loaded: LoadedModel, pages: int = 64, heartbeat_timeout: float = 3600
+    ) -> None:
         self.kernel = Kernel(loaded, num_pages=pages)
         self.loop = asyncio.new_event_loop()
-        self.server = EngineServer(self.kernel, heartbeat_timeout=3600)
+        self.server = EngineServer(self.kernel, heartbeat_timeout=heartbeat_timeout)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.call(self.kernel.start())

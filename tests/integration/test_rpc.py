@@ -33,6 +33,7 @@ from engine.errors import (
     UnknownOperation,
 )
 from engine.protocol import VERSION, Wire, packb, rebuild_error, request_body, sign
+from engine.server import HEARTBEAT_TIMEOUT
 from workbench.client import LIP, Client, Distribution, FileHandle, Message, Sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,7 +274,7 @@ def _cli(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess:
 def test_a_sync_client_silent_past_its_heartbeat_says_hello_again(engine: EngineProcess) -> None:
     with SyncClient.connect(engine.conn, user="carol") as client:
         client.call("ps")
-        time.sleep(2.6)  # no heartbeats: the engine has forgotten this session by now
+        time.sleep(HEARTBEAT_TIMEOUT + 0.6)  # no heartbeats: the engine has ended this session
         assert isinstance(client.call("kv.listdir", {"path": "/"}), list)
 
 

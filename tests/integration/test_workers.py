@@ -6,6 +6,7 @@ The tests share one engine and run in file order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Iterator
@@ -15,11 +16,15 @@ from typing import Any
 import pytest
 from engine_process import engine_process
 
+from engine import sandbox
 from engine.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
 from workbench import tools as wb_tools
 from workbench.client import Client
 
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
+# A worker's pid as this machine sees it (in the sandbox, os.getpid() is its pid in a namespace):
+# the first NSpid of /proc/self/status, read through this machine's /proc.
+HOST_PID = "int(open('/proc/self/status').read().split('NSpid:')[1].split()[0])"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +151,7 @@ def test_a_hanging_cell_is_ended_at_its_time_limit_and_its_pages_reclaimed(conn:
         alice = await Client.connect(conn, user="alice")
         before = (await alice.stat_engine())["pages_used"]
         out = Output()
-        cell = f"f = await kv.create()\nawait forward(f, {PROMPT * 4})\nprint('os', os.getpid())\n"
+        cell = f"f = await kv.create()\nawait forward(f, {PROMPT * 4})\nprint('os', {HOST_PID})\n"
         start = time.monotonic()
         with pytest.raises(ProcessFailed, match="exceeded its time limit of 2s"):
             await alice.run(
@@ -172,7 +177,7 @@ def test_a_cell_over_its_memory_limit_is_ended(conn: Path) -> None:
     run(body())
 
 
-SLEEPER = "import os\nprint('os', os.getpid())\nwhile True:\n    await sleep(0.05)\n"
+SLEEPER = f"print('os', {HOST_PID})\nwhile True:\n    await sleep(0.05)\n"
 
 
 def test_killing_or_cancelling_a_server_run_ends_its_worker(conn: Path) -> None:
@@ -237,7 +242,7 @@ def test_tools_are_callable_from_every_lip_and_fail_cleanly(conn: Path) -> None:
         bob = await Client.connect(conn, user="bob")
         info = await alice.register_tool(add)
         assert info == {"name": "add", "signature": "(a: int, b: int = 0) -> int",
-                        "doc": "a + b, beside the engine."}  # fmt: skip
+                        "doc": "a + b, beside the engine.", "owner": "alice"}  # fmt: skip
         await bob.register_tool(divide, name="div")
         assert await wb_tools.register_pending(alice) == ["hang"] and not wb_tools.PENDING
         assert [t["name"] for t in await bob.tools()] == ["add", "div", "hang"]
@@ -277,8 +282,8 @@ def test_syscalls_tool_in_process(tiny_loaded) -> None:  # noqa: ANN001
         async with Kernel(tiny_loaded, num_pages=16) as kernel:
             await kernel.tools.register("mul", "def mul(a, b):\n    return a * b\n")
             assert await kernel.wait(kernel.spawn(main)) == 42
-            host = kernel.tools._host
-        assert host is not None and host.proc is not None and host.proc.returncode is not None
+            host = kernel.tools.hosts["mul"]
+        assert host.proc is not None and host.proc.returncode is not None  # ended with the kernel
 
     run(body())
 
@@ -313,5 +318,139 @@ def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) 
             with pytest.raises(EngineError, match="not a process of this client"):
                 await client.call("run", {"code": "pass", "parent": 10_000})
             await lip.exit()
+
+    run(body())
+
+
+def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path) -> None:
+    """Between users: no wait on another's process (a spawned child's result included), no
+    replacing another's tool, and another's file named only under /shared. Messages may cross
+    users: the receiver sees who sent each one."""
+
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice", name="alice")
+        mallory = await Client.connect(conn, user="mallory", name="mallory")
+        a, m = await alice.attach("a"), await mallory.attach("m")
+        child = await a.spawn(child_result, 7)
+        assert await a.wait(child) == 7  # her own child's
+        for wait in (m.wait, mallory.wait):
+            with pytest.raises(PermissionDenied, match="belongs to alice"):
+                await wait(child)
+        await m.send(a.pid, "hello from mallory")  # messages may cross users, signed by pid
+        msg = await a.receive(timeout=5)
+        sender = {p.pid: p for p in await a.ps()}[msg.sender]
+        assert (msg.data, sender.owner) == ("hello from mallory", "mallory")
+        await alice.register_tool(add, name="search")
+        with pytest.raises(PermissionDenied, match="registered by alice"):
+            await mallory.register_tool(divide, name="search")
+        await alice.register_tool(divide, name="search")  # her own: replaced
+        assert await m.tool("search", 6, 3) == 2
+
+        f = await a.kv.create("/shared/alice-open", mode=0o666)  # anyone may read and write it
+        await a.forward(f, PROMPT)
+        with pytest.raises(PermissionDenied, match="only under /shared"):
+            await m.kv.rename("/shared/alice-open", "/home/mallory/mine")
+        with pytest.raises(PermissionDenied, match="only under /shared"):
+            await m.kv.link("/shared/alice-open", f"/proc/{m.pid}/mine")
+        await m.kv.rename("/shared/alice-open", "/shared/moved")  # stays in everyone's sight
+        assert (await alice.stat("/shared/moved")).owner == "alice"
+        for c in (alice, mallory):
+            await c.close()
+
+    run(body())
+
+
+async def child_result(lip: Any, n: int) -> int:
+    return n
+
+
+needs_sandbox = pytest.mark.skipif(
+    not sandbox.namespaces_work(), reason="this machine allows no user and PID namespaces"
+)
+
+ASSASSIN = """
+import json, os, signal
+engine_pid = json.loads(os.environ["SYMPHONY_WORKER_ENGINE"])["pid"]
+for target in (os.getppid(), engine_pid):
+    try:
+        os.kill(target, signal.SIGKILL)
+        print("sent to", target)
+    except OSError as e:
+        print("refused", target, type(e).__name__)
+"""
+
+ESCAPEE = """
+import subprocess
+subprocess.Popen(["sleep", "3071.25"], start_new_session=True)  # its own session: outlives us?
+"""
+
+
+def _escapees() -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if d.name.isdigit() and (d / "cmdline").read_bytes() == b"sleep\x003071.25\x00":
+                found.append(int(d.name))
+    return found
+
+
+@needs_sandbox
+def test_a_worker_cannot_signal_the_engine_and_takes_everything_it_started_with_it(
+    conn: Path,
+) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        engine_pid = alice.engine["engine_pid"]
+        out = Output()
+        await alice.run(ASSASSIN, name="assassin", on_output=out)
+        assert f"refused {engine_pid} ProcessLookupError" in out.text(), out.text()
+        os.kill(engine_pid, 0)  # alive
+        assert (await alice.stat_engine())["pages_used"] >= 0  # and serving
+        await alice.run(ESCAPEE, name="escapee")
+        deadline = time.monotonic() + 5
+        while _escapees():
+            assert time.monotonic() < deadline, "a setsid child outlived its worker"
+            await asyncio.sleep(0.05)
+        await alice.close()
+
+    run(body())
+
+
+def test_a_workers_end_is_reported_as_it_happened(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        ends = {
+            "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n": "killed by SIGTERM",
+            "import os\nos._exit(0)\n": "ended without reporting how its cell ended",
+            "import os\nos._exit(3)\n": "exit code 3",
+        }
+        for code, why in ends.items():
+            with pytest.raises(ProcessFailed, match=why):
+                await alice.run(code, name="ends")
+        await alice.close()
+
+    run(body())
+
+
+def slow_add(a: int, b: int) -> int:
+    import time
+
+    time.sleep(1.5)
+    return a + b
+
+
+def test_a_hung_tool_fails_only_its_own_calls(conn: Path) -> None:
+    async def body() -> None:
+        alice = await Client.connect(conn, user="alice")
+        await alice.register_tool(hang)
+        await alice.register_tool(slow_add, timeout=10)
+        lip = await alice.attach("tools")
+        hung = asyncio.create_task(lip.tool("hang"))
+        assert await lip.tool("slow_add", 2, 3) == 5  # in flight when hang's host is killed
+        with pytest.raises(ToolFailed, match="'hang' exceeded its time limit"):
+            await hung
+        assert await lip.tool("slow_add", 4, 5) == 9
+        await lip.exit()
+        await alice.close()
 
     run(body())

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +16,11 @@ import torch
 from engine import trace as ev
 from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
-from engine.runner import LogProbs, Sample
+from engine.process import State
+from engine.runner import LogProbs, Sample, Segment, TopK
 from engine.sampler import SamplingParams
-from engine.scheduler import Adaptive, BatchPolicy, Eager, QueueView, WaitForK, WaitForT
+from engine.saved import Saved, SavedFiles
+from engine.scheduler import Adaptive, BatchPolicy, Call, Eager, QueueView, WaitForK, WaitForT
 from engine.syscalls import Distribution, Syscalls
 
 
@@ -89,11 +93,122 @@ def test_a_process_that_cannot_fit_even_alone_gets_out_of_pages(tiny_loaded) -> 
     async def body(k: Kernel) -> None:
         pid = k.spawn(greedy, prompt(1, 30), 1)  # 30 tokens = 8 pages > 6
         ok = k.spawn(greedy, prompt(2, 6), 3)
-        with pytest.raises(ProcessFailed, match="out of KV pages"):
+        with pytest.raises(ProcessFailed, match="8 pages; the pool has 6"):
             await k.wait(pid)
         assert len(await k.wait(ok)) == 3
+        assert not k.trace.query(pid=pid, kinds=[ev.CALL_SUBMITTED])  # refused, never queued
 
     run(Kernel(tiny_loaded, num_pages=6, page_size=4), body)
+
+
+def test_a_process_suspended_holding_all_but_one_page_with_a_call_queued_resumes(
+    tiny_loaded,  # noqa: ANN001
+) -> None:
+    """a holds 3 of the 4 pages and has its next decode queued when b (higher priority) needs 2:
+    a is suspended, call and all. Once b is done the pool is empty, and a must come back."""
+
+    async def body(k: Kernel) -> None:
+        a = k.spawn(greedy, prompt(1, 9), 3)  # 9 tokens: 3 pages of 4
+        while not k.trace.query(pid=a, kinds=[ev.CALL_FINISHED]):
+            await asyncio.sleep(0)
+        b = k.spawn(greedy, prompt(2, 5), 1, priority=1)
+        assert len(await asyncio.wait_for(k.wait(b), 30)) == 1
+        assert len(await asyncio.wait_for(k.wait(a), 30)) == 3
+        suspended = k.trace.query(pid=a, kinds=[ev.PROCESS])
+        assert any(e.data["new"] == "suspended" and e.data["pages_swapped"] == 3 for e in suspended)
+
+    run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
+
+
+def test_a_tiny_pool_runs_every_process_that_fits_alone_to_the_end(tiny_loaded) -> None:  # noqa: ANN001
+    """32 LIPs on 4 pages of 4 tokens: each ends holding 3 of them (the pool's size minus one), so
+    most are suspended with a call queued, some while holding 3 pages; each must resume."""
+    n, steps = 32, 5  # 6 + 5 tokens = 3 pages each
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i, 6), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=256, page_size=4), alone)
+
+    async def crowded(k: Kernel) -> list[list[int]]:
+        pids = [k.spawn(greedy, prompt(i, 6), steps, priority=i % 2) for i in range(n)]
+        return [await asyncio.wait_for(k.wait(p), 60) for p in pids]
+
+    kernel = Kernel(tiny_loaded, num_pages=4, page_size=4)
+    assert run(kernel, crowded) == solo
+    assert kernel.pool.num_free == kernel.pool.num_pages
+
+
+def test_one_processs_bad_arguments_fail_only_its_own_calls(tiny_loaded) -> None:  # noqa: ANN001
+    """Arguments past the model's real limits (a top-k of 2**63, a position of 2**64 - 1) are
+    refused at submission or, if a batch still fails, fail only the call that caused it: ten
+    other generations batched beside them finish as they would alone."""
+    n, steps = 10, 8
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=128, page_size=4), alone)
+    huge_top_k = Sample(SamplingParams(temperature=1.0, top_k=2**63))
+
+    async def bad(sys: Syscalls, how: str) -> None:
+        f = await sys.kv.create()
+        for _ in range(steps):
+            with pytest.raises(EngineError) as failed:
+                if how == "top_k":
+                    await sys.forward(f, [1, 2, 3], returns=huge_top_k)
+                else:
+                    await sys.forward(f, [1], positions=[2**64 - 1])
+            assert ("top_k" if how == "top_k" else "context length") in str(failed.value)
+            await sys.forward(f, [4])  # the file took none of the failed call's tokens
+            assert (await sys.kv.stat(f)).tokens == 1
+            await sys.kv.truncate(f, 0)
+
+    async def together(k: Kernel) -> list[list[int]]:
+        bads = [k.spawn(bad, how) for how in ("top_k", "positions")]
+        pids = [k.spawn(greedy, prompt(i), steps) for i in range(n)]
+        outs = [await k.wait(p) for p in pids]
+        for b in bads:
+            await k.wait(b)
+        return outs
+
+    assert run(Kernel(tiny_loaded, num_pages=128, page_size=4), together) == solo
+
+
+def test_a_batch_that_fails_anyway_fails_only_the_call_that_caused_it(tiny_loaded) -> None:  # noqa: ANN001
+    """Behind the checks at submission: a call that slipped past them (queued here directly,
+    with a position past int64) fails alone; the calls batched with it are run again without it
+    and finish as they would alone, and its file takes none of its tokens."""
+    n, steps = 6, 6
+
+    async def alone(k: Kernel) -> list[list[int]]:
+        return [await k.wait(k.spawn(greedy, prompt(i), steps)) for i in range(n)]
+
+    solo = run(Kernel(tiny_loaded, num_pages=128, page_size=4), alone)
+
+    async def unchecked(sys: Syscalls) -> None:
+        f = await sys.kv.create()
+        await sys.forward(f, [1, 2])
+        seq = sys.kernel.kvfs.sequence(f, write=True)
+        for _ in range(steps):
+            segment = Segment(seq, [3], [2**64 - 1], None, [0], TopK(5))
+            future = asyncio.get_running_loop().create_future()
+            call = Call(sys.kernel.new_call_id(), sys.process, segment, future, 0.0, len(seq))
+            with pytest.raises(ValueError, match="Overflow"):
+                await sys.kernel.submit(call)
+            assert (await sys.kv.stat(f)).tokens == 2
+
+    async def together(k: Kernel) -> list[list[int]]:
+        sneaky = k.spawn(unchecked)
+        pids = [k.spawn(greedy, prompt(i), steps) for i in range(n)]
+        outs = [await k.wait(p) for p in pids]
+        await k.wait(sneaky)
+        return outs
+
+    kernel = Kernel(tiny_loaded, num_pages=128, page_size=4)
+    assert run(kernel, together) == solo
+    batches = kernel.trace.query(kinds=[ev.BATCH])
+    assert any(len(b.data["pids"]) > 1 for b in batches)
 
 
 def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: ANN001
@@ -453,3 +568,37 @@ print(*threshold, *gc.get_threshold())
     started = [int(t) for t in thresholds.split()[3:]]
     assert default[0] == 700  # Python's own, until a kernel starts
     assert started == [YOUNG_OBJECTS_PER_COLLECTION, *default[1:]]  # only young objects change
+
+
+def test_a_saved_file_read_that_blocks_holds_up_only_its_caller(
+    tiny_loaded,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    """Saved files are read off the event loop: while one process's read waits (as on a hung
+    network disk), the others compute to the end."""
+
+    class HungDisk(SavedFiles):
+        release = threading.Event()
+
+        def read(self, user: str, name: str) -> Saved:
+            assert self.release.wait(60), "never released"
+            return super().read(user, name)
+
+    async def save_then_load(sys: Syscalls) -> list[int]:
+        f = await sys.kv.create()
+        await sys.forward(f, prompt(0))
+        await sys.kv.save(f, "prompt")
+        g = await sys.kv.load("prompt")
+        return sys.kernel.kvfs.sequence(g).tokens
+
+    async def body(k: Kernel) -> None:
+        k.kvfs.saved = HungDisk(tmp_path)
+        loader = k.spawn(save_then_load)
+        others = [k.spawn(greedy, prompt(i), 8) for i in range(1, 5)]
+        for pid in others:
+            assert len(await k.wait(pid)) == 8
+        assert k.procs[loader].state is State.WAITING  # still reading
+        HungDisk.release.set()
+        assert await k.wait(loader) == prompt(0)
+
+    run(Kernel(tiny_loaded, num_pages=64, page_size=4, data_dir=tmp_path), body)

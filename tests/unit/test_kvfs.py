@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from engine.errors import (
 from engine.kvfs import KVFS, Caller, Handle, gather_kv, normpath
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
+from engine.saved import SavedFiles
 
 A1, A2, A = Caller(1, "alice"), Caller(2, "alice"), Caller(None, "alice")
 B3, B = Caller(3, "bob"), Caller(None, "bob")
@@ -32,9 +34,9 @@ def pool(make_pool) -> PagePool:  # noqa: ANN001
 
 
 @pytest.fixture
-def fs(pool: PagePool) -> KVFS:
+def fs(pool: PagePool, tmp_path: Path) -> KVFS:
     ticks = itertools.count()
-    return KVFS(pool, "tiny", clock=lambda: float(next(ticks)))
+    return KVFS(pool, "tiny", clock=lambda: float(next(ticks)), saved=SavedFiles(tmp_path))
 
 
 def fill(fs: KVFS, h: Handle, n: int) -> None:
@@ -316,10 +318,10 @@ def test_remove_process_frees_exactly_the_pages_only_its_files_held(
 
 
 @pytest.fixture
-def model_fs(tiny_loaded, pools: list[PagePool]) -> tuple[KVFS, Runner]:  # noqa: ANN001
+def model_fs(tiny_loaded, pools: list[PagePool], tmp_path: Path) -> tuple[KVFS, Runner]:  # noqa: ANN001
     pool = PagePool.for_model(tiny_loaded.config, num_pages=12, page_size=4)
     pools.append(pool)
-    return KVFS(pool, "tiny-llama"), Runner(tiny_loaded.model, pool)
+    return KVFS(pool, "tiny-llama", saved=SavedFiles(tmp_path)), Runner(tiny_loaded.model, pool)
 
 
 def test_save_load_round_trip(model_fs: tuple[KVFS, Runner], tmp_path: Path) -> None:
@@ -329,8 +331,8 @@ def test_save_load_round_trip(model_fs: tuple[KVFS, Runner], tmp_path: Path) -> 
         [Segment(fs.sequence(h, write=True), [5, 9, 2, 7, 1, 3], positions=list(range(10, 16)))]
     )
     fs.hide(h, [2])
-    fs.save(A1, "/proc/1/f", tmp_path / "f.kv")
-    g = fs.load(A, tmp_path / "f.kv", "/home/alice/g")
+    fs.save(A1, "/proc/1/f", "f")
+    g = fs.load(A, "f", "/home/alice/g")
     src, dst = fs.sequence(h), fs.sequence(g)
     assert (dst.tokens, dst.positions, dst.hidden) == (src.tokens, src.positions, {2})
     assert set(dst.pages).isdisjoint(src.pages)
@@ -348,18 +350,18 @@ def test_load_refuses_another_models_file(model_fs: tuple[KVFS, Runner], tmp_pat
     fs, _ = model_fs
     h = fs.create(A, "/home/alice/f")
     fill(fs, h, 3)
-    fs.save(A, "/home/alice/f", tmp_path / "f.kv")
-    other = KVFS(fs.pool, "some-other-model")
+    fs.save(A, "/home/alice/f", "f")
+    other = KVFS(fs.pool, "some-other-model", saved=fs.saved)
     with pytest.raises(IncompatibleFile, match="'tiny-llama'.*'some-other-model'"):
-        other.load(A, tmp_path / "f.kv", "/home/alice/g")
+        other.load(A, "f", "/home/alice/g")
     narrow = PagePool(2, 2, 8, num_pages=4, page_size=4)
     with pytest.raises(IncompatibleFile, match="shape"):
-        KVFS(narrow, "tiny-llama").load(A, tmp_path / "f.kv", "/home/alice/g")
-    (tmp_path / "junk").write_bytes(b"not safetensors at all")
+        KVFS(narrow, "tiny-llama", saved=fs.saved).load(A, "f", "/home/alice/g")
+    (fs.saved_files().root / "alice" / "junk.kv").write_bytes(b"not safetensors at all")
     with pytest.raises(IncompatibleFile, match="not a saved KV file"):
-        fs.load(A, tmp_path / "junk", "/home/alice/g")
-    with pytest.raises(FileNotFound, match="no such file on disk"):
-        fs.load(A, tmp_path / "missing", "/home/alice/g")
+        fs.load(A, "junk", "/home/alice/g")
+    with pytest.raises(FileNotFound, match="no saved file of that name"):
+        fs.load(A, "missing", "/home/alice/g")
     assert [p for p, _ in fs.files()] == ["/home/alice/f"] and narrow.num_free == 4
     fs.close(h)
     fs.unlink(A, "/home/alice/f")
@@ -369,11 +371,11 @@ def test_load_without_room_allocates_nothing(model_fs: tuple[KVFS, Runner], tmp_
     fs, _ = model_fs
     big = fs.create(A, "/home/alice/big")
     fill(fs, big, 10)  # 3 pages
-    fs.save(A, "/home/alice/big", tmp_path / "big.kv")
+    fs.save(A, "/home/alice/big", "big")
     filler = fs.create(A, "/home/alice/filler")
     fill(fs, filler, 28)  # 7 more: 2 of 12 left
     with pytest.raises(OutOfPages) as err:
-        fs.load(A, tmp_path / "big.kv", "/home/alice/again")
+        fs.load(A, "big", "/home/alice/again")
     assert (err.value.needed, err.value.free) == (3, 2) and fs.pool.num_free == 2
     with pytest.raises(FileNotFound):
         fs.open(A, "/home/alice/again")
@@ -386,8 +388,8 @@ def test_load_without_room_allocates_nothing(model_fs: tuple[KVFS, Runner], tmp_
 def test_load_checks_what_the_file_holds(fs: KVFS, tmp_path: Path) -> None:
     h = fs.create(A1, "/proc/1/f")
     fill(fs, h, 3)
-    fs.save(A1, h, tmp_path / "f.kv")
-    g = fs.load(A1, tmp_path / "f.kv")  # default name, like create
+    fs.save(A1, h, "f")
+    g = fs.load(A1, "f")  # default name, like create
     assert g.path == "/proc/1/kv0" and fs.sequence(g).tokens == [0, 1, 2]
     k, v = gather_kv(fs.pool, fs.sequence(h))
     meta = {"format": "symphony-kvfile/1", "model_id": "tiny"}
@@ -400,8 +402,54 @@ def test_load_checks_what_the_file_holds(fs: KVFS, tmp_path: Path) -> None:
         "K/V shape": dict(tokens=ints(0, 1), positions=ints(0, 1), hidden=ints()),
     }
     for reason, ids in bad.items():
-        save_file({"k": k.contiguous(), "v": v.contiguous(), **ids}, tmp_path / "bad.kv", meta)
+        bad_file = fs.saved_files().root / "alice" / "bad.kv"
+        save_file({"k": k.contiguous(), "v": v.contiguous(), **ids}, bad_file, meta)
         with pytest.raises(IncompatibleFile, match=reason):
-            fs.load(A1, tmp_path / "bad.kv", "/proc/1/bad")
+            fs.load(A1, "bad", "/proc/1/bad")
     assert fs.listdir(A1, "/proc/1") == ["f", "kv0"]
     assert fs.remove_process(1) == 2 and fs.pool.num_free == fs.pool.num_pages
+
+
+# ---- saved files: names, not host paths (engine.saved) ----
+
+
+def test_a_saved_file_is_named_never_a_host_path(fs: KVFS, tmp_path: Path) -> None:
+    h = fs.create(A1, "/proc/1/f")
+    fill(fs, h, 3)
+    victim = tmp_path.parent / "victim.txt"
+    victim.write_text("the engine's own file")
+    for name in (str(victim), "../victim", "a/b/c", ".hidden", "", "x" * 101, "/etc/passwd"):
+        with pytest.raises(BadPath, match="not a host path"):
+            fs.save(A1, h, name)
+        with pytest.raises(BadPath):
+            fs.load(A1, name)
+    assert victim.read_text() == "the engine's own file"
+    fs.save(A1, h, "f.v1")
+    assert fs.saved_files().names("alice") == ["f.v1"]
+    assert (tmp_path / "alice" / "f.v1.kv").stat().st_mode & 0o777 == 0o600
+
+
+def test_loading_a_fifo_is_refused_at_once(fs: KVFS, tmp_path: Path) -> None:
+    (tmp_path / "alice").mkdir()
+    os.mkfifo(tmp_path / "alice" / "pipe.kv")  # opening it to read would wait for a writer
+    with pytest.raises(IncompatibleFile, match="not a regular file"):
+        fs.load(A1, "pipe")
+
+
+def test_a_saved_file_keeps_its_mode_and_owner(fs: KVFS) -> None:
+    secret = fs.create(A, "/home/alice/secret")  # 0600
+    public = fs.create(A, "/shared/public")  # 0644
+    for h in (secret, public):
+        fill(fs, h, 3)
+    fs.save(A, secret, "secret")
+    fs.save(A, public, "public")
+    with pytest.raises(PermissionDenied, match="not readable by others"):
+        fs.load(B, "alice/secret", "/home/bob/secret")
+    g = fs.load(B, "alice/public", "/home/bob/public")
+    assert fs.sequence(g).tokens == [0, 1, 2]
+    with pytest.raises(PermissionDenied, match="only save under their own names"):
+        fs.save(B, g, "alice/public")
+    mine = fs.load(A, "secret", "/shared/secret-again")  # a copy keeps the mode: still private
+    assert fs.stat(A, mine.path).mode == 0o600
+    with pytest.raises(PermissionDenied):
+        fs.open(B, "/shared/secret-again")

@@ -30,6 +30,7 @@ from engine.errors import OutOfPages, PermissionDenied
 from engine.kvfs import KVFS, Caller, Handle, KVFile, gather_kv
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
+from engine.saved import SavedFiles
 from engine.sequence import KVSequence
 
 MODES = [None, 0o600, 0o602, 0o604, 0o606, 0o644, 0o666]
@@ -58,14 +59,14 @@ class KVFSMachine(RuleBasedStateMachine):
     def __init__(self, loaded) -> None:  # noqa: ANN001 - LoadedModel
         super().__init__()
         self.pool = PagePool.for_model(loaded.config, num_pages=24, page_size=4)
-        self.fs = KVFS(self.pool, "tiny")
+        self.tmp = Path(tempfile.mkdtemp(prefix="kvfs-"))
+        self.fs = KVFS(self.pool, "tiny", saved=SavedFiles(self.tmp))
         self.runner = Runner(loaded.model, self.pool)
         self.procs = {1: "alice", 2: "alice", 3: "bob"}
         self.next_pid = 4
         self.held: list[Handle] = []  # every handle open; the rest are closed at once
         self.clean: dict[KVFile, bool] = {}  # K/V equal a fresh prefill (no hidden at forward)
         self.ids = itertools.count()
-        self.tmp = Path(tempfile.mkdtemp(prefix="kvfs-"))
 
     # ---- helpers ----
 
@@ -223,6 +224,7 @@ class KVFSMachine(RuleBasedStateMachine):
         dst = self.dest(data, caller, proc=False)
         assert dst is not None
         ok = allowed(caller, path, f, W) and (not rename or may_name(caller, path))
+        ok = ok and (f.owner == caller.user or dst.startswith("/shared/"))  # others' stay in sight
         self.expect(ok, lambda: (self.fs.rename if rename else self.fs.link)(caller, path, dst))
         assert self.named().get(dst) is (f if ok else None)
 
@@ -246,7 +248,7 @@ class KVFSMachine(RuleBasedStateMachine):
     def save_and_load(self, data: st.DataObject) -> None:
         path, f = self.pick(data)
         caller = self.owner(path, f)
-        disk = self.tmp / f"f{next(self.ids)}.kv"
+        disk = f"f{next(self.ids)}"
         self.fs.save(caller, path, disk)
         dst = self.dest(data, caller)
         free = self.pool.num_free
