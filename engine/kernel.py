@@ -154,7 +154,7 @@ class Kernel:
         pid = next(self._pids)
         p = Process(
             pid,
-            name or getattr(main, "__name__", "lip"),
+            name or str(getattr(main, "__name__", "lip")),
             owner,
             priority,
             parent,

@@ -293,9 +293,9 @@ class KVFSHandler(SymphonyHandler):
         stats = await asyncio.gather(
             *(self.service.call("stat", e["path"]) for e in files), return_exceptions=True
         )
-        for e, st in zip(files, stats, strict=True):
+        for entry, st in zip(files, stats, strict=True):
             if not isinstance(st, BaseException):
-                e["stat"] = _stat(st)
+                entry["stat"] = _stat(st)
         self.reply({"path": path, "kind": "dir", "entries": entries})
 
 
