@@ -46,6 +46,7 @@ from engine.errors import (
     EngineNotRunning,
     FileNotFound,
     InvalidArgument,
+    NoSuchProcess,
     PermissionDenied,
     SessionEnded,
     UnknownOperation,
@@ -327,7 +328,7 @@ def http_error(e: EngineError) -> Refused:
         status = 503
     elif isinstance(e, PermissionDenied):
         status = 403
-    elif isinstance(e, FileNotFound) or str(e).startswith("no process"):
+    elif isinstance(e, (FileNotFound, NoSuchProcess)):
         status = 404
     elif isinstance(e, (InvalidArgument, UnknownOperation)):
         status = 400
