@@ -25,6 +25,10 @@ class OutOfPages(EngineError):
         self.free = free
 
 
+class NoSuchProcess(EngineError):
+    """No process of that pid (never was, or exited so long ago that the engine forgot it)."""
+
+
 class ProcessExited(EngineError):
     """A call from a process that has exited (killed, or its client went away)."""
 

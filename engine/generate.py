@@ -7,8 +7,10 @@ against, and the loop behind `symphony demo`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
+from torch import Tensor
 
 from engine.runner import Runner, Segment
 from engine.sampler import SamplingParams, make_generator, sample
@@ -31,7 +33,7 @@ def generate_stream(
     try:
         segments = [Segment(seqs[i], prompts[i]) for i in live]
         for _ in range(max_new_tokens):
-            logits = torch.cat(runner.forward(segments))
+            logits = torch.cat(cast("list[Tensor]", runner.forward(segments)))  # Logits() rows
             tokens = sample(logits, [params] * len(live), [gens[i] for i in live])
             step: list[int | None] = [None] * len(prompts)
             for i, t in zip(live, tokens, strict=True):

@@ -21,7 +21,12 @@ from typing import Any
 from torch import Tensor
 
 from engine import trace as ev
-from engine.errors import EngineError, OutOfPages, PermissionDenied, ProcessFailed
+from engine.errors import (
+    NoSuchProcess,
+    OutOfPages,
+    PermissionDenied,
+    ProcessFailed,
+)
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
@@ -154,7 +159,7 @@ class Kernel:
         pid = next(self._pids)
         p = Process(
             pid,
-            name or getattr(main, "__name__", "lip"),
+            name or str(getattr(main, "__name__", "lip")),
             owner,
             priority,
             parent,
@@ -244,7 +249,7 @@ class Kernel:
 
     def _proc(self, pid: int) -> Process:
         if pid not in self.procs:
-            raise EngineError(
+            raise NoSuchProcess(
                 f"no process {pid} (the kernel keeps the last {EXITED_KEPT} that exited)"
             )
         return self.procs[pid]

@@ -539,9 +539,10 @@ class KVFS:
         if path is None:
             if caller.pid is None:
                 raise InvalidArgument("a client without a process must name the file")
-            while (path := file_path(f"/proc/{caller.pid}/kv{next(self._auto)}")) in self._names:
-                pass
-            return path
+            auto = file_path(f"/proc/{caller.pid}/kv{next(self._auto)}")
+            while auto in self._names:
+                auto = file_path(f"/proc/{caller.pid}/kv{next(self._auto)}")
+            return auto
         path = file_path(path)
         self._check_may_name(caller, path)
         if path in self._names:

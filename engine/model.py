@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +133,8 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    inv_freq: Tensor  # a buffer (register_buffer)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -159,7 +162,7 @@ class LlamaModel(nn.Module):
 
         Costs twice the weights' memory again; frozen weights only (copies are not updated).
         """
-        for layer in self.layers:
+        for layer in cast("list[DecoderLayer]", self.layers):
             layer.f32 = {n: getattr(layer, n).float() for n in ("qkv", "o", "gate_up", "down")}
         self.head_f32 = (self.embed if self.lm_head is None else self.lm_head).float()
 
@@ -213,7 +216,7 @@ class LlamaModel(nn.Module):
             w = params[ours].detach()
             sizes = [w.shape[0] // len(theirs)] * len(theirs)
             if ours.endswith(("qkv", "qkv_bias")):
-                layer = self.layers[0]
+                layer = cast(DecoderLayer, self.layers[0])
                 sizes = [layer.q_size, layer.kv_size, layer.kv_size]
             for name, part in zip(theirs, w.split(sizes, dim=0), strict=True):
                 out[name] = part.contiguous()

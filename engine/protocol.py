@@ -145,7 +145,7 @@ def _ext_hook(depth_left: int, code: int, data: bytes) -> Any:
     cls = RECORDS.get(name) if isinstance(name, str) else None
     if cls is None or not isinstance(values, list) or len(values) != len(cls._fields):
         raise BadMessage(f"malformed record {name!r}")
-    for f in TUPLE_FIELDS.get(name, ()):
+    for f in TUPLE_FIELDS.get(str(name), ()):
         i = cls._fields.index(f)
         if isinstance(values[i], list):
             values[i] = tuple(values[i])
@@ -609,7 +609,7 @@ class SocketReader:
     def __init__(self, sock: zmq.Socket, on_frames: Any) -> None:
         self.sock, self.on_frames = sock, on_frames
         self.loop = asyncio.get_running_loop()
-        self.fd = sock.getsockopt(zmq.FD)
+        self.fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # an int for FD
         self._draining = False
         self.loop.add_reader(self.fd, self.drain)
 
@@ -619,7 +619,7 @@ class SocketReader:
         self._draining = True
         try:
             sock = self.sock
-            while not sock.closed and sock.getsockopt(self._EVENTS) & self._POLLIN:
+            while not sock.closed and sock.getsockopt(self._EVENTS) & self._POLLIN:  # type: ignore[operator]
                 try:
                     frames = sock.recv_multipart(self._NOBLOCK)
                 except zmq.Again:

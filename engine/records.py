@@ -190,7 +190,7 @@ class FileHandle(NamedTuple):
 
 
 # Records that cross the wire by name (engine.protocol); tuples come back as tuples.
-RECORDS: dict[str, type[tuple]] = {
+RECORDS: dict[str, Any] = {  # name -> NamedTuple class
     cls.__name__: cls for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap)
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {"FileStat": ("page_table", "names")}

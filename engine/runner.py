@@ -78,7 +78,8 @@ class Runner:
             hidden = self.model(
                 ids, positions, lambda i, q, k, v: self.backend.attend(i, q, k, v, plan, self.pool)
             )
-            rows, start = [], 0
+            rows: list[int] = []
+            start = 0
             for s, n in zip(segments, layout.q_lens, strict=True):
                 s.seq.append(s.tokens, positions[start : start + n].tolist())
                 rows.extend(start + o for o in (s.outputs if s.outputs is not None else [n - 1]))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
@@ -62,13 +63,14 @@ class Call:
 
 
 def join_results(parts: list[Result]) -> Result:
+    """A chunked call's results, joined: one list, TopKResult or tensor of every chunk's rows."""
     if len(parts) == 1:
         return parts[0]
-    if isinstance(parts[0], list):
-        return [t for p in parts for t in p]  # type: ignore[union-attr]
-    if isinstance(parts[0], TopKResult):
-        return TopKResult(torch.cat([p.ids for p in parts]), torch.cat([p.probs for p in parts]))
-    return torch.cat(parts)  # type: ignore[arg-type]
+    if lists := [p for p in parts if isinstance(p, list)]:
+        return [t for p in lists for t in p]
+    if tops := [p for p in parts if isinstance(p, TopKResult)]:
+        return TopKResult(torch.cat([p.ids for p in tops]), torch.cat([p.probs for p in tops]))
+    return torch.cat([p for p in parts if isinstance(p, Tensor)])
 
 
 class QueueView(NamedTuple):

@@ -625,12 +625,13 @@ class EngineServer:
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
         a = req.args
-        return await self.kernel.tools.register(
-            a.get("name"), a.get("source"), a.get("timeout"), owner=session.user
-        )
+        name, source, timeout = a.get("name"), a.get("source"), a.get("timeout")
+        if not isinstance(name, str) or not isinstance(source, str):
+            raise InvalidArgument("tool.register takes a name (str) and source (str)")
+        return await self.kernel.tools.register(name, source, timeout, owner=session.user)
 
     async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
-        return self.kernel.tools.list()
+        return self.kernel.tools.infos()
 
     async def _tool(self, session: Session, req: Request) -> Any:
         """A process calls a tool: {name, args, kwargs}."""
@@ -640,7 +641,10 @@ class EngineServer:
         args, kwargs = req.args.get("args") or [], req.args.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InvalidArgument("tool takes args (a list) and kwargs (a map)")
-        return await self.syscalls[req.pid].tool(req.args.get("name"), *args, **kwargs)
+        name = req.args.get("name")
+        if not isinstance(name, str):
+            raise InvalidArgument("tool takes a tool's name (str)")
+        return await self.syscalls[req.pid].tool(name, *args, **kwargs)
 
     # --- ending processes and sessions -----------------------------------------------------------
 
@@ -751,7 +755,7 @@ def continue_in_task(coro: Coroutine[Any, Any, None], awaited: Any) -> asyncio.T
 
 def _abandon(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
     """End a coroutine its task left suspended (cancelled before it ever ran)."""
-    if coro.cr_frame is None:  # it finished
+    if getattr(coro, "cr_frame", None) is None:  # it finished
         return
     if awaited is not None:
         awaited.cancel()

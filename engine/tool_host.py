@@ -110,7 +110,7 @@ class Host:
         return {"id": msg["id"], "ok": True, "result": info}
 
     def call(self, msg: dict[str, Any]) -> None:
-        name = msg.get("name")
+        name = str(msg.get("name"))
         try:
             fn = self.tools[name]
             result = fn(*msg.get("args") or [], **msg.get("kwargs") or {})

@@ -118,7 +118,8 @@ class ToolHost:
         self._fail_all(self.ended or f"the tool host died ({how})")
 
     def _resolve(self, reply: Any) -> None:
-        future = self._pending.get(reply.get("id")) if isinstance(reply, dict) else None
+        rid = reply.get("id") if isinstance(reply, dict) else None
+        future = self._pending.get(rid) if isinstance(rid, int) else None
         if future is not None and not future.done():
             future.set_result(reply)
 
@@ -152,7 +153,7 @@ class Tools:
         self._locks: dict[str, asyncio.Lock] = {}
         self.restarts = 0  # hosts ended because a call hung or the host died
 
-    def list(self) -> list[dict[str, Any]]:
+    def infos(self) -> list[dict[str, Any]]:
         """Each tool's name, signature and docstring."""
         return [t.info() for t in self.tools.values()]
 
@@ -251,7 +252,7 @@ def _check_name(name: Any) -> None:
 
 
 def _failure(what: str, reply: dict[str, Any]) -> ToolFailed:
-    error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+    error = reply["error"] if isinstance(reply.get("error"), dict) else {}
     kind, message = error.get("type", "Error"), error.get("message", "")
     text = f"{what} raised {kind}: {message}" if message else f"{what} raised {kind}"
     return ToolFailed(text, error.get("traceback") or None)

@@ -251,6 +251,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
 def token_stream(tok: Tokenizer, docs: list[Document]) -> Tensor:
     """The documents as one stream: <bos> text <eos> <bos> text <eos> ..."""
     bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    assert bos is not None and eos is not None, "the demo tokenizer has <bos> and <eos>"
     ids: list[int] = []
     for enc in tok.encode_batch([d.text for d in docs], add_special_tokens=False):
         ids += [bos, *enc.ids, eos]

@@ -209,7 +209,8 @@ class Workers:
             await run.wait_change(POLL_WAIT)
         run.chunks = _after(run, after)  # what the reader has seen is dropped
         run.buffered = sum(len(c[2]) for c in run.chunks)
-        chunks, size = [], 0
+        chunks: list[list[Any]] = []
+        size = 0
         for c in run.chunks:
             if chunks and size + len(c[2]) > MAX_REPLY:
                 break

@@ -12,4 +12,5 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
 fi
 .venv/bin/ruff check engine workbench tests
 .venv/bin/ruff format --check -q engine workbench tests
+.venv/bin/mypy  # the types of engine/ and workbench/ (settings in pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"

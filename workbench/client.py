@@ -318,8 +318,8 @@ class Client:
         limit: int = 50_000,
     ) -> list[Event]:
         """Trace events (earliest first, at most limit): page on with after_seq."""
-        args = {"since": since, "until": until, "pid": pid, "after_seq": after_seq}
-        args["kinds"] = list(kinds) if kinds is not None else None
+        args: dict[str, Any] = {"since": since, "until": until, "pid": pid}
+        args.update(after_seq=after_seq, kinds=list(kinds) if kinds is not None else None)
         return await self.call("trace", {**args, "limit": limit})
 
     async def stat_engine(self) -> dict[str, Any]:

@@ -287,7 +287,7 @@ class LIPMagics(Magics):
         try:
             args = _line_parser().parse_args(shlex.split(line))
         except (argparse.ArgumentError, ValueError, SystemExit):
-            raise UsageError(f"usage: {self.lip.__doc__}") from None
+            raise UsageError(f"usage: {LIPMagics.lip.__doc__}") from None
         try:
             user = os.environ.get(USER_ENV)
             with cli_client.SyncClient.connect(None, user=user, name="%lip") as client:

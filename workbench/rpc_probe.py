@@ -39,7 +39,7 @@ def echo_times(client: Client, lip: LIP, sock: zmq.Socket, n: int) -> list[float
 
 async def main(connection_file: str, prompt_tokens: int, echo: str) -> None:
     client = await Client.connect(connection_file, name="bench-rpc-probe")
-    echo_sock = zmq.Context.instance().socket(zmq.DEALER)
+    echo_sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     echo_sock.connect(echo)
     lip = await client.attach("rpc-client")
     vocab = client.engine["vocab_size"]

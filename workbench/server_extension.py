@@ -46,6 +46,7 @@ from engine.errors import (
     EngineNotRunning,
     FileNotFound,
     InvalidArgument,
+    NoSuchProcess,
     PermissionDenied,
     SessionEnded,
     UnknownOperation,
@@ -293,9 +294,9 @@ class KVFSHandler(SymphonyHandler):
         stats = await asyncio.gather(
             *(self.service.call("stat", e["path"]) for e in files), return_exceptions=True
         )
-        for e, st in zip(files, stats, strict=True):
+        for entry, st in zip(files, stats, strict=True):
             if not isinstance(st, BaseException):
-                e["stat"] = _stat(st)
+                entry["stat"] = _stat(st)
         self.reply({"path": path, "kind": "dir", "entries": entries})
 
 
@@ -327,7 +328,7 @@ def http_error(e: EngineError) -> Refused:
         status = 503
     elif isinstance(e, PermissionDenied):
         status = 403
-    elif isinstance(e, FileNotFound) or str(e).startswith("no process"):
+    elif isinstance(e, (FileNotFound, NoSuchProcess)):
         status = 404
     elif isinstance(e, (InvalidArgument, UnknownOperation)):
         status = 400

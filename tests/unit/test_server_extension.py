@@ -16,6 +16,7 @@ from engine.errors import (
     EngineNotRunning,
     FileNotFound,
     InvalidArgument,
+    NoSuchProcess,
     PermissionDenied,
     UnknownOperation,
 )
@@ -28,7 +29,7 @@ from workbench import server_extension as ext
         (EngineNotRunning("gone"), 503),
         (PermissionDenied("process 3", "belongs to bob"), 403),
         (FileNotFound("/shared/x", "does not exist"), 404),
-        (EngineError("no process 12"), 404),
+        (NoSuchProcess("no process 12"), 404),
         (BadPath("x", "relative path"), 400),
         (InvalidArgument("bad"), 400),
         (UnknownOperation("sessions?"), 400),

@@ -124,7 +124,7 @@ def describe(st: FileStat) -> str:
 class PageRun(NamedTuple):
     """One page of a file: its tokens and the other files holding the same pool page."""
 
-    index: int  # in the file's page table
+    entry: int  # in the file's page table
     page: int  # pool page (-1: swapped out to host memory)
     start: int  # index of its first token in the file
     tokens: list[int]

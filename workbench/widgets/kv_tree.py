@@ -136,7 +136,7 @@ def render_runs(st: FileStat, runs: list[PageRun]) -> str:
             colours[r.sharers] = palette(len(colours))
         bg = colours.get(r.sharers, "transparent")
         who = ", ".join(r.sharers) or "no other readable file"
-        tip = f"page {r.index} (pool page {r.page}), tokens {r.start}..: shared with {who}"
+        tip = f"page {r.entry} (pool page {r.page}), tokens {r.start}..: shared with {who}"
         if r.unseen:
             tip += f" and {r.unseen} file(s) you may not read"
         text = "".join(piece(p) for p in r.pieces)

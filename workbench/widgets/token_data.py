@@ -15,7 +15,7 @@ class TokenChoice(NamedTuple):
 
 
 class TokenStep(NamedTuple):
-    index: int
+    step: int
     chosen: TokenChoice
     rank: int | None  # the chosen token's place in the distribution (0: most likely)
     alternatives: list[TokenChoice]  # the top k, most likely first

@@ -52,7 +52,7 @@ class TokenView(widgets.VBox):
         `colour` (any CSS colour) marks its row, e.g. accepted and rejected draft tokens."""
         step = token_step(len(self.steps), dist, int(chosen), self.detokenize, self.k, note)
         self.steps.append(step)
-        self.colours[step.index] = colour
+        self.colours[step.step] = colour
         self._schedule()
         return step
 
@@ -81,7 +81,7 @@ class TokenView(widgets.VBox):
         head = "<tr><th>step</th><th>chosen</th><th>p</th><th>rank</th><th>top tokens</th>"
         head += "<th></th></tr>"
         note = f"<div>… {skipped} earlier steps</div>" if skipped else ""
-        body = "".join(_row(s, self.colours.get(s.index)) for s in rows)
+        body = "".join(_row(s, self.colours.get(s.step)) for s in rows)
         text = "".join(piece(s.chosen.text) for s in self.steps)
         self.table.value = (
             f'<div style="{FONT}"><div><b>text</b>: {text}</div>{note}'
@@ -95,7 +95,7 @@ def _row(s: TokenStep, colour: str | None = None) -> str:
     alts = "".join(_choice(c, c.id == s.chosen.id) for c in s.alternatives)
     style = f' style="background:{html.escape(colour)}"' if colour else ""
     return (
-        f"<tr{style}><td>{s.index}</td><td><b>{piece(s.chosen.text)}</b></td><td>{prob}</td>"
+        f"<tr{style}><td>{s.step}</td><td><b>{piece(s.chosen.text)}</b></td><td>{prob}</td>"
         f"<td>{rank}</td><td>{alts}</td><td>{html.escape(s.note)}</td></tr>"
     )
 
