@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from engine.attention import AttentionBackend, BatchLayout, select_backend
-from engine.errors import InvalidArgument, OutOfPages
+from engine.errors import ContextTooLong, InvalidArgument, OutOfPages
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
 from engine.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
@@ -57,6 +57,7 @@ class Runner:
         self.pool = pool
         self.backend = backend or select_backend(pool.k.device, pool.k.dtype, pool.page_size)
         self.vocab_size = model.cfg.vocab_size
+        self.context_length = model.cfg.max_position_embeddings
 
     @torch.inference_mode()
     def forward(self, segments: list[Segment], validate: bool = True) -> list[Result]:
@@ -192,6 +193,9 @@ class Runner:
             raise InvalidArgument(
                 f"{where}: need {n} non-negative positions, got {len(s.positions)}"
             )
+        last = max(s.positions) if s.positions is not None else s.seq.next_position + n - 1
+        if last >= self.context_length:
+            raise ContextTooLong(where, last, self.context_length)
         if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
             raise InvalidArgument(
                 f"{where}: mask must have shape ({n}, {len(s.seq) + n}), got {tuple(s.mask.shape)}"

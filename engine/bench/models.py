@@ -97,6 +97,11 @@ def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
 
 
 def bench_model(name: str) -> Path:
+    """The checkpoint (an HF-layout directory or a .gguf file) a bench model name stands for."""
+    from engine.models import REGISTRY, resolve
+
+    if name in REGISTRY and name != "tiny":  # a real model, as set-up installs it
+        return resolve(name).path
     if name == "tiny":
         from engine.models import DEFAULT_MODEL
 
@@ -105,4 +110,26 @@ def bench_model(name: str) -> Path:
         return random_checkpoint("tiny-random", TINY_RANDOM_SHAPE)
     if name in SHAPES:
         return random_checkpoint(name, SHAPES[name])
-    raise ValueError(f"unknown bench model {name!r}; choose tiny or {', '.join(SHAPES)}")
+    raise ValueError(
+        f"unknown bench model {name!r}; choose one of {', '.join([*REGISTRY, *SHAPES])}"
+    )
+
+
+def checkpoint_dtype(path: Path) -> str:
+    """The dtype a checkpoint's weights are stored in (a GGUF file's run as float32)."""
+    from engine.config import ModelConfig
+
+    if path.suffix == ".gguf":
+        return "float32"
+    return ModelConfig.from_file(path / "config.json").dtype or "float32"
+
+
+def load_transformers(path: Path, dtype: Any) -> Any:
+    """transformers' model for a checkpoint: `from_pretrained`, with `gguf_file` for a GGUF."""
+    import transformers
+
+    if path.suffix == ".gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype
+        )
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

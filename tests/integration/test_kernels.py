@@ -122,7 +122,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     conn = runtime / "symphony-engine.json"
     # float32: batching leaves greedy outputs unchanged only there (bfloat16 matmuls round by the
     # batch's row count), and the bundled model is a bfloat16 checkpoint the machine may run so
-    args = ("--pages", "256", "--dtype", "float32")
+    args = ("--pages", "256", "--dtype", "float32", "--model", "tiny")  # the demo model: fast
     with engine_process(runtime, *args, arch=None, conn=conn) as e:
         yield Engine(e.proc, e.conn, runtime)
 
