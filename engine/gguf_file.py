@@ -190,7 +190,7 @@ class GGUFFile:
                 f"field 'tokenizer.ggml.pre' = {pre!r}: this pre-tokenizer is not supported "
                 f"(supported: {', '.join(SUPPORTED_PRE)})",
             )
-        merges = [tuple(m.split(" ", 1)) for m in self.need("tokenizer.ggml.merges")]
+        merges = [tuple(m.split(" ", 1)) for m in self.get("tokenizer.ggml.merges", [])]
         chars = byte_to_char()
         alphabet = set(chars.values())
         vocab = {
