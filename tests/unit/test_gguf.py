@@ -180,3 +180,15 @@ def test_sentencepiece_vocabulary_equals_transformers(tmp_path: Path) -> None:
         want = theirs(text, add_special_tokens=False).input_ids
         assert ours.encode(text) == want, text
         assert ours.decode(want) == theirs.decode(want), text
+
+
+def test_loading_prints_nothing_unless_asked(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The progress bar shows only on a terminal or when asked (stderr here is a pipe)."""
+    write_gguf(tmp_path / "m.gguf", hf_model("llama-tied"), Q.Q8_0)
+    capfd.readouterr()
+    load_model(tmp_path / "m.gguf")
+    assert capfd.readouterr() == ("", "")
+    load_model(tmp_path / "m.gguf", show_progress=True)
+    assert "loading m.gguf" in capfd.readouterr().err
