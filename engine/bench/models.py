@@ -98,15 +98,13 @@ def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
 
 def bench_model(name: str) -> Path:
     """The checkpoint (an HF-layout directory or a .gguf file) a bench model name stands for."""
-    from engine.models import REGISTRY, resolve
+    from engine.models import REGISTRY, TINY_MODEL, resolve
 
     if name in REGISTRY and name != "tiny":  # a real model, as set-up installs it
         return resolve(name).path
     if name == "tiny":
-        from engine.models import DEFAULT_MODEL
-
-        if (DEFAULT_MODEL / "config.json").exists():
-            return DEFAULT_MODEL
+        if (TINY_MODEL / "config.json").exists():
+            return TINY_MODEL
         return random_checkpoint("tiny-random", TINY_RANDOM_SHAPE)
     if name in SHAPES:
         return random_checkpoint(name, SHAPES[name])

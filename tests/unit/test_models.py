@@ -83,3 +83,13 @@ def test_serve_refuses_a_model_it_cannot_find(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert f"symphony serve: model '{tmp_path / 'nope'}' not found; looked in:" in done.stderr
+
+
+def test_benches_take_the_registered_models() -> None:
+    from engine.bench.models import bench_model, checkpoint_dtype
+
+    assert bench_model("tiny") == TINY_MODEL and checkpoint_dtype(TINY_MODEL) == "bfloat16"
+    real = bench_model(DEFAULT_MODEL)
+    assert real.suffix == ".gguf" and checkpoint_dtype(real) == "float32"
+    with pytest.raises(ValueError, match="unknown bench model 'nope'; choose one of"):
+        bench_model("nope")
