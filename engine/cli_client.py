@@ -189,6 +189,7 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(model: str, args: argparse.Namespace) -> int:
     import torch
 
+    from engine.errors import ModelLoadError
     from engine.kernel import Kernel
     from engine.loader import load_model
     from engine.server import EngineServer, serve
@@ -196,7 +197,11 @@ async def _serve(model: str, args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
+    try:
+        loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
+    except ModelLoadError as e:
+        print(f"symphony serve: {e}", file=sys.stderr)
+        return 2
     kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
 
