@@ -17,6 +17,7 @@ DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from engine.errors import ModelNotFound
     from engine.generate import generate_stream
     from engine.loader import load_model
     from engine.models import DEFAULT_MODEL
@@ -24,11 +25,14 @@ def _demo(args: argparse.Namespace) -> int:
     from engine.runner import Runner
     from engine.sampler import SamplingParams
 
-    start = time.perf_counter()
-    loaded = load_model(args.model or DEFAULT_MODEL, device=args.device)
+    try:
+        loaded = load_model(args.model or DEFAULT_MODEL, device=args.device)
+    except ModelNotFound as e:
+        print(f"symphony demo: {e}", file=sys.stderr)
+        return 2
     print(
         f"loaded {loaded.name} ({loaded.config.num_params / 1e6:.1f}M parameters, "
-        f"{loaded.model.dtype}) in {time.perf_counter() - start:.2f}s\n",
+        f"{loaded.model.dtype}) in {loaded.load_seconds:.2f}s\n",
         flush=True,
     )
     tok = loaded.tokenizer
@@ -37,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     runner = Runner(loaded.model, pool)
     params = SamplingParams(temperature=args.temperature, top_p=0.95 if args.temperature else 1.0)
-    stop = tuple(i for i in (tok.eos_id,) if i is not None)
+    stop = tuple(loaded.stop_ids)
     for prompt in args.prompt or DEMO_PROMPTS:
         ids = tok.encode(prompt)
         new: list[int] = []
@@ -54,6 +58,22 @@ def _demo(args: argparse.Namespace) -> int:
         rate = len(new) / (time.perf_counter() - start)
         print(f"\n  [{len(new)} tokens, {rate:.0f} tok/s]\n", flush=True)
     pool.check()
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    """`symphony models`: the models the engine finds by name, and where each one is."""
+    from engine.models import DEFAULT_MODEL, available, hf_cache_dir
+
+    for reg, path in available():
+        mark = " (default)" if reg.name == DEFAULT_MODEL else ""
+        print(f"{reg.name}{mark}: {reg.description}")
+        print(f"    {path if path is not None else 'not installed: ' + reg.source}")
+    print(
+        "\nAlso: --model PATH (an HF-layout directory or a .gguf file), or an HF model id "
+        f"(org/name) found in the local Hugging Face cache, {hf_cache_dir()}; nothing is "
+        "downloaded."
+    )
     return 0
 
 
@@ -154,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate text in the terminal")
     demo.add_argument(
-        "--model", help="local HF-layout model directory (default: the bundled model)"
+        "--model", help="a model name, directory, .gguf file or cached HF id (`symphony models`)"
     )
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -162,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--temperature", type=float, default=0.8)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    sub.add_parser("models", help="list the models the engine finds, and where").set_defaults(
+        func=_models
+    )
 
     bench = sub.add_parser("bench", help="benchmarks: the engine beside a baseline, as ratios")
     bench.add_argument("workload", choices=[*WORKLOADS])

@@ -191,21 +191,24 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """`symphony serve`: load the model, start the kernel and its server, write the file."""
     from engine import event_loop
-    from engine.models import DEFAULT_MODEL
+    from engine.errors import ModelNotFound
+    from engine.models import DEFAULT_MODEL, resolve
 
-    model = Path(args.model) if args.model else DEFAULT_MODEL
-    if not (model / "config.json").exists():
-        hint = " (train the bundled model with `symphony train-demo`)" if not args.model else ""
-        print(f"symphony serve: {model} has no config.json: not a model{hint}", file=sys.stderr)
+    model = args.model or DEFAULT_MODEL
+    try:
+        resolve(model)
+    except ModelNotFound as e:
+        print(f"symphony serve: {e}", file=sys.stderr)
         return 2
     if args.threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     return event_loop.run(_serve(model, args))
 
 
-async def _serve(model: Path, args: argparse.Namespace) -> int:
+async def _serve(model: str, args: argparse.Namespace) -> int:
     import torch
 
+    from engine.errors import ModelLoadError
     from engine.kernel import Kernel
     from engine.loader import load_model
     from engine.server import EngineServer, serve
@@ -213,7 +216,11 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
+    try:
+        loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
+    except ModelLoadError as e:
+        print(f"symphony serve: {e}", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir) if args.data_dir else None
     kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size, data_dir=data_dir)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
@@ -233,7 +240,11 @@ async def _serve(model: Path, args: argparse.Namespace) -> int:
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the engine as a shared service")
-    p.add_argument("--model", help="local HF-layout model directory (default: the bundled model)")
+    p.add_argument(
+        "--model",
+        help="a model name (`symphony models`), a local HF-layout directory, a .gguf file or an "
+        "HF model id in the local cache (default: smollm2-135m-instruct)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
         "--dtype",

@@ -35,6 +35,7 @@ class ModelConfig:
     qkv_bias: bool  # Qwen2; Llama's `attention_bias` also biases o_proj
     o_bias: bool
     qk_norm: bool  # Qwen3
+    mlp_bias: bool = False  # Llama's `mlp_bias`: gate, up and down projections biased
     dtype: str | None = None
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
@@ -49,6 +50,7 @@ class ModelConfig:
                 f"unsupported architecture {arch!r}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
             )
+        check_fields(raw, arch, source)
         try:
             hidden = int(raw["hidden_size"])
             heads = int(raw["num_attention_heads"])
@@ -60,7 +62,7 @@ class ModelConfig:
                 scaling = None
             attention_bias = bool(raw.get("attention_bias", False))
             eos = raw.get("eos_token_id")
-            return cls(
+            config = cls(
                 architecture=arch,
                 vocab_size=int(raw["vocab_size"]),
                 hidden_size=hidden,
@@ -77,12 +79,15 @@ class ModelConfig:
                 qkv_bias=arch == "Qwen2ForCausalLM" or attention_bias,
                 o_bias=arch != "Qwen2ForCausalLM" and attention_bias,
                 qk_norm=arch == "Qwen3ForCausalLM",
+                mlp_bias=bool(raw.get("mlp_bias", False)),
                 dtype=raw.get("dtype") or raw.get("torch_dtype"),
                 bos_token_id=raw.get("bos_token_id"),
                 eos_token_id=[] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(source, f"bad or missing field: {e}") from e
+        check_rope_scaling(config.rope_scaling, source)
+        return config
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
@@ -101,3 +106,64 @@ class ModelConfig:
         layer = attn + 3 * h * i + 2 * h
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.num_layers * layer + self.vocab_size * h + head + h
+
+
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_fields(raw: dict[str, Any], arch: str, source: object) -> None:
+    """Refuse, naming the file and the field, what would load silently and compute wrong logits.
+
+    The engine implements full causal attention with RoPE over the whole head and SwiGLU (SiLU)
+    MLPs; a config asking for anything else is refused rather than approximated.
+    """
+
+    def refuse(field_name: str, problem: str) -> None:
+        raise ModelLoadError(source, f"field {field_name!r} = {raw[field_name]!r}: {problem}")
+
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        refuse("hidden_act", "only SiLU (SwiGLU) MLPs are supported")
+    max_pos = int(raw.get("max_position_embeddings", 2048))
+    window = raw.get("sliding_window")
+    uses_window = raw.get("use_sliding_window", arch == "MistralForCausalLM")
+    # A window at least the context length never hides a key: positions past the context length
+    # are refused (`ContextTooLong`), so such a window changes nothing.
+    if uses_window and window is not None and int(window) < max_pos:
+        field_name = "use_sliding_window" if "use_sliding_window" in raw else "sliding_window"
+        refuse(
+            field_name,
+            f"sliding-window attention (a window of {window} tokens, shorter than the "
+            f"{max_pos}-position context) is not supported",
+        )
+    layer_types = raw.get("layer_types") or []
+    if any(t != "full_attention" for t in layer_types) and window and int(window) < max_pos:
+        refuse("layer_types", "only full-attention layers are supported")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if float(rope.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))) != 1.0:
+        partial = "partial_rotary_factor"
+        problem = "RoPE over part of each head is not supported"
+        refuse(partial if partial in raw else "rope_parameters", problem)
+
+
+def check_rope_scaling(scaling: dict[str, Any] | None, source: object) -> None:
+    """A RoPE scaling the engine computes, with every key it needs (ModelLoadError if not)."""
+    if not scaling:
+        return
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in ROPE_SCALING_KEYS:
+        raise ModelLoadError(
+            source,
+            f"field 'rope_scaling': rope type {kind!r} is not supported "
+            f"(supported: default, {', '.join(ROPE_SCALING_KEYS)})",
+        )
+    missing = [k for k in ROPE_SCALING_KEYS[kind] if k not in scaling]
+    if missing:
+        raise ModelLoadError(
+            source,
+            f"field 'rope_scaling': {kind} rope scaling is missing {', '.join(map(repr, missing))} "
+            f"(it needs {', '.join(ROPE_SCALING_KEYS[kind])})",
+        )

@@ -16,6 +16,19 @@ class ModelLoadError(EngineError):
         self.problem = problem
 
 
+class ModelNotFound(EngineError):
+    """A model named on the command line or in a setting that is not on this machine.
+
+    Names every place the engine looked (nothing is ever downloaded).
+    """
+
+    def __init__(self, model: str, looked: list[str]) -> None:
+        where = "".join(f"\n  - {place}" for place in looked)
+        super().__init__(f"model {model!r} not found; looked in:{where}")
+        self.model = model
+        self.looked = "\n".join(looked)
+
+
 class OutOfPages(EngineError):
     """The page pool has fewer free pages than a request needs. Nothing was allocated."""
 
@@ -35,6 +48,18 @@ class ProcessExited(EngineError):
 
 class InvalidArgument(EngineError, ValueError):
     """A call's argument is out of range or of the wrong kind."""
+
+
+class ContextTooLong(InvalidArgument):
+    """A token's position past the model's context length (`max_position_embeddings`)."""
+
+    def __init__(self, where: str, position: int, context_length: int) -> None:
+        super().__init__(
+            f"{where}: position {position} is past the model's context length "
+            f"({context_length} positions: 0..{context_length - 1})"
+        )
+        self.position = position
+        self.context_length = context_length
 
 
 class _PathProblem(EngineError):

@@ -46,7 +46,10 @@ __all__ = ["Kernel", "ProcessFailed", "Program", "model_id"]
 
 def model_id(loaded: LoadedModel) -> str:
     """Identifies the model a KV file was computed by: config and a sample of the weights."""
-    h = hashlib.sha256((loaded.path / "config.json").read_bytes())
+    config_file = loaded.path / "config.json"
+    h = hashlib.sha256(
+        config_file.read_bytes() if config_file.is_file() else repr(loaded.config).encode()
+    )
     for p in list(loaded.model.parameters())[:4]:
         h.update(p.detach().float().flatten()[:64].numpy().tobytes())
     return h.hexdigest()[:16]

@@ -1,8 +1,12 @@
-"""Loads a Llama-family model from a local Hugging Face-layout directory."""
+"""Loads a Llama-family model: a local Hugging Face-layout directory, a GGUF file, a registered
+name (`smollm2-135m-instruct`, `tiny`) or a model id in the local HF cache (engine.models)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,10 +32,22 @@ class LoadedModel:
     tokenizer: Tokenizer
     generation_config: dict[str, Any] = field(default_factory=dict)
     dtype_reason: str = "asked for"  # why the model runs in its dtype (see default_dtype)
+    name: str = ""  # the registered name, or the directory's or file's (default)
+    load_seconds: float = 0.0  # how long load_model took
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.path.stem if self.path.suffix == ".gguf" else self.path.name
 
     @property
-    def name(self) -> str:
-        return self.path.name
+    def stop_ids(self) -> list[int]:
+        """Token ids that end a reply: the config's eos ids and the tokenizer's eos."""
+        ids = list(self.config.eos_token_id)
+        gen_eos = self.generation_config.get("eos_token_id")
+        ids += [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        if self.tokenizer.eos_id is not None:
+            ids.append(self.tokenizer.eos_id)
+        return list(dict.fromkeys(ids))
 
 
 class DtypeChoice(NamedTuple):
@@ -139,16 +155,37 @@ def _read_tensors(
 
 
 def load_model(
-    path: str | Path,
+    model: str | Path,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
 ) -> LoadedModel:
-    """Load config, weights, tokenizer and generation config from a local directory."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise ModelLoadError(path, "not a directory")
+    """Load config, weights, tokenizer and generation config.
+
+    model: a registered name (`smollm2-135m-instruct`, `tiny`), a local HF-layout directory, a
+    `.gguf` file, or an HF model id found in the local cache (see `engine.models.resolve`).
+    show_progress: a progress bar on stderr; default only where stderr is a terminal.
+    """
+    from engine.models import resolve
+
+    start = time.perf_counter()
+    found = resolve(model)
+    show = sys.stderr.isatty() if show_progress is None else show_progress
     device = torch.device(device)
+    if found.path.is_file():
+        if found.path.suffix != ".gguf":
+            raise ModelLoadError(found.path, "not a model: a .gguf file or a model directory")
+        loaded = _load_gguf(found.path, device, dtype, show)
+    else:
+        loaded = _load_hf_dir(found.path, device, dtype, show)
+    loaded.name = found.name
+    loaded.load_seconds = time.perf_counter() - start
+    return loaded
+
+
+def _load_hf_dir(
+    path: Path, device: torch.device, dtype: str | torch.dtype | None, show_progress: bool
+) -> LoadedModel:
     config = ModelConfig.from_file(path / "config.json")
     dtype, dtype_reason = resolve_dtype(dtype, device, config.dtype)
     tokenizer = Tokenizer.from_dir(path)
@@ -157,9 +194,48 @@ def load_model(
     names = model.hf_names()
     files = _weight_files(path)
     raw = _read_tensors(files, [n for parts in names.values() for n in parts], show_progress)
+    _assign(model, raw, lambda name: files[name], device, dtype)
+    gen_file = path / "generation_config.json"
+    generation_config = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    return LoadedModel(path, config, model, tokenizer, generation_config, dtype_reason)
+
+
+def _load_gguf(
+    path: Path, device: torch.device, dtype: str | torch.dtype | None, show_progress: bool
+) -> LoadedModel:
+    from engine.gguf_file import GGUFFile
+
+    file = GGUFFile(path)
+    config = file.config()
+    tokenizer = file.tokenizer()
+    # A quantized file's weights are no dtype of their own: they run as a float32 checkpoint.
+    dtype, dtype_reason = resolve_dtype(dtype, device, None)
+    with torch.device("meta"):
+        model = LlamaModel(config)
+    raw = file.hf_tensors(config, dtype, show_progress)
+    wanted = {n for parts in model.hf_names().values() for n in parts}
+    extra = sorted(set(raw) - wanted)
+    if extra:
+        raise ModelLoadError(path, f"tensors this {config.architecture} does not use: {extra[:5]}")
+    _assign(model, raw, lambda name: path, device, dtype)
+    generation_config = {"eos_token_id": list(config.eos_token_id)}
+    return LoadedModel(path, config, model, tokenizer, generation_config, dtype_reason)
+
+
+def _assign(
+    model: LlamaModel,
+    raw: dict[str, torch.Tensor],
+    file_of: Callable[[str], Path],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Our fused parameters from the HF-named tensors in raw; shapes checked, names given."""
     params = dict(model.named_parameters())
     state = {}
-    for ours, theirs in names.items():
+    for ours, theirs in model.hf_names().items():
+        missing = [n for n in theirs if n not in raw]
+        if missing:
+            raise ModelLoadError(file_of(theirs[0]), f"missing tensor {missing[0]!r}")
         tensor = (
             torch.cat([raw.pop(n) for n in theirs], dim=0)
             if len(theirs) > 1
@@ -168,16 +244,13 @@ def load_model(
         expected = params[ours].shape
         if tensor.shape != expected:
             raise ModelLoadError(
-                files[theirs[0]],
+                file_of(theirs[0]),
                 f"tensor {'+'.join(theirs)} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(expected)}",
             )
         state[ours] = tensor.to(device=device, dtype=dtype)
     model.load_state_dict(state, assign=True, strict=True)
-    model.inv_freq = rope_inv_freq(config).to(device)
+    model.inv_freq = rope_inv_freq(model.cfg).to(device)
     model.requires_grad_(False).eval()
     if dtype == torch.bfloat16 and bf16_matmul_is_slow(device):
         model.keep_float32_copies()
-    gen_file = path / "generation_config.json"
-    generation_config = json.loads(gen_file.read_text()) if gen_file.exists() else {}
-    return LoadedModel(path, config, model, tokenizer, generation_config, dtype_reason)

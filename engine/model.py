@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import ModelConfig
-from engine.errors import ModelLoadError
 
 # attend(layer, q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]) -> [T, H, D]
 AttendFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
@@ -46,17 +45,21 @@ def linear(x: Tensor, w: Tensor, bias: Tensor | None, w32: Tensor | None) -> Ten
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """Inverse frequencies, with Llama 3 or linear scaling applied when the config asks."""
+    """Inverse frequencies, with Llama 3 or linear scaling applied when the config asks.
+
+    Computed in float32 step by step as transformers does, so that the angles (position times
+    frequency) agree bit for bit at positions in the thousands. The config was checked when it
+    was read (`engine.config.check_rope_scaling`).
+    """
     d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    exponents = torch.arange(0, d, 2, dtype=torch.int64).to(torch.float32) / d
+    inv_freq = 1.0 / (cfg.rope_theta**exponents)
     scaling = cfg.rope_scaling
     if not scaling:
-        return inv_freq.float()
+        return inv_freq
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "linear":
-        return (inv_freq / scaling["factor"]).float()
-    if kind != "llama3":
-        raise ModelLoadError("config.json", f"unsupported rope scaling {kind!r}")
+        return inv_freq / scaling["factor"]
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]
@@ -64,8 +67,8 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
     smooth = (old_len / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return torch.where(medium, smoothed, scaled).float()
+    medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 def rope_cos_sin(inv_freq: Tensor, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -105,6 +108,9 @@ class DecoderLayer(nn.Module):
         self.post_norm = nn.Parameter(torch.ones(h))
         self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, h))
         self.down = nn.Parameter(torch.empty(h, cfg.intermediate_size))
+        i, mlp_bias = cfg.intermediate_size, cfg.mlp_bias  # Llama's mlp_bias
+        self.gate_up_bias = nn.Parameter(torch.zeros(2 * i)) if mlp_bias else None
+        self.down_bias = nn.Parameter(torch.zeros(h)) if mlp_bias else None
         self.f32: dict[str, Tensor] = {}  # float32 copies of the matrices (keep_float32_copies)
 
     def _qk_norm_weight(self) -> Tensor:
@@ -128,8 +134,9 @@ class DecoderLayer(nn.Module):
         out = attend(layer, q, k, v).reshape(t, self.q_size)
         x = x + linear(out, self.o, self.o_bias, self.f32.get("o"))
         y = F.rms_norm(x, x.shape[-1:], self.post_norm, self.eps)
-        gate, up = linear(y, self.gate_up, None, self.f32.get("gate_up")).chunk(2, dim=-1)
-        return x + linear(F.silu(gate) * up, self.down, None, self.f32.get("down"))
+        gate_up = linear(y, self.gate_up, self.gate_up_bias, self.f32.get("gate_up"))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return x + linear(F.silu(gate) * up, self.down, self.down_bias, self.f32.get("down"))
 
 
 class LlamaModel(nn.Module):
@@ -203,6 +210,9 @@ class LlamaModel(nn.Module):
                 names[ours + "qkv_bias"] = tuple(a + f"{x}_proj.bias" for x in "qkv")
             if layer.o_bias is not None:
                 names[ours + "o_bias"] = (a + "o_proj.bias",)
+            if layer.gate_up_bias is not None:
+                names[ours + "gate_up_bias"] = (p + "mlp.gate_proj.bias", p + "mlp.up_proj.bias")
+                names[ours + "down_bias"] = (p + "mlp.down_proj.bias",)
             if layer.q_norm is not None:
                 names[ours + "q_norm"] = (a + "q_norm.weight",)
                 names[ours + "k_norm"] = (a + "k_norm.weight",)

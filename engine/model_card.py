@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.generate import generate
 from engine.loader import LoadedModel, load_model
-from engine.models import DEFAULT_MODEL
+from engine.models import TINY_MODEL
 from engine.page_pool import PagePool
 from engine.runner import Runner
 from engine.sampler import SamplingParams
@@ -74,7 +74,7 @@ def fill_card(model: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--model", type=Path, default=TINY_MODEL)
     print(fill_card(parser.parse_args(argv).model))
     return 0
 

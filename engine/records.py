@@ -99,6 +99,16 @@ class Distribution(NamedTuple):
         return rng.choices(self.ids, weights=weights)[0]
 
 
+class SpecialTokens(NamedTuple):
+    """The model's special token ids (None where it has none)."""
+
+    bos: int | None  # begins a sequence (the chat template writes it where the model wants it)
+    eos: int | None  # ends a sequence
+    stop: tuple[int, ...]  # every id that ends a reply: eos and the model's other stop tokens
+    pad: int | None
+    unk: int | None
+
+
 class Message(NamedTuple):
     sender: int
     data: Any
@@ -191,6 +201,10 @@ class FileHandle(NamedTuple):
 
 # Records that cross the wire by name (engine.protocol); tuples come back as tuples.
 RECORDS: dict[str, Any] = {  # name -> NamedTuple class
-    cls.__name__: cls for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap)
+    cls.__name__: cls
+    for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)
 }
-TUPLE_FIELDS: dict[str, tuple[str, ...]] = {"FileStat": ("page_table", "names")}
+TUPLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "FileStat": ("page_table", "names"),
+    "SpecialTokens": ("stop",),
+}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from engine.attention import AttentionBackend, BatchLayout, select_backend
-from engine.errors import InvalidArgument, OutOfPages
+from engine.errors import ContextTooLong, InvalidArgument, OutOfPages
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
 from engine.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
@@ -195,11 +195,9 @@ class Runner:
             raise InvalidArgument(
                 f"{where}: need {n} non-negative positions, got {len(s.positions)}"
             )
-        if s.positions is not None and max(s.positions) >= self.context_length:
-            raise InvalidArgument(
-                f"{where}: positions must be below the model's context length,"
-                f" {self.context_length}; got {max(s.positions)}"
-            )
+        last = max(s.positions) if s.positions is not None else s.seq.next_position + n - 1
+        if last >= self.context_length:
+            raise ContextTooLong(where, last, self.context_length)
         if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
             raise InvalidArgument(
                 f"{where}: mask must have shape ({n}, {len(s.seq) + n}), got {tuple(s.mask.shape)}"

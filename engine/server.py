@@ -106,6 +106,10 @@ CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # with
 PROCESS_OPS = (
     "tokenize",
     "detokenize",
+    "chat_template",
+    "special_tokens",
+    "vocab_size",
+    "context_length",
     "forward",
     "wait",
     "kill",
@@ -425,7 +429,6 @@ class EngineServer:
     async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
         k = self.kernel
         loaded = k.loaded
-        tok = loaded.path / "tokenizer.json"
         return {
             "protocol": VERSION,
             "session": session.id,
@@ -435,7 +438,7 @@ class EngineServer:
             "model_id": k.kvfs.model_id,
             "device": str(loaded.model.device),
             "vocab_size": k.tokenizer.vocab_size,
-            "tokenizer": tok.read_text() if tok.exists() else None,
+            "tokenizer": k.tokenizer.backend.to_str(),  # the client tokenizes locally
             "tokenizer_config": k.tokenizer.config,
             "page_size": k.pool.page_size,
             "pages": k.pool.num_pages,

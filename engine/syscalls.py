@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.arguments import check_arg
 from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
@@ -28,6 +29,7 @@ from engine.records import (
     Returns,
     Sample,
     SamplingParams,
+    SpecialTokens,
     TopK,
 )
 from engine.runner import Segment, TopKResult
@@ -190,6 +192,38 @@ class Syscalls:
         if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
             raise InvalidArgument(f"detokenize takes token ids in 0..{vocab - 1}")
         return self.kernel.tokenizer.decode(ids)
+
+    async def chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The model's chat template applied to messages (`{"role", "content"}` maps), as
+        token ids; add_generation_prompt ends them with the assistant's turn opening."""
+        check_arg("chat_template", "messages", Sequence[dict[str, Any]], messages)  # as RPC does
+        if not all(isinstance(m.get("role"), str) for m in messages):
+            raise InvalidArgument(
+                'chat_template: messages must be a list of {"role": str, "content": str} maps'
+            )
+        tok = self.kernel.tokenizer
+        return tok.encode(tok.apply_chat_template(list(messages), bool(add_generation_prompt)))
+
+    async def special_tokens(self) -> SpecialTokens:
+        """The model's bos, eos, stop, pad and unk token ids."""
+        loaded, tok = self.kernel.loaded, self.kernel.tokenizer
+        return SpecialTokens(
+            bos=tok.bos_id,
+            eos=tok.eos_id,
+            stop=tuple(loaded.stop_ids),
+            pad=tok.id_of("pad_token"),
+            unk=tok.id_of("unk_token"),
+        )
+
+    async def vocab_size(self) -> int:
+        """How many token ids the model has (0..vocab_size - 1)."""
+        return self.kernel.tokenizer.vocab_size
+
+    async def context_length(self) -> int:
+        """How many positions the model has (0..context_length - 1); past it forward refuses."""
+        return self.kernel.loaded.config.max_position_embeddings
 
     # --- the model -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import jinja2.sandbox
 import tokenizers
 
-from engine.errors import ModelLoadError
+from engine.errors import InvalidArgument, ModelLoadError
 
 
 def _token_text(value: Any) -> str | None:
@@ -56,15 +57,34 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def id_of(self, key: str) -> int | None:
+        """The id of a special token named in the config (`pad_token`, `unk_token`, ...)."""
+        text = _token_text(self.config.get(key))
+        return self.backend.token_to_id(text) if text else None
+
     def apply_chat_template(
-        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
     ) -> str:
+        """The model's chat template rendered for messages (as transformers renders it).
+
+        InvalidArgument when the model has no template, or the template refuses the messages.
+        """
         if not self.chat_template:
-            raise ValueError("this model's tokenizer_config.json has no chat_template")
+            raise InvalidArgument("this model has no chat template")
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(self.chat_template).render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "",
-            eos_token=self.eos_token or "",
-        )
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        except jinja2.TemplateError as e:
+            raise InvalidArgument(f"the chat template failed: {e}") from e
+
+
+def _raise(message: str) -> None:
+    """`raise_exception(...)` inside a chat template (as in transformers)."""
+    raise jinja2.TemplateError(message)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: JupyterLab on the gallery. The workbench's server extension starts the shared
-# engine (the bundled model) with the server and stops it with the server; the sidebar (the
+# engine (smollm2-135m-instruct, a real chat model; $SYMPHONY_MODEL or
+# --SymphonyWorkbench.model=NAME|PATH chooses another, `tiny` the demo model) with the server and stops it with the server; the sidebar (the
 # bar-chart icon on the left) shows its status, processes and KV files. Extra arguments go to
 # `jupyter lab` (say --port=9999, --no-browser, --SymphonyWorkbench.model=PATH).
 set -euo pipefail

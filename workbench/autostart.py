@@ -23,7 +23,7 @@ from workbench.client import Client
 
 IDLE_EXIT = float(os.environ.get("SYMPHONY_IDLE_EXIT", 60))  # seconds without clients, then stop
 START_TIMEOUT = 300.0  # loading a large model from a slow disk takes a while
-MODEL_ENV = "SYMPHONY_MODEL"  # the model an engine started here serves (default: bundled)
+MODEL_ENV = "SYMPHONY_MODEL"  # the model an engine started here serves (default: the instruct one)
 
 
 async def connect(

@@ -73,6 +73,7 @@ from engine.records import (
     Returns,
     Sample,
     SamplingParams,
+    SpecialTokens,
     TopK,
 )
 
@@ -524,6 +525,26 @@ class LIP:
         if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
             raise InvalidArgument(f"detokenize takes token ids in 0..{vocab - 1}")
         return self._tokenizer().decode(ids, skip_special_tokens=False)
+
+    async def chat_template(
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The model's chat template applied to messages, as token ids (rendered in the engine)."""
+        return await self._call(
+            "chat_template", messages=messages, add_generation_prompt=add_generation_prompt
+        )
+
+    async def special_tokens(self) -> SpecialTokens:
+        """The model's bos, eos, stop, pad and unk token ids."""
+        return await self._call("special_tokens")
+
+    async def vocab_size(self) -> int:
+        """How many token ids the model has."""
+        return await self._call("vocab_size")
+
+    async def context_length(self) -> int:
+        """How many positions the model has; past it forward refuses (ContextTooLong)."""
+        return await self._call("context_length")
 
     def _tokenizer(self) -> tokenizers.Tokenizer:
         if self.client.tokenizer is None:

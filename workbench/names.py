@@ -18,8 +18,8 @@ from engine.records import Distribution, Logits, LogProbs, Sample, SamplingParam
 from workbench.client import LIP
 
 CALLS = (
-    "tokenize", "detokenize", "forward", "spawn", "wait", "kill", "ps", "send", "receive", "sleep",
-    "tool",
+    "tokenize", "detokenize", "chat_template", "special_tokens", "vocab_size", "context_length",
+    "forward", "spawn", "wait", "kill", "ps", "send", "receive", "sleep", "tool",
 )  # fmt: skip
 RECORDS = {
     "Distribution": Distribution,

@@ -366,9 +366,11 @@ class SymphonyWorkbench(ExtensionApp):
         help="Start the shared engine with the server when none runs "
         "(otherwise the first %%lip cell starts one, and this server attaches to it).",
     ).tag(config=True)
-    model = Unicode("", help="Model directory for an engine started here (default: bundled).").tag(
-        config=True
-    )
+    model = Unicode(
+        "",
+        help="Model for an engine started here: a name (`symphony models`), a directory, a .gguf "
+        "file or a cached HF id (default: $SYMPHONY_MODEL, else smollm2-135m-instruct).",
+    ).tag(config=True)
     device = Unicode("", help="Device for an engine started here: cpu or cuda.").tag(config=True)
     pages = Int(0, help="KV pages in the pool of an engine started here (0: the default).").tag(
         config=True

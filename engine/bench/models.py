@@ -97,12 +97,37 @@ def random_checkpoint(name: str, shape: dict, seed: int = 0) -> Path:
 
 
 def bench_model(name: str) -> Path:
-    if name == "tiny":
-        from engine.models import DEFAULT_MODEL
+    """The checkpoint (an HF-layout directory or a .gguf file) a bench model name stands for."""
+    from engine.models import REGISTRY, TINY_MODEL, resolve
 
-        if (DEFAULT_MODEL / "config.json").exists():
-            return DEFAULT_MODEL
+    if name in REGISTRY and name != "tiny":  # a real model, as set-up installs it
+        return resolve(name).path
+    if name == "tiny":
+        if (TINY_MODEL / "config.json").exists():
+            return TINY_MODEL
         return random_checkpoint("tiny-random", TINY_RANDOM_SHAPE)
     if name in SHAPES:
         return random_checkpoint(name, SHAPES[name])
-    raise ValueError(f"unknown bench model {name!r}; choose tiny or {', '.join(SHAPES)}")
+    raise ValueError(
+        f"unknown bench model {name!r}; choose one of {', '.join([*REGISTRY, *SHAPES])}"
+    )
+
+
+def checkpoint_dtype(path: Path) -> str:
+    """The dtype a checkpoint's weights are stored in (a GGUF file's run as float32)."""
+    from engine.config import ModelConfig
+
+    if path.suffix == ".gguf":
+        return "float32"
+    return ModelConfig.from_file(path / "config.json").dtype or "float32"
+
+
+def load_transformers(path: Path, dtype: Any) -> Any:
+    """transformers' model for a checkpoint: `from_pretrained`, with `gguf_file` for a GGUF."""
+    import transformers
+
+    if path.suffix == ".gguf":
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=dtype
+        )
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -22,8 +22,7 @@ from typing import Any, NamedTuple
 import torch
 
 from engine.bench.common import Row, Timing, side_by_side, throughput_row, timed
-from engine.bench.models import bench_model
-from engine.config import ModelConfig
+from engine.bench.models import bench_model, checkpoint_dtype, load_transformers
 from engine.generate import generate
 from engine.loader import LoadedModel, default_dtype, load_model
 from engine.page_pool import PagePool
@@ -50,7 +49,7 @@ class Pair(NamedTuple):
 def comparisons(model: str, device: str, compare: list[str]) -> list[Pair]:
     """The pairs `compare` names ("defaults", "float32", "bfloat16"; the last two like for
     like), a like-for-like pair that the defaults already are measured once."""
-    checkpoint = ModelConfig.from_file(bench_model(model) / "config.json").dtype or "float32"
+    checkpoint = checkpoint_dtype(bench_model(model))
     ours = dtype_name(default_dtype(torch.device(device), checkpoint).dtype)
     same = "defaults" in compare and ours == checkpoint
     pairs = []
@@ -105,7 +104,7 @@ def load_pair(
     if not need_baseline:
         return loaded, None
     hf_dtype = "auto" if baseline_dtype == "auto" else getattr(torch, baseline_dtype)
-    hf: Any = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=hf_dtype)
+    hf: Any = load_transformers(path, hf_dtype)
     return loaded, hf.to(device).eval()
 
 

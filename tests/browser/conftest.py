@@ -77,6 +77,8 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, app: str) -> Iterator[Lab]:
     cmd += ["--ServerApp.port_retries=0", "--LabApp.news_url=None"]
     cmd += ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     cmd += ["--SymphonyWorkbench.pages=256", "--SymphonyWorkbench.threads=1"]
+    # The demo model: fast, and the views' expectations (token counts, page maps) are its.
+    cmd += ["--SymphonyWorkbench.model=tiny"]
     log = base / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)

@@ -122,7 +122,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     conn = runtime / "symphony-engine.json"
     # float32: batching leaves greedy outputs unchanged only there (bfloat16 matmuls round by the
     # batch's row count), and the bundled model is a bfloat16 checkpoint the machine may run so
-    args = ("--pages", "256", "--dtype", "float32")
+    args = ("--pages", "256", "--dtype", "float32", "--model", "tiny")  # the demo model: fast
     with engine_process(runtime, *args, arch=None, conn=conn) as e:
         yield Engine(e.proc, e.conn, runtime)
 
@@ -219,7 +219,7 @@ def test_kill_9_of_a_kernel_mid_lip_reaps_it_and_the_other_finishes(engine: Engi
         reference = bob.run(decode_cell("reference", "The module", 200, after=pages))
         bob_pages = int(reference.stdout.split("pages")[-1].split()[0])  # the most it holds
         victim_cell = (
-            decode_cell("victim", INTRO * 8, 200)
+            decode_cell("victim", INTRO * 4, 200)  # more pages than bob's, within 512 positions
             .replace("out = []\n", f"out = []\n{pages}\n")
             .replace("    out.append", "    await sleep(0.01)\n    out.append")
         )  # runs for seconds

@@ -344,7 +344,7 @@ def test_cli_commands_then_stop(engine: EngineProcess) -> None:
         [sys.executable, "-m", "engine.cli", "serve", "--model", str(engine.tmp)],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    assert no_model.returncode == 2 and "has no config.json" in no_model.stderr
+    assert no_model.returncode == 2 and "config.json: missing config.json" in no_model.stderr
 
 
 def test_bench_rpc_measures_both_sides(tiny_loaded) -> None:  # noqa: ANN001

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.loader import load_model
-from engine.models import DEFAULT_MODEL
+from engine.models import TINY_MODEL
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence
@@ -20,7 +20,7 @@ PROMPT = "The return value of a function is the value of the expression in its r
 
 @pytest.fixture(scope="module")
 def loaded():  # noqa: ANN201
-    return load_model(DEFAULT_MODEL, dtype="float32", show_progress=False)
+    return load_model(TINY_MODEL, dtype="float32", show_progress=False)
 
 
 def test_the_shipped_folder_is_a_complete_hf_checkpoint() -> None:
@@ -32,19 +32,17 @@ def test_the_shipped_folder_is_a_complete_hf_checkpoint() -> None:
         "generation_config.json",
         "README.md",
     ):
-        assert (DEFAULT_MODEL / name).is_file(), name
-    assert json.loads((DEFAULT_MODEL / "config.json").read_text())["architectures"] == [
+        assert (TINY_MODEL / name).is_file(), name
+    assert json.loads((TINY_MODEL / "config.json").read_text())["architectures"] == [
         "LlamaForCausalLM"
     ]
-    assert "## Samples (produced by the engine)" in (DEFAULT_MODEL / "README.md").read_text()
+    assert "## Samples (produced by the engine)" in (TINY_MODEL / "README.md").read_text()
 
 
 def test_transformers_logits_match_the_engine(loaded) -> None:  # noqa: ANN001
     import transformers
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        DEFAULT_MODEL, dtype=torch.float32
-    ).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(TINY_MODEL, dtype=torch.float32).eval()
     ids = loaded.tokenizer.encode(PROMPT)
     assert len(ids) > 8
     with torch.no_grad():
@@ -69,7 +67,8 @@ def test_tokenizer_round_trips_and_has_the_chat_roles(loaded) -> None:  # noqa: 
 
 def test_demo_command_uses_the_bundled_model_and_prints_only_what_was_asked() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "demo", "--prompt", "A list is", "--tokens", "8"],
+        [sys.executable, "-m", "engine.cli", "demo", "--model", "tiny", "--prompt", "A list is"]
+        + ["--tokens", "8"],
         capture_output=True,
         text=True,
         timeout=120,

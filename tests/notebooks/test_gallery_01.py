@@ -1,4 +1,4 @@
-"""gallery/01-first-lip.ipynb: tokenize, forward, sample and stream, fork once."""
+"""gallery/01-first-lip.ipynb: tokenize, forward, sample and stream, fork once, chat."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from runner import IDLE_EXIT, wait_gone
 
 def test_first_lip_notebook(run_notebook) -> None:  # type: ignore[no-untyped-def]
     nb = run_notebook("01-first-lip.ipynb")
-    for tag in ("tokenize", "forward", "stream", "fork"):
+    for tag in ("tokenize", "forward", "stream", "fork", "chat"):
         assert re.search(r"LIP \d+ \(\w+\) exited", nb.text(tag)), nb.text(tag)
 
     lines = nb.text("tokenize").splitlines()
@@ -30,13 +30,19 @@ def test_first_lip_notebook(run_notebook) -> None:  # type: ignore[no-untyped-de
     assert generated == 41 and in_file == prompt + generated - 1  # the last token is not fed back
 
     fork = nb.text("fork")
-    base, branch = (re.search(rf"{w}: \.\.\.'(.*)'", fork).group(1) for w in ("base", "branch"))
+    base, branch = (
+        re.search(rf"{w}: \.\.\.(.+)$", fork, re.M).group(1) for w in ("base", "branch")
+    )
     assert base != branch  # two continuations of one prompt
     shared = re.search(r"shares (\d+) of its (\d+) pages with \['/home/[^/]+/prompt'\]", fork)
     assert shared and 1 <= int(shared.group(1)) < int(shared.group(2))
 
+    chat = nb.text("chat")  # the instruct model, through its chat template, greedily
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in chat, chat
+    assert re.search(r"^reply: .*Paris", chat, re.M), chat
+
     ps = nb.text("ps")
-    for name in ("tokens", "forward", "stream", "fork"):
+    for name in ("tokens", "forward", "stream", "fork", "chat"):
         assert re.search(rf"^\d+\s+{name}\s+\S+\s+exited\s", ps, re.M), ps
     assert re.fullmatch(r"(\S+/\n)+", nb.text("ls"))
 

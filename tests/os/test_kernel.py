@@ -546,9 +546,9 @@ def test_first_kernel_start_freezes_the_heap_and_collects_young_objects_less_oft
 import asyncio, gc
 from engine.kernel import Kernel
 from engine.loader import load_model
-from engine.models import DEFAULT_MODEL
+from engine.models import TINY_MODEL
 
-kernel = Kernel(load_model(DEFAULT_MODEL, show_progress=False), num_pages=8)
+kernel = Kernel(load_model(TINY_MODEL, show_progress=False), num_pages=8)
 before, threshold = gc.get_freeze_count(), gc.get_threshold()
 asyncio.run(kernel.start())
 frozen = gc.get_freeze_count()

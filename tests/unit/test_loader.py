@@ -12,7 +12,7 @@ from checkpoints import write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from engine import loader
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, ModelNotFound
 from engine.loader import default_dtype, load_model
 
 
@@ -131,8 +131,9 @@ def test_missing_files(broken: Path, tmp_path: Path) -> None:
     (broken / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="missing config.json"):
         load_model(broken)
-    with pytest.raises(ModelLoadError, match="not a directory"):
+    with pytest.raises(ModelNotFound, match="'.*nowhere' not found; looked in") as e:
         load_model(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(e.value) and "registered names" in str(e.value)
 
 
 def test_bad_json_and_missing_tokenizer(broken: Path) -> None:
