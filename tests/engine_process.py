@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SYMPHONY_")}
@@ -26,6 +27,18 @@ class EngineProcess:
     @property
     def log(self) -> str:
         return (self.tmp / "engine.log").read_text()
+
+
+async def greedy(lip: Any, prompt: list[int], n: int) -> list[int]:
+    """n tokens decoded greedily by a LIP (in process or over RPC) into a file of its own."""
+    from engine.records import Sample
+
+    f = await lip.kv.create()
+    out = [await lip.forward(f, prompt, returns=Sample())]
+    while len(out) < n:
+        out.append(await lip.forward(f, [out[-1]], returns=Sample()))
+    await lip.kv.close(f)
+    return out
 
 
 @contextlib.contextmanager

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from engine_process import EngineProcess, engine_process
+from engine_process import EngineProcess, engine_process, greedy
 
 from engine.errors import EngineError, InvalidArgument, ProcessFailed, ToolFailed
-from workbench.client import LIP, Client, Sample
+from workbench.client import Client
 
 DECODERS, STEPS = 16, 40
 LONG, LONG_PROMPTS = 500, 24  # tokens per long prompt (the model's context is 512), how many
@@ -30,15 +30,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     args = ("--pages", "1024", "--page-size", "4", "--dtype", "float32")
     with engine_process(tmp, *args) as e:
         yield e
-
-
-async def greedy(lip: LIP, tokens: list[int], n: int) -> list[int]:
-    f = await lip.kv.create()
-    out = [await lip.forward(f, tokens, returns=Sample())]
-    while len(out) < n:
-        out.append(await lip.forward(f, [out[-1]], returns=Sample()))
-    await lip.kv.close(f)
-    return out
 
 
 def broken_tool(x: int) -> int:

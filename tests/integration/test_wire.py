@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 from engine_process import EngineProcess, engine_process
+from engine_process import greedy as decode
 
 from engine import connection
 from engine.errors import BadMessage, InvalidArgument, ToolFailed
@@ -38,7 +39,7 @@ from engine.protocol import (
     request_body,
     sign,
 )
-from workbench.client import Client, Sample
+from workbench.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SYMPHONY_")}
@@ -98,12 +99,7 @@ def alive(engine: EngineProcess) -> None:
 
 
 async def greedy(lip: Any, n: int = 12) -> list[int]:
-    f = await lip.kv.create()
-    out = [await lip.forward(f, PROMPT, returns=Sample())]
-    for _ in range(n - 1):
-        out.append(await lip.forward(f, [out[-1]], returns=Sample()))
-    await lip.kv.close(f)
-    return out
+    return await decode(lip, PROMPT, n)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import msgpack
 import pytest
 import zmq
 from engine_process import EngineProcess, engine_process
+from engine_process import greedy as decode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,7 @@ from engine.arguments import parameters
 from engine.errors import EngineError
 from engine.protocol import RECORD_EXT, REPLY, REQUEST, VERSION, Wire, packb, rebuild_error, sign
 from engine.syscalls import method_of
-from workbench.client import Client, Sample
+from workbench.client import Client
 
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
 # Ops a hostile peer may call at random. Not: shutdown (any token holder may stop the engine),
@@ -202,12 +203,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
 
 
 async def greedy(lip: Any, n: int = 8) -> list[int]:
-    f = await lip.kv.create()
-    out = [await lip.forward(f, PROMPT, returns=Sample())]
-    for _ in range(n - 1):
-        out.append(await lip.forward(f, [out[-1]], returns=Sample()))
-    await lip.kv.close(f)
-    return out
+    return await decode(lip, PROMPT, n)
 
 
 def test_the_engine_answers_or_drops_every_message_and_never_dies(engine: EngineProcess) -> None:

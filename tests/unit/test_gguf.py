@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from checkpoints import COMMON
 from gguf_writer import K_QUANTS, UNSUPPORTED_WRITABLE, WRITABLE, Q, roundtrip_model, write_gguf
 
 from engine.errors import ModelLoadError
@@ -19,16 +20,7 @@ from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence
 
-SMALL = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    rms_norm_eps=1e-5,
-)
+SMALL = COMMON  # the tests' small random Llama
 K_SHAPED = dict(SMALL, hidden_size=256, intermediate_size=256)  # K-quant rows: 256 wide
 TOKENS = [5, 17, 3, 99, 42, 7, 7, 120, 64, 31, 8, 200, 1, 0, 255, 16, 33]
 
