@@ -248,6 +248,15 @@ class GGUFFile:
 
     # --- the tensors -----------------------------------------------------------------------------
 
+    def rope_factors(self) -> torch.Tensor | None:
+        """llama.cpp's RoPE frequency factors (`rope_freqs.weight`, in Llama 3.1 and later files:
+        their rope scaling, computed): each rotary frequency is divided by its factor."""
+        tensor = self.tensors.get(ROPE_FREQS)
+        if tensor is None:
+            return None
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        return torch.from_numpy(np.array(values, dtype=np.float32)).flatten()
+
     def hf_tensors(
         self, config: ModelConfig, dtype: torch.dtype, show_progress: bool
     ) -> dict[str, torch.Tensor]:
@@ -265,6 +274,9 @@ class GGUFFile:
         )
         with bar:
             for name, tensor in self.tensors.items():
+                if name == ROPE_FREQS:
+                    bar.update()
+                    continue  # not a weight: see rope_factors
                 hf = hf_name(name)
                 if hf is None:
                     raise ModelLoadError(
@@ -286,6 +298,9 @@ class GGUFFile:
                 out[hf] = weight.to(dtype)
                 bar.update()
         return out
+
+
+ROPE_FREQS = "rope_freqs.weight"
 
 
 def _layer_names() -> Iterator[tuple[str, str]]:

@@ -218,6 +218,15 @@ def _load_gguf(
     if extra:
         raise ModelLoadError(path, f"tensors this {config.architecture} does not use: {extra[:5]}")
     _assign(model, raw, lambda name: path, device, dtype)
+    factors = file.rope_factors()
+    if factors is not None:  # Llama 3.1+: the file's rope scaling, as per-frequency factors
+        if factors.shape != model.inv_freq.shape:
+            raise ModelLoadError(
+                path,
+                f"tensor 'rope_freqs.weight' has shape {tuple(factors.shape)}, "
+                f"expected {tuple(model.inv_freq.shape)}",
+            )
+        model.inv_freq = model.inv_freq / factors.to(model.inv_freq)
     generation_config = {"eos_token_id": list(config.eos_token_id)}
     return LoadedModel(path, config, model, tokenizer, generation_config, dtype_reason)
 

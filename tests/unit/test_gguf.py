@@ -115,8 +115,12 @@ def test_refusals_name_the_file_and_the_field(tmp_path: Path) -> None:
         "tok.gguf": (dict(tokenizer="bert"), r"'tokenizer.ggml.model' = 'bert' is not supported"),
         "pre.gguf": (dict(pre="jais"), r"'tokenizer.ggml.pre' = 'jais': this pre-tokenizer"),
         "extra.gguf": (
-            dict(extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)}),
-            r"tensor 'rope_freqs.weight' is not one of a llama model's",
+            dict(extra_tensors={"cls.weight": np.ones(8, np.float32)}),
+            r"tensor 'cls.weight' is not one of a llama model's",
+        ),
+        "freqs.gguf": (
+            dict(extra_tensors={"rope_freqs.weight": np.ones(5, np.float32)}),
+            r"tensor 'rope_freqs.weight' has shape \(5,\), expected \(8,\)",
         ),
     }
     for name, (kw, message) in cases.items():
@@ -127,6 +131,40 @@ def test_refusals_name_the_file_and_the_field(tmp_path: Path) -> None:
     (tmp_path / "junk.gguf").write_bytes(b"GGUF not really")
     with pytest.raises(ModelLoadError, match="junk.gguf: not a readable GGUF file"):
         load_model(tmp_path / "junk.gguf", show_progress=False)
+
+
+def test_llama_31_rope_factors_give_transformers_llama3_scaling(tmp_path: Path) -> None:
+    """Llama 3.1+ files carry their rope scaling as one factor per rotary frequency
+    (`rope_freqs.weight`, as llama.cpp's converter computes it): read so, the logits equal
+    transformers' on the checkpoint with its llama3 rope scaling, past the original context."""
+    import transformers as tf
+
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+        "rope_theta": 500000.0,
+    }
+    config = tf.LlamaConfig(**SMALL, tie_word_embeddings=False, rope_scaling=scaling)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if "norm" in name else 0.0, 0.1 if "norm" in name else 0.15)
+    scaled = model.model.rotary_emb.inv_freq.double()
+    d = SMALL["hidden_size"] // SMALL["num_attention_heads"]
+    plain = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    factors = (plain / scaled).float().numpy()
+    assert factors.max() > 2  # the low frequencies are scaled
+    tokens = (TOKENS * 4)[:60]
+    write_gguf(tmp_path / "plain.gguf", model, Q.F32)
+    write_gguf(tmp_path / "m.gguf", model, Q.F32, extra_tensors={"rope_freqs.weight": factors})
+    theirs = hf_logits(model, tokens)
+    assert_close(engine_logits(tmp_path / "m.gguf", tokens), theirs)
+    without = engine_logits(tmp_path / "plain.gguf", tokens)
+    assert (without - theirs).abs().max() > 1e-2  # the factors are what makes them equal
 
 
 def test_config_tokenizer_and_chat_template_come_from_the_metadata(tmp_path: Path) -> None:
