@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any, NamedTuple
 
@@ -133,3 +134,17 @@ def _show(value: Any) -> str:
     text = repr(value)
     shown = text if len(text) <= 40 else text[:37] + "..."
     return f"{shown} ({type(value).__name__})"
+
+
+def int_list(name: str, values: Sequence[int]) -> list[int]:
+    """values as a new list of ints (numpy and torch integers too); InvalidArgument naming the
+    argument for anything else: a float (1.5 is no token id), a bool, a string."""
+    if type(values) is list and all(type(v) is int for v in values):
+        return values[:]  # the common case, kept quick
+    try:
+        items = list(values)
+        if any(isinstance(v, bool) for v in items):
+            raise TypeError("a bool")
+        return [operator.index(v) for v in items]
+    except TypeError:
+        raise InvalidArgument(f"{name} must be a list of integers, not {values!r:.40}") from None

@@ -218,8 +218,8 @@ class Kernel:
         self._wake()
 
     def owned(self, pid: int, user: str | None) -> Process:
-        """Process pid, when `user` (None: the engine itself) may wait on, kill or message it:
-        processes of one user are theirs alone."""
+        """Process pid, when `user` (None: the engine itself) may wait on or kill it: processes
+        of one user are theirs alone."""
         p = self._proc(pid)
         if user is not None and p.owner != user:
             raise PermissionDenied(f"process {pid}", f"belongs to {p.owner}, not {user}")
@@ -502,12 +502,6 @@ class Kernel:
         return need + sum(
             c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
         )
-
-    def _try_resume(self, p: Process) -> bool:
-        if self._resume_need(p) > self.pool.num_free:
-            return False
-        self._resume(p)
-        return True
 
     def _resume(self, p: Process) -> None:
         for f in self._private_files(p):

@@ -605,18 +605,16 @@ class EngineServer:
     async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
         self._check_owner(session, "user.add")
-        user = req.args.get("user")
-        token = self.credentials.add(user)  # type: ignore[arg-type]
-        self._wires.pop(user, None)  # type: ignore[arg-type]
-        self._end_sessions_of(user, "its user's credential was replaced")  # type: ignore[arg-type]
+        user = check_arg("user.add", "user", str, req.args.get("user"))
+        token = self.credentials.add(user)
+        self._wires.pop(user, None)
+        self._end_sessions_of(user, "its user's credential was replaced")
         return {"user": user, "token": token}
 
     async def _user_remove(self, session: Session, req: Request) -> bool:
         """Revoke user's credential and end their sessions; whether they had one."""
         self._check_owner(session, "user.remove")
-        user = req.args.get("user")
-        if not isinstance(user, str):
-            raise InvalidArgument("user.remove takes a user name")
+        user = check_arg("user.remove", "user", str, req.args.get("user"))
         had = self.credentials.remove(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was revoked")
@@ -628,10 +626,9 @@ class EngineServer:
 
     async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
         a = req.args
-        name, source, timeout = a.get("name"), a.get("source"), a.get("timeout")
-        if not isinstance(name, str) or not isinstance(source, str):
-            raise InvalidArgument("tool.register takes a name (str) and source (str)")
-        return await self.kernel.tools.register(name, source, timeout, owner=session.user)
+        name = check_arg("tool.register", "name", str, a.get("name"))
+        source = check_arg("tool.register", "source", str, a.get("source"))
+        return await self.kernel.tools.register(name, source, a.get("timeout"), session.user)
 
     async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
         return self.kernel.tools.infos()
@@ -644,9 +641,7 @@ class EngineServer:
         args, kwargs = req.args.get("args") or [], req.args.get("kwargs") or {}
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InvalidArgument("tool takes args (a list) and kwargs (a map)")
-        name = req.args.get("name")
-        if not isinstance(name, str):
-            raise InvalidArgument("tool takes a tool's name (str)")
+        name = check_arg("tool", "name", str, req.args.get("name"))
         return await self.syscalls[req.pid].tool(name, *args, **kwargs)
 
     # --- ending processes and sessions -----------------------------------------------------------

@@ -7,14 +7,13 @@ lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
 from __future__ import annotations
 
 import asyncio
-import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.arguments import check_arg
+from engine.arguments import check_arg, int_list
 from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
@@ -53,20 +52,6 @@ def _plain(result: Any) -> Any:
             for i, p in zip(result.ids.tolist(), result.probs.tolist(), strict=True)
         ]
     return result.tolist()
-
-
-def _ints(name: str, values: Sequence[int]) -> list[int]:
-    """values as a new list of ints (numpy and torch integers too); InvalidArgument naming the
-    argument for anything else: a float (1.5 is no token id), a bool, a string."""
-    if type(values) is list and all(type(v) is int for v in values):
-        return values[:]  # the common case, kept quick
-    try:
-        items = list(values)
-        if any(isinstance(v, bool) for v in items):
-            raise TypeError("a bool")
-        return [operator.index(v) for v in items]
-    except TypeError:
-        raise InvalidArgument(f"{name} must be a list of integers, not {values!r:.40}") from None
 
 
 def _seconds(name: str, value: float) -> float:
@@ -253,11 +238,11 @@ class Syscalls:
         elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
             returns = Sample(returns.params, self._generator(returns.generator))
-        tokens = _ints("tokens", tokens)
-        pos = None if positions is None else _ints("positions", positions)
+        tokens = int_list("tokens", tokens)
+        pos = None if positions is None else int_list("positions", positions)
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.bool)
-        outs = None if outputs is None else _ints("outputs", outputs)
+        outs = None if outputs is None else int_list("outputs", outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         k.runner.check(segment, "forward")  # what the caller gave
         pages = pages_for(len(seq) + len(tokens), k.pool.page_size)

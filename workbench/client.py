@@ -26,7 +26,6 @@ import contextlib
 import getpass
 import itertools
 import json
-import operator
 import os
 import sys
 import threading
@@ -40,6 +39,7 @@ import tokenizers
 import zmq
 
 from engine import connection
+from engine.arguments import int_list
 from engine.errors import (
     EngineError,
     EngineNotRunning,
@@ -573,10 +573,10 @@ class LIP:
         return await self._call(
             "forward",
             file=file,
-            tokens=_ints("tokens", tokens),
-            positions=None if positions is None else _ints("positions", positions),
+            tokens=int_list("tokens", tokens),
+            positions=None if positions is None else int_list("positions", positions),
             mask=_plain(mask),
-            outputs=None if outputs is None else _ints("outputs", outputs),
+            outputs=None if outputs is None else int_list("outputs", outputs),
             returns=returns_to_wire(returns),
         )
 
@@ -637,17 +637,6 @@ def _write_output(stream: str, text: str) -> None:
     out = sys.stderr if stream == "stderr" else sys.stdout
     out.write(text)
     out.flush()
-
-
-def _ints(name: str, xs: Sequence[int]) -> list[int]:
-    """xs as plain ints (numpy integers too); InvalidArgument naming the argument for anything
-    else: a float such as 1.5 is no token id, and is not rounded into one."""
-    try:
-        if isinstance(xs, (str, bytes)) or any(isinstance(x, bool) for x in xs):
-            raise TypeError
-        return [operator.index(x) for x in xs]
-    except TypeError:
-        raise InvalidArgument(f"{name} must be a list of integers, not {xs!r:.40}") from None
 
 
 def _plain(value: Any) -> Any:

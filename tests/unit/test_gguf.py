@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from checkpoints import COMMON
+from checkpoints import COMMON, hf_config
 from gguf_writer import K_QUANTS, UNSUPPORTED_WRITABLE, WRITABLE, Q, roundtrip_model, write_gguf
 
 from engine.errors import ModelLoadError
@@ -31,6 +31,7 @@ def hf_model(kind: str, shape: dict[str, Any] = SMALL) -> Any:
     config = {
         "llama": lambda: tf.LlamaConfig(**shape, tie_word_embeddings=False),
         "llama-tied": lambda: tf.LlamaConfig(**shape, tie_word_embeddings=True),
+        "llama3-rope": lambda: hf_config("llama"),  # llama3 rope scaling, on SMALL
         "qwen2": lambda: tf.Qwen2Config(**shape, tie_word_embeddings=True),
         "qwen3": lambda: tf.Qwen3Config(**shape, head_dim=32, tie_word_embeddings=False),
     }[kind]()
@@ -137,22 +138,7 @@ def test_llama_31_rope_factors_give_transformers_llama3_scaling(tmp_path: Path) 
     """Llama 3.1+ files carry their rope scaling as one factor per rotary frequency
     (`rope_freqs.weight`, as llama.cpp's converter computes it): read so, the logits equal
     transformers' on the checkpoint with its llama3 rope scaling, past the original context."""
-    import transformers as tf
-
-    scaling = {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-        "rope_theta": 500000.0,
-    }
-    config = tf.LlamaConfig(**SMALL, tie_word_embeddings=False, rope_scaling=scaling)
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name else 0.0, 0.1 if "norm" in name else 0.15)
+    model = hf_model("llama3-rope")
     scaled = model.model.rotary_emb.inv_freq.double()
     d = SMALL["hidden_size"] // SMALL["num_attention_heads"]
     plain = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
