@@ -22,6 +22,7 @@ from torch import Tensor
 
 from engine import trace as ev
 from engine.errors import (
+    InvalidArgument,
     NoSuchProcess,
     OutOfPages,
     PermissionDenied,
@@ -280,6 +281,10 @@ class Kernel:
         self._wake()
         try:
             return await call.future
+        except asyncio.CancelledError:
+            if call.started is None:  # withdrawn: its tokens never reach the file
+                self._finish(call, error=asyncio.CancelledError("cancelled before it ran"))
+            raise
         finally:
             self.unblock(p)
 
@@ -321,10 +326,35 @@ class Kernel:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), delay)
                 continue
-            batch = self._fit_memory(self.scheduler.form_batch(ready))
+            batch = self._fit_memory(self._runnable(self.scheduler.form_batch(ready)))
             if batch.calls:
                 self._run_batch(batch)
             await asyncio.sleep(0)  # let the processes whose calls finished submit their next
+
+    def _runnable(self, batch: Batch) -> Batch:
+        """The batch without the calls that can no longer run as they were checked: their
+        handle was closed, or their mask was made for a file that has changed since."""
+        keep = Batch([], [])
+        for c, n in zip(batch.calls, batch.sizes, strict=True):
+            error = self._stale(c)
+            if error is None:
+                keep.calls.append(c)
+                keep.sizes.append(n)
+            else:
+                self._finish(c, error=error)
+        return keep
+
+    def _stale(self, c: Call) -> InvalidArgument | None:
+        if c.file is not None and self.kvfs.handle(c.file.fd) is not c.file:
+            return InvalidArgument(
+                f"forward: {c.file.path}: handle {c.file.fd} was closed before the call ran"
+            )
+        if c.done == 0 and c.segment.mask is not None and len(c.seq) != c.base:
+            return InvalidArgument(
+                f"forward: the mask was made for a file of {c.base} tokens, and the file has"
+                f" {len(c.seq)} tokens when the call runs (it changed while the call was queued)"
+            )
+        return None
 
     def _run_batch(self, batch: Batch) -> None:
         bid = next(self._batch_ids)
@@ -379,7 +409,7 @@ class Kernel:
                 self._finish(c)
         self.scheduler.last_batch = len(batch.calls)
 
-    def _finish(self, c: Call, error: Exception | None = None) -> None:
+    def _finish(self, c: Call, error: BaseException | None = None) -> None:
         if c in self.scheduler.queue:
             self.scheduler.queue.remove(c)
         p = c.process

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from engine.kvfs import Handle
 from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
@@ -32,10 +33,11 @@ class Call:
     segment: Segment  # outputs explicit; positions None continue the file when the call runs
     future: asyncio.Future
     submitted: float
-    base: int  # len(seq) at submission, for slicing the mask
+    base: int  # len(seq) when the call runs (the calls before it on its file done): the mask's
     done: int = 0  # tokens already forwarded
     started: float | None = None
     results: list[Result] = field(default_factory=list)
+    file: Handle | None = None  # the handle it writes through: it must stay open until it runs
 
     @property
     def seq(self) -> KVSequence:
@@ -166,6 +168,10 @@ class Scheduler:
 
     def submit(self, call: Call) -> None:
         self.queue.append(call)
+
+    def queued_tokens(self, seq: KVSequence) -> int:
+        """Tokens the queued calls on seq will still append (they run before a new one)."""
+        return sum(c.remaining for c in self.queue if c.seq is seq)
 
     def drop_process(self, pid: int) -> list[Call]:
         """Take a process's calls out of the queue (it exited or was killed)."""

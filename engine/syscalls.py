@@ -244,8 +244,9 @@ class Syscalls:
             mask = torch.as_tensor(mask, dtype=torch.bool)
         outs = None if outputs is None else int_list("outputs", outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
-        k.runner.check(segment, "forward")  # what the caller gave
-        pages = pages_for(len(seq) + len(tokens), k.pool.page_size)
+        base = len(seq) + k.scheduler.queued_tokens(seq)  # its length when this call runs
+        k.runner.check(segment, "forward", base)  # what the caller gave
+        pages = pages_for(base + len(tokens), k.pool.page_size)
         if pages > k.pool.num_pages:  # it could never run, however long it waited
             raise OutOfPages(
                 pages - len(seq.pages),
@@ -257,9 +258,8 @@ class Syscalls:
         # call on the same file queued before it.
         if outs is None:
             segment.outputs = [len(tokens) - 1]
-        base = len(seq)
         future = asyncio.get_running_loop().create_future()
-        call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base)
+        call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base, file=file)
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
