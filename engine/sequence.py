@@ -33,7 +33,12 @@ class KVSequence:
 
     @property
     def next_position(self) -> int:
-        return self.positions[-1] + 1 if self.positions else 0
+        """Where default positions continue: after the last token attention sees (hidden tokens
+        at the end, a rejected draft say, give their positions back)."""
+        last = len(self.positions) - 1
+        while last >= 0 and last in self.hidden:
+            last -= 1
+        return self.positions[last] + 1 if last >= 0 else 0
 
     def pages_needed(self, pool: PagePool, num_new: int) -> int:
         """Fresh pages a write of num_new tokens takes, a copy-on-write copy included."""

@@ -87,3 +87,18 @@ def test_hide_and_unhide_validate_indices(pool: PagePool) -> None:
     with pytest.raises(InvalidArgument, match="outside"):
         seq.hide([4])
     seq.release(pool)
+
+
+def test_default_positions_continue_from_the_last_visible_token(pool: PagePool) -> None:
+    """Hidden tokens at the end (a rejected draft, say) take no position from what follows."""
+    seq = filled(pool, 6)
+    assert seq.next_position == 6
+    seq.hide([4, 5])
+    assert seq.next_position == 4
+    seq.hide([1])  # hidden before the last visible token: positions go on after it
+    assert seq.next_position == 4
+    seq.unhide([5])
+    assert seq.next_position == 6
+    seq.hide(list(range(6)))
+    assert seq.next_position == 0
+    seq.release(pool)
