@@ -208,7 +208,12 @@ class Kernel:
         for call in self.scheduler.drop_process(p.pid):
             if not call.future.done():
                 call.future.cancel()
+        away = [f for f in self._private_files(p) if not f.seq.resident]
         freed = self.kvfs.remove_process(p.pid)
+        for f in away:  # p was suspended: its files that outlive it come back now if they fit,
+            if f.names or f.open_handles:  # else when next used (KVFS.bring_back)
+                with contextlib.suppress(OutOfPages):
+                    self.kvfs.bring_back(min(f.names, default="(deleted)"), f)
         p.ended = self.trace.now()
         self._set_state(p, EXITED, error=p.error, pages_freed=freed)
         self.live.pop(p.pid, None)
@@ -359,6 +364,9 @@ class Kernel:
     def _run_batch(self, batch: Batch) -> None:
         bid = next(self._batch_ids)
         start = time.monotonic()
+        for c in batch.calls:
+            if c.seq.swapped is not None:  # shared with a process suspended since (fit counted)
+                c.seq.swap_in(self.pool)
         segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
         pids = sorted({c.process.pid for c in batch.calls})
         for c in batch.calls:
@@ -395,7 +403,7 @@ class Kernel:
             {
                 "free": self.pool.num_free,
                 "used": self.pool.num_pages - self.pool.num_free,
-                "swapped": self._swapped_pages(),
+                "swapped": self.swapped_pages(),
             },
         )
         for pid in pids:
@@ -434,17 +442,22 @@ class Kernel:
 
     # --- level 1: KV memory ----------------------------------------------------------------------
 
+    def _need(self, c: Call, n: int) -> int:
+        """Pages n more tokens of c take: its file's pages in host memory (a file another
+        process shares, swapped out with that process), then the write's new pages."""
+        return c.seq.swapped_pages + c.seq.pages_needed(self.pool, n)
+
     def _pages_needed(self, batch: Batch) -> int:
-        return sum(
-            c.seq.pages_needed(self.pool, n) for c, n in zip(batch.calls, batch.sizes, strict=True)
-        )
+        return sum(self._need(c, n) for c, n in zip(batch.calls, batch.sizes, strict=True))
 
     def _fit_memory(self, batch: Batch) -> Batch:
         """Defer calls, then suspend other processes, until the batch's new pages fit."""
         # The commonest case, without a look at each sequence: n tokens take at most n // page
         # size + 1 new pages, and one more to copy a shared partial last page.
         bound = sum(batch.sizes) // self.pool.page_size + 2 * len(batch.sizes)
-        if bound <= self.pool.num_free or self._pages_needed(batch) <= self.pool.num_free:
+        if all(c.seq.swapped is None for c in batch.calls) and bound <= self.pool.num_free:
+            return batch
+        if self._pages_needed(batch) <= self.pool.num_free:
             return batch
         calls, sizes = list(batch.calls), list(batch.sizes)
         while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
@@ -454,19 +467,19 @@ class Kernel:
             return Batch(calls, sizes)
         # One call that does not fit: suspend others, then run as much of it as fits.
         (head,), (size,) = calls, sizes
-        while head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+        while self._need(head, size) > self.pool.num_free:
             victim = self._pick_victim(exclude={head.process.pid})
             if victim is None:
                 break
             self._suspend(victim)
-        while size and head.seq.pages_needed(self.pool, size) > self.pool.num_free:
+        while size and self._need(head, size) > self.pool.num_free:
             size -= 1
         if size == 0:  # its own process's other files hold the rest of the pool
             held = self.pool.num_pages - self.pool.num_free
             self._finish(
                 head,
                 error=OutOfPages(
-                    head.seq.pages_needed(self.pool, 1),
+                    self._need(head, 1),
                     self.pool.num_free,
                     f"process {head.process.pid}'s files hold {held} of the pool's"
                     f" {self.pool.num_pages} pages, and its call needs one more",
@@ -483,8 +496,9 @@ class Kernel:
         return sum(
             1
             for f in self._private_files(p)
+            if f.seq.resident
             for page in f.seq.pages
-            if page >= 0 and self.pool.refcount[page] == 1
+            if self.pool.refcount[page] == 1
         )
 
     def _pick_victim(self, exclude: set[int]) -> Process | None:
@@ -528,7 +542,7 @@ class Kernel:
     def _resume_need(self, p: Process) -> int:
         """Pages p needs to come back and run one token of each queued call: its swapped pages,
         plus, per call, a page when its file's last page is full (or a copy of a shared one)."""
-        need = sum(len(f.seq.swapped) for f in self._private_files(p))
+        need = sum(f.seq.swapped_pages for f in self._private_files(p))
         return need + sum(
             c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
         )
@@ -545,7 +559,7 @@ class Kernel:
             if p.state is SUSPENDED:
                 await asyncio.sleep(0.01)
 
-    def _swapped_pages(self) -> int:
-        """Only suspended processes hold swapped pages (resuming brings all of them back)."""
-        suspended = [p for p in self.live.values() if p.state is SUSPENDED]
-        return sum(len(f.seq.swapped) for p in suspended for f in self._private_files(p))
+    def swapped_pages(self) -> int:
+        """Pages in host memory: of suspended processes' files, and of files that outlived a
+        process exiting while suspended and did not fit back yet."""
+        return self.kvfs.swapped_pages()

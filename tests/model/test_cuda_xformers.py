@@ -247,7 +247,9 @@ def test_swap_out_to_host_and_back_in(
     runner.forward([Segment(seq, base)])
     kept = pool.k[:, seq.pages].clone(), pool.v[:, seq.pages].clone()
     assert seq.swap_out(pool) == 3 and pool.num_free == pool.num_pages
-    assert all(k.device.type == "cpu" for k, _ in seq.swapped.values())
+    assert seq.swapped is not None and all(
+        k.device.type == "cpu" for k, _ in seq.swapped.host.values()
+    )
     other = KVSequence()  # someone else writes over the freed device pages
     runner.forward([Segment(other, prompt(8, 8 * PAGE - 1))])
     other.release(pool)
