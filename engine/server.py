@@ -486,7 +486,7 @@ class EngineServer:
             "pages_total": pool.num_pages,
             "pages_free": pool.num_free,
             "pages_used": pool.num_pages - pool.num_free,
-            "pages_swapped": k.swapped_pages(),
+            "pages_swapped": k.memory.swapped_pages(),
             "batches": batch.data["batch"] if batch is not None else 0,
             "processes": len(k.live),
             "sessions": len(self.sessions),

@@ -161,7 +161,7 @@ class Syscalls:
         if p.state is EXITED:
             raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
         if p.state is SUSPENDED:
-            await self.kernel.ensure_resident(p)
+            await self.kernel.memory.ensure_resident(p)
         return self.caller
 
     # --- text ------------------------------------------------------------------------------------
@@ -302,7 +302,7 @@ class Syscalls:
         """Put a message in a live process's inbox, of any user's process: messages are how
         programs (and users in a class) pass each other prompts and results. The message names
         its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
-        target = self.kernel._proc(pid)
+        target = self.kernel.processes.get(pid)
         if not target.alive:
             raise InvalidArgument(f"process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))
@@ -325,11 +325,11 @@ class Syscalls:
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process
-        k.block(p)
+        k.processes.block(p)
         try:
             return await aw
         finally:
-            k.unblock(p)
+            k.processes.unblock(p)
 
 
 def method_of(op: str) -> Callable[..., Any]:

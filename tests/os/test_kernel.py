@@ -494,9 +494,9 @@ def test_ps_lists_the_live_and_the_last_exited_and_the_loop_looks_at_the_live(
     tiny_loaded,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine import kernel as kernel_module
+    from engine import process_table
 
-    monkeypatch.setattr(kernel_module, "PS_EXITED", 3)
+    monkeypatch.setattr(process_table, "PS_EXITED", 3)
 
     async def quick(sys: Syscalls) -> int:
         return sys.pid
@@ -519,10 +519,10 @@ def test_a_long_lived_kernel_forgets_the_oldest_exited_processes(
     tiny_loaded,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine import kernel as kernel_module
+    from engine import process_table
 
-    monkeypatch.setattr(kernel_module, "EXITED_KEPT", 3)
-    monkeypatch.setattr(kernel_module, "PS_EXITED", 2)
+    monkeypatch.setattr(process_table, "EXITED_KEPT", 3)
+    monkeypatch.setattr(process_table, "PS_EXITED", 2)
 
     async def quick(sys: Syscalls) -> list[int]:
         return [sys.pid] * 1000  # a result the kernel holds for wait

@@ -51,7 +51,7 @@ async def from_scratch(sys: Syscalls) -> list[float]:
 
 def swapped_counts(k: Kernel) -> tuple[int, int]:
     """The swapped pages the engine reports (memory manager) and the page map's count."""
-    return k.swapped_pages(), k.kvfs.pages(LOCAL).swapped_total
+    return k.memory.swapped_pages(), k.kvfs.pages(LOCAL).swapped_total
 
 
 async def suspend_keeper(k: Kernel) -> tuple[int, int]:
