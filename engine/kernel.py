@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import Tensor
 
-from engine import trace as ev
 from engine.errors import InvalidArgument, ProcessFailed
+from engine.events import BatchRan, CallFinished, CallStarted, CallSubmitted, PagesUsed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.memory import MemoryManager
@@ -232,9 +232,7 @@ class Kernel:
         """Queue a checked forward and wait for its result (chunks joined)."""
         p = call.process
         self.scheduler.submit(call)
-        self.trace.emit(
-            ev.CALL_SUBMITTED, p.pid, {"call": call.id, "tokens": len(call.segment.tokens)}
-        )
+        self.trace.emit(p.pid, CallSubmitted(call.id, len(call.segment.tokens)))
         self.processes.block(p)
         self._wake()
         try:
@@ -316,7 +314,7 @@ class Kernel:
             if c.started is None:
                 c.started = start
                 c.process.counters.time_waiting += start - c.submitted
-                self.trace.emit(ev.CALL_STARTED, c.process.pid, {"call": c.id, "batch": bid})
+                self.trace.emit(c.process.pid, CallStarted(c.id, bid))
         try:
             results = self.runner.forward(segments, validate=False)  # checked at submission
         except Exception as e:  # checked at submission, yet failed: the batch left no trace
@@ -327,28 +325,13 @@ class Kernel:
                     self._run_batch(Batch([c], [n]))
             return
         took = time.monotonic() - start
+        calls = [c.id for c in batch.calls]
+        policy = self.scheduler.policy.name
         self.trace.emit(
-            ev.BATCH,
-            None,
-            {
-                "batch": bid,
-                "pids": pids,
-                "calls": [c.id for c in batch.calls],
-                "sizes": batch.sizes,
-                "tokens": sum(batch.sizes),
-                "seconds": took,
-                "policy": self.scheduler.policy.name,
-            },
+            None, BatchRan(bid, pids, calls, batch.sizes, sum(batch.sizes), took, policy)
         )
-        self.trace.emit(
-            ev.PAGES,
-            None,
-            {
-                "free": self.pool.num_free,
-                "used": self.pool.num_pages - self.pool.num_free,
-                "swapped": self.memory.swapped_pages(),
-            },
-        )
+        free, swapped = self.pool.num_free, self.memory.swapped_pages()
+        self.trace.emit(None, PagesUsed(free, self.pool.num_pages - free, swapped))
         for pid in pids:
             self.processes.procs[pid].counters.time_computing += took
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
@@ -365,16 +348,9 @@ class Kernel:
         p = c.process
         p.counters.calls += 1
         p.counters.tokens_out += len(c.segment.outputs)  # type: ignore[arg-type]
-        self.trace.emit(
-            ev.CALL_FINISHED,
-            p.pid,
-            {
-                "call": c.id,
-                "tokens": len(c.segment.tokens),
-                "waited": (c.started or c.submitted) - c.submitted,
-                "error": None if error is None else str(error),
-            },
-        )
+        waited = (c.started or c.submitted) - c.submitted
+        failed = None if error is None else str(error)
+        self.trace.emit(p.pid, CallFinished(c.id, len(c.segment.tokens), waited, failed))
         if c.future.done():
             return
         if error is not None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
 
-from engine import trace as ev
 from engine.errors import NoSuchProcess, PermissionDenied
+from engine.events import ProcessChanged
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.trace import Trace
 
@@ -34,15 +33,13 @@ class ProcessTable:
         """A new process, ready."""
         p = Process(next(self._pids), name, owner, priority, parent, started=self.trace.now())
         self.procs[p.pid] = self.live[p.pid] = p
-        self.trace.emit(
-            ev.PROCESS, p.pid, {"old": None, "new": p.state.value, "name": name, "owner": owner}
-        )
+        self.trace.emit(p.pid, ProcessChanged(None, p.state._value_, name, owner))
         return p
 
-    def exit(self, p: Process, **data: Any) -> None:
+    def exit(self, p: Process, pages_freed: int) -> None:
         """p has ended (its error, if any, set): traced, out of the live, its record kept."""
         p.ended = self.trace.now()
-        self.set_state(p, EXITED, error=p.error, **data)
+        self.set_state(p, EXITED, error=p.error, pages_freed=pages_freed)
         self.live.pop(p.pid, None)
         self.exited.append(p.pid)
         if len(self.exited) > EXITED_KEPT:  # a long-lived engine runs processes without end
@@ -77,12 +74,22 @@ class ProcessTable:
         """Per process running its own code, seconds since its last system call returned."""
         return [now - p.ready_since for p in self.live.values() if p.state is READY]
 
-    def set_state(self, p: Process, state: State, **data: Any) -> None:
+    def set_state(
+        self,
+        p: Process,
+        state: State,
+        pages_swapped: int | None = None,
+        error: str | None = None,
+        pages_freed: int | None = None,
+    ) -> None:
+        """p's new state, traced (suspended: with the pages swapped; exited: why, and the
+        pages freed)."""
         if p.state is not state:
             # _value_, not .value: the enum property costs more than the rest of this call
-            self.trace.emit(
-                ev.PROCESS, p.pid, {"old": p.state._value_, "new": state._value_, **data}
-            )
+            change = ProcessChanged(p.state._value_, state._value_, None, None, pages_swapped)
+            if state is EXITED:
+                change = change._replace(error=error, pages_freed=pages_freed)
+            self.trace.emit(p.pid, change)
             p.state = state
             if state is READY:
                 p.ready_since = time.monotonic()

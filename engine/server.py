@@ -52,7 +52,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from engine import connection
-from engine import trace as ev
+from engine import events as ev
 from engine.arguments import check_arg, check_call
 from engine.credentials import Credentials
 from engine.errors import (

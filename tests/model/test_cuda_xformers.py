@@ -18,7 +18,7 @@ import pytest
 import torch
 from checkpoints import ARCHS, write_checkpoint
 
-from engine import trace as ev
+from engine import events as ev
 from engine.attention import TorchBackend, XformersBackend, select_backend
 from engine.attention.xformers_paged import MODES
 from engine.kernel import Kernel
@@ -294,10 +294,10 @@ def test_kernel_runs_several_processes_on_the_device(
     assert isinstance(kernel.runner.backend, XformersBackend)
     results = run_kernel(kernel, lips, steps)
     batches = kernel.trace.query(kinds=[ev.BATCH])
-    assert max(len(b.data["pids"]) for b in batches) >= 3  # processes really shared batches
+    assert max(len(ev.record_of(b).pids) for b in batches) >= 3  # processes really shared batches
     if pages < 6 * 3:
         suspended = [
-            e for e in kernel.trace.query(kinds=[ev.PROCESS]) if e.data["new"] == "suspended"
+            e for e in kernel.trace.query(kinds=[ev.PROCESS]) if ev.record_of(e).new == "suspended"
         ]
         assert suspended, "the small pool never suspended a process"
     for tokens, rows in zip(lips, results, strict=True):

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 from test_kernel import prompt, run
 
-from engine import trace as ev
+from engine import events as ev
 from engine.errors import OutOfPages, ProcessFailed
 from engine.kernel import Kernel
 from engine.kvfs import Caller
