@@ -349,12 +349,17 @@ class KVFS:
             refcount=list(self.pool.refcount),
             owners=owners,
             swapped=swapped,
-            swapped_total=self.swapped_pages(),
+            swapped_total=self.pool.num_swapped,
         )
 
-    def swapped_pages(self) -> int:
-        """Pages of every live file that are in host memory (see KVSequence.swap_out)."""
-        return sum(f.seq.swapped_pages for f in self._all_files())
+    def check(self) -> None:
+        """AssertionError unless the pool's invariant holds and its count of swapped pages is
+        the files' (every page in host memory belongs to a live file)."""
+        self.pool.check()
+        held = sum(f.seq.swapped_pages for f in self._all_files())
+        assert held == self.pool.num_swapped, (
+            f"files hold {held} pages in host memory, the pool counts {self.pool.num_swapped}"
+        )
 
     def read(
         self, caller: Caller, path: Handle | str, start: int = 0, stop: int | None = None

@@ -43,7 +43,7 @@ class MemoryManager:
     def swapped_pages(self) -> int:
         """Pages in host memory: of suspended processes' files, and of files that outlived a
         process that exited suspended and have not fit back yet. The one count of them."""
-        return self.kvfs.swapped_pages()
+        return self.pool.num_swapped
 
     def need(self, c: Call, n: int) -> int:
         """Pages n more tokens of c take: its file's pages in host memory (a file another

@@ -100,6 +100,7 @@ class KVSequence:
             return 0
         kept = {i: p for i, p in enumerate(self.pages) if i not in host}
         pool.release([self.pages[i] for i in host])
+        pool.num_swapped += len(host)
         self.pages, self.swapped = [], SwappedOut(kept, host)
         return len(host)
 
@@ -109,6 +110,7 @@ class KVSequence:
             return
         kept, host = self.swapped
         fresh = iter(pool.alloc(len(host)))
+        pool.num_swapped -= len(host)
         pages = []
         for i in range(self.num_pages):
             if i in kept:
@@ -180,6 +182,7 @@ class KVSequence:
     def release(self, pool: PagePool) -> None:
         """Give back every page, in the pool or in host memory, and forget the contents."""
         pool.release(self.held_pages())
+        pool.num_swapped -= self.swapped_pages
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
         self.swapped = None
 

@@ -30,7 +30,7 @@ def run(kernel: Kernel, body: Callable[[Kernel], Awaitable[Any]]) -> Any:
             return await body(kernel)
 
     result = asyncio.run(main())
-    kernel.pool.check()
+    kernel.kvfs.check()  # the pool's invariant, and its count of pages in host memory
     return result
 
 

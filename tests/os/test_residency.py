@@ -50,7 +50,9 @@ async def from_scratch(sys: Syscalls) -> list[float]:
 
 
 def swapped_counts(k: Kernel) -> tuple[int, int]:
-    """The swapped pages the engine reports (memory manager) and the page map's count."""
+    """The swapped pages the engine reports (memory manager) and the page map's count, once
+    checked against the files' own (KVFS.check)."""
+    k.kvfs.check()
     return k.memory.swapped_pages(), k.kvfs.pages(LOCAL).swapped_total
 
 
