@@ -1,8 +1,10 @@
-"""The kernel: one model, one page pool, one KV file system, the process table and the step loop.
+"""The kernel: one model, one page pool, one KV file system, and the step loop that runs them.
 
-The step loop, top to bottom: wait for calls; resume suspended processes that fit again; ask
-the batch policy whether to run now; form a batch (level 2); make it fit in KV memory
-(level 1: defer calls, suspend processes); run one forward; hand each call its share.
+Its parts, one job each: the process table (engine.process_table), the memory manager, level 1
+of the scheduler (engine.memory), the batch scheduler, level 2 (engine.scheduler), the runner
+(engine.runner). The step loop (`_loop`) reads top to bottom: wait for calls; level 1 brings
+back suspended processes that fit; level 2 says wait, or which calls form the next batch;
+level 1 makes it fit in KV memory; one forward runs it; each call gets its share.
 """
 
 from __future__ import annotations
@@ -13,24 +15,20 @@ import gc
 import hashlib
 import itertools
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from engine import trace as ev
-from engine.errors import (
-    NoSuchProcess,
-    OutOfPages,
-    PermissionDenied,
-    ProcessFailed,
-)
+from engine.errors import InvalidArgument, ProcessFailed
+from engine.events import BatchRan, CallFinished, CallStarted, CallSubmitted, PagesUsed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
+from engine.memory import MemoryManager
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
-from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
+from engine.process import Process, ProcessInfo
+from engine.process_table import ProcessTable
 from engine.runner import Runner
 from engine.saved import SavedFiles, default_data_dir
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
@@ -38,8 +36,6 @@ from engine.tools import Tools
 from engine.trace import Trace
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
-PS_EXITED = 1000  # exited processes `ps` still lists
-EXITED_KEPT = 10_000  # exited processes whose record (result, error, counters) `wait` still finds
 
 __all__ = ["Kernel", "ProcessFailed", "Program", "model_id"]
 
@@ -75,7 +71,6 @@ def freeze_startup_heap() -> None:
 
 
 _startup_heap_frozen = False
-MAKE_ROOM_AFTER = 0.5  # seconds a suspended process waits before others are suspended for it
 YOUNG_OBJECTS_PER_COLLECTION = 10_000  # the collector's first threshold; Python's default is 700
 
 
@@ -102,16 +97,23 @@ class Kernel:
         self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
-        self.scheduler = Scheduler(policy, token_budget)
-        self.procs: dict[int, Process] = {}  # the live and the last EXITED_KEPT exited, by pid
-        self.live: dict[int, Process] = {}  # those not exited: what the step loop looks at
-        self.exited: deque[int] = deque()  # pids of the exited records kept, oldest first
+        self.processes = ProcessTable(self.trace)
+        self.scheduler = Scheduler(policy, token_budget)  # level 2
+        self.memory = MemoryManager(self.pool, self.kvfs, self.processes, self.scheduler)  # 1
         self.tools = Tools()  # functions any LIP may call; their host starts on first use
-        self._pids = itertools.count(1)
         self._call_ids = itertools.count(1)
         self._batch_ids = itertools.count(1)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+
+    @property
+    def procs(self) -> dict[int, Process]:
+        """The live processes and the last exited ones, by pid (see ProcessTable)."""
+        return self.processes.procs
+
+    @property
+    def live(self) -> dict[int, Process]:
+        return self.processes.live
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -159,35 +161,20 @@ class Kernel:
 
         if self._loop_task is None:
             raise RuntimeError("start the kernel first (await kernel.start())")
-        pid = next(self._pids)
-        p = Process(
-            pid,
-            name or str(getattr(main, "__name__", "lip")),
-            owner,
-            priority,
-            parent,
-            started=self.trace.now(),
+        name = name or str(getattr(main, "__name__", "lip"))
+        p = self.processes.add(name, owner, priority, parent)
+        p.task = asyncio.create_task(
+            self._run(p, main, Syscalls(self, p), args), name=f"lip-{p.pid}"
         )
-        self.procs[pid] = self.live[pid] = p
-        self.trace.emit(
-            ev.PROCESS, pid, {"old": None, "new": p.state.value, "name": p.name, "owner": owner}
-        )
-        p.task = asyncio.create_task(self._run(p, main, Syscalls(self, p), args), name=f"lip-{pid}")
-        return pid
+        return p.pid
 
     def attach(self, name: str, owner: str, priority: int = 0, parent: int | None = None) -> int:
         """A process whose code runs elsewhere (a notebook kernel) and calls in over RPC."""
-        pid = next(self._pids)
-        p = Process(pid, name, owner, priority, parent, started=self.trace.now())
-        self.procs[pid] = self.live[pid] = p
-        self.trace.emit(
-            ev.PROCESS, pid, {"old": None, "new": p.state.value, "name": name, "owner": owner}
-        )
-        return pid
+        return self.processes.add(name, owner, priority, parent).pid
 
     def detach(self, pid: int, error: str | None = None) -> None:
         """An attached process ended (its cell finished, raised, was interrupted, or vanished)."""
-        p = self._proc(pid)
+        p = self.processes.get(pid)
         if p.alive:
             p.error = error
             self._exit(p)
@@ -207,27 +194,19 @@ class Kernel:
         for call in self.scheduler.drop_process(p.pid):
             if not call.future.done():
                 call.future.cancel()
+        away = self.memory.away(p)  # p was suspended: its files that outlive it come back
         freed = self.kvfs.remove_process(p.pid)
-        p.ended = self.trace.now()
-        self._set_state(p, EXITED, error=p.error, pages_freed=freed)
-        self.live.pop(p.pid, None)
-        self.exited.append(p.pid)
-        if len(self.exited) > EXITED_KEPT:  # a long-lived engine runs processes without end
-            self.procs.pop(self.exited.popleft())
-        p.done.set()
+        self.memory.bring_back(away)
+        self.processes.exit(p, pages_freed=freed)
         self._wake()
 
     def owned(self, pid: int, user: str | None) -> Process:
-        """Process pid, when `user` (None: the engine itself) may wait on or kill it: processes
-        of one user are theirs alone."""
-        p = self._proc(pid)
-        if user is not None and p.owner != user:
-            raise PermissionDenied(f"process {pid}", f"belongs to {p.owner}, not {user}")
-        return p
+        """Process pid, when `user` (None: the engine itself) may wait on or kill it."""
+        return self.processes.owned(pid, user)
 
     async def wait(self, pid: int, by: str | None = None) -> Any:
         """pid's result once it has exited (by: the user asking, who must own it)."""
-        p = self.owned(pid, by)
+        p = self.processes.owned(pid, by)
         if p.task is not None:
             await asyncio.shield(p.task)
         await p.done.wait()  # an attached process: until it detaches
@@ -238,34 +217,14 @@ class Kernel:
         return p.result
 
     def kill(self, pid: int, by: str | None = None) -> None:
-        p = self.owned(pid, by)
+        p = self.processes.owned(pid, by)
         if p.alive and p.task is not None:
             p.task.cancel()
         elif p.alive:  # attached: end it here; its remote code sees its next call fail
             self.detach(pid, error="killed")
 
     def ps(self) -> list[ProcessInfo]:
-        """The live processes and the PS_EXITED that exited last (a long-lived engine ran many)."""
-        exited = [self.procs[pid] for pid in itertools.islice(reversed(self.exited), PS_EXITED)]
-        shown = sorted([*exited, *self.live.values()], key=lambda p: p.pid)
-        return [ProcessInfo.of(p) for p in shown]
-
-    def _proc(self, pid: int) -> Process:
-        if pid not in self.procs:
-            raise NoSuchProcess(
-                f"no process {pid} (the kernel keeps the last {EXITED_KEPT} that exited)"
-            )
-        return self.procs[pid]
-
-    def _set_state(self, p: Process, state: State, **data: Any) -> None:
-        if p.state is not state:
-            # _value_, not .value: the enum property costs more than the rest of this call
-            self.trace.emit(
-                ev.PROCESS, p.pid, {"old": p.state._value_, "new": state._value_, **data}
-            )
-            p.state = state
-            if state is READY:
-                p.ready_since = time.monotonic()
+        return self.processes.ps()
 
     # --- forward calls ---------------------------------------------------------------------------
 
@@ -273,26 +232,17 @@ class Kernel:
         """Queue a checked forward and wait for its result (chunks joined)."""
         p = call.process
         self.scheduler.submit(call)
-        self.trace.emit(
-            ev.CALL_SUBMITTED, p.pid, {"call": call.id, "tokens": len(call.segment.tokens)}
-        )
-        self.block(p)
+        self.trace.emit(p.pid, CallSubmitted(call.id, len(call.segment.tokens)))
+        self.processes.block(p)
         self._wake()
         try:
             return await call.future
+        except asyncio.CancelledError:
+            if call.started is None:  # withdrawn: its tokens never reach the file
+                self._finish(call, error=asyncio.CancelledError("cancelled before it ran"))
+            raise
         finally:
-            self.unblock(p)
-
-    def block(self, p: Process) -> None:
-        """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
-        p.blocked += 1
-        if p.state is READY:
-            self._set_state(p, WAITING)
-
-    def unblock(self, p: Process) -> None:
-        p.blocked -= 1
-        if p.blocked == 0 and p.state is WAITING:
-            self._set_state(p, READY)
+            self.processes.unblock(p)
 
     def new_call_id(self) -> int:
         return next(self._call_ids)
@@ -304,38 +254,67 @@ class Kernel:
     # --- the step loop ---------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        assert self._wakeup is not None
         while True:
             if not self.scheduler.queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._sleep(None)  # until a call comes
                 continue
-            self._resume_suspended()
+            self.memory.resume_suspended()  # level 1: who may run
             now = time.monotonic()
-            ready_for = [now - p.ready_since for p in self.live.values() if p.state is READY]
-            ready = self.scheduler.ready_calls()
-            view = self.scheduler.view(ready, now, ready_for)
-            delay = self.scheduler.policy.delay(view) if ready else 0.05
-            if delay > 0:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
+            plan = self.scheduler.plan(now, self.processes.ready_for(now))  # level 2: when, what
+            if plan.delay > 0:
+                await self._sleep(plan.delay)  # or until another call comes
                 continue
-            batch = self._fit_memory(self.scheduler.form_batch(ready))
-            if batch.calls:
-                self._run_batch(batch)
+            fitted = self.memory.fit(self._runnable(plan.batch))  # level 1: in KV memory
+            for call, error in fitted.refused:
+                self._finish(call, error=error)
+            if fitted.batch.calls:
+                self._run_batch(fitted.batch)  # one forward; each call gets its share
             await asyncio.sleep(0)  # let the processes whose calls finished submit their next
+
+    async def _sleep(self, seconds: float | None) -> None:
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
+
+    def _runnable(self, batch: Batch) -> Batch:
+        """The batch without the calls that can no longer run as they were checked: their
+        handle was closed, or their mask was made for a file that has changed since."""
+        keep = Batch([], [])
+        for c, n in zip(batch.calls, batch.sizes, strict=True):
+            error = self._stale(c)
+            if error is None:
+                keep.calls.append(c)
+                keep.sizes.append(n)
+            else:
+                self._finish(c, error=error)
+        return keep
+
+    def _stale(self, c: Call) -> InvalidArgument | None:
+        if c.file is not None and self.kvfs.handle(c.file.fd) is not c.file:
+            return InvalidArgument(
+                f"forward: {c.file.path}: handle {c.file.fd} was closed before the call ran"
+            )
+        if c.done == 0 and c.segment.mask is not None and len(c.seq) != c.base:
+            return InvalidArgument(
+                f"forward: the mask was made for a file of {c.base} tokens, and the file has"
+                f" {len(c.seq)} tokens when the call runs (it changed while the call was queued)"
+            )
+        return None
 
     def _run_batch(self, batch: Batch) -> None:
         bid = next(self._batch_ids)
         start = time.monotonic()
+        for c in batch.calls:
+            if c.seq.swapped is not None:  # shared with a process suspended since (fit counted)
+                c.seq.swap_in(self.pool)
         segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
         pids = sorted({c.process.pid for c in batch.calls})
         for c in batch.calls:
             if c.started is None:
                 c.started = start
                 c.process.counters.time_waiting += start - c.submitted
-                self.trace.emit(ev.CALL_STARTED, c.process.pid, {"call": c.id, "batch": bid})
+                self.trace.emit(c.process.pid, CallStarted(c.id, bid))
         try:
             results = self.runner.forward(segments, validate=False)  # checked at submission
         except Exception as e:  # checked at submission, yet failed: the batch left no trace
@@ -346,30 +325,15 @@ class Kernel:
                     self._run_batch(Batch([c], [n]))
             return
         took = time.monotonic() - start
+        calls = [c.id for c in batch.calls]
+        policy = self.scheduler.policy.name
         self.trace.emit(
-            ev.BATCH,
-            None,
-            {
-                "batch": bid,
-                "pids": pids,
-                "calls": [c.id for c in batch.calls],
-                "sizes": batch.sizes,
-                "tokens": sum(batch.sizes),
-                "seconds": took,
-                "policy": self.scheduler.policy.name,
-            },
+            None, BatchRan(bid, pids, calls, batch.sizes, sum(batch.sizes), took, policy)
         )
-        self.trace.emit(
-            ev.PAGES,
-            None,
-            {
-                "free": self.pool.num_free,
-                "used": self.pool.num_pages - self.pool.num_free,
-                "swapped": self._swapped_pages(),
-            },
-        )
+        free, swapped = self.pool.num_free, self.memory.swapped_pages()
+        self.trace.emit(None, PagesUsed(free, self.pool.num_pages - free, swapped))
         for pid in pids:
-            self.procs[pid].counters.time_computing += took
+            self.processes.procs[pid].counters.time_computing += took
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
             c.done += n
             c.process.counters.tokens_in += n
@@ -379,143 +343,17 @@ class Kernel:
                 self._finish(c)
         self.scheduler.last_batch = len(batch.calls)
 
-    def _finish(self, c: Call, error: Exception | None = None) -> None:
-        if c in self.scheduler.queue:
-            self.scheduler.queue.remove(c)
+    def _finish(self, c: Call, error: BaseException | None = None) -> None:
+        self.scheduler.remove(c)
         p = c.process
         p.counters.calls += 1
         p.counters.tokens_out += len(c.segment.outputs)  # type: ignore[arg-type]
-        self.trace.emit(
-            ev.CALL_FINISHED,
-            p.pid,
-            {
-                "call": c.id,
-                "tokens": len(c.segment.tokens),
-                "waited": (c.started or c.submitted) - c.submitted,
-                "error": None if error is None else str(error),
-            },
-        )
+        waited = (c.started or c.submitted) - c.submitted
+        failed = None if error is None else str(error)
+        self.trace.emit(p.pid, CallFinished(c.id, len(c.segment.tokens), waited, failed))
         if c.future.done():
             return
         if error is not None:
             c.future.set_exception(error)
         else:
             c.future.set_result(join_results(c.results) if c.results else None)
-
-    # --- level 1: KV memory ----------------------------------------------------------------------
-
-    def _pages_needed(self, batch: Batch) -> int:
-        return sum(
-            c.seq.pages_needed(self.pool, n) for c, n in zip(batch.calls, batch.sizes, strict=True)
-        )
-
-    def _fit_memory(self, batch: Batch) -> Batch:
-        """Defer calls, then suspend other processes, until the batch's new pages fit."""
-        # The commonest case, without a look at each sequence: n tokens take at most n // page
-        # size + 1 new pages, and one more to copy a shared partial last page.
-        bound = sum(batch.sizes) // self.pool.page_size + 2 * len(batch.sizes)
-        if bound <= self.pool.num_free or self._pages_needed(batch) <= self.pool.num_free:
-            return batch
-        calls, sizes = list(batch.calls), list(batch.sizes)
-        while len(calls) > 1 and self._pages_needed(Batch(calls, sizes)) > self.pool.num_free:
-            calls.pop()
-            sizes.pop()
-        if not calls or self._pages_needed(Batch(calls, sizes)) <= self.pool.num_free:
-            return Batch(calls, sizes)
-        # One call that does not fit: suspend others, then run as much of it as fits.
-        (head,), (size,) = calls, sizes
-        while head.seq.pages_needed(self.pool, size) > self.pool.num_free:
-            victim = self._pick_victim(exclude={head.process.pid})
-            if victim is None:
-                break
-            self._suspend(victim)
-        while size and head.seq.pages_needed(self.pool, size) > self.pool.num_free:
-            size -= 1
-        if size == 0:  # its own process's other files hold the rest of the pool
-            held = self.pool.num_pages - self.pool.num_free
-            self._finish(
-                head,
-                error=OutOfPages(
-                    head.seq.pages_needed(self.pool, 1),
-                    self.pool.num_free,
-                    f"process {head.process.pid}'s files hold {held} of the pool's"
-                    f" {self.pool.num_pages} pages, and its call needs one more",
-                ),
-            )
-            return Batch([], [])
-        return Batch([head], [size])
-
-    def _private_files(self, p: Process) -> list[Any]:
-        prefix = f"/proc/{p.pid}/"
-        return [f for path, f in self.kvfs.files() if path.startswith(prefix)]
-
-    def _swappable(self, p: Process) -> int:
-        return sum(
-            1
-            for f in self._private_files(p)
-            for page in f.seq.pages
-            if page >= 0 and self.pool.refcount[page] == 1
-        )
-
-    def _pick_victim(self, exclude: set[int]) -> Process | None:
-        """The lowest-priority, most recently started process whose suspension frees pages."""
-        candidates = [
-            p
-            for p in self.live.values()
-            if p.state is not SUSPENDED and p.pid not in exclude and self._swappable(p) > 0
-        ]
-        return min(candidates, key=lambda p: (p.priority, -p.started), default=None)
-
-    def _suspend(self, p: Process) -> None:
-        freed = sum(f.seq.swap_out(self.pool) for f in self._private_files(p))
-        p.suspended_since = time.monotonic()
-        self._set_state(p, SUSPENDED, pages_swapped=freed)
-
-    def _resume_suspended(self) -> None:
-        """Bring back suspended processes, highest priority and oldest first, while they fit.
-
-        One that does not fit now does not hold up those after it. The first in line gets room
-        made for it (others suspended) once it has waited MAKE_ROOM_AFTER seconds, or at once
-        when no resident process has a call to run: every process that fits alone makes progress.
-        """
-        suspended = [p for p in self.live.values() if p.state is SUSPENDED]
-        first = True
-        for p in sorted(suspended, key=lambda p: (-p.priority, p.suspended_since)):
-            need = self._resume_need(p)
-            if first and need > self.pool.num_free and need <= self.pool.num_pages:
-                waited = time.monotonic() - p.suspended_since
-                idle = not any(c.process.state is not SUSPENDED for c in self.scheduler.queue)
-                if idle or waited >= MAKE_ROOM_AFTER:
-                    while need > self.pool.num_free:
-                        victim = self._pick_victim(exclude={p.pid})
-                        if victim is None:
-                            break
-                        self._suspend(victim)
-            first = False
-            if need <= self.pool.num_free:
-                self._resume(p)
-
-    def _resume_need(self, p: Process) -> int:
-        """Pages p needs to come back and run one token of each queued call: its swapped pages,
-        plus, per call, a page when its file's last page is full (or a copy of a shared one)."""
-        need = sum(len(f.seq.swapped) for f in self._private_files(p))
-        return need + sum(
-            c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
-        )
-
-    def _resume(self, p: Process) -> None:
-        for f in self._private_files(p):
-            f.seq.swap_in(self.pool)
-        self._set_state(p, WAITING if p.blocked else READY)
-
-    async def ensure_resident(self, p: Process) -> None:
-        """Wait until a suspended process's files are back in the pool (before it touches them)."""
-        while p.state is SUSPENDED:
-            self._resume_suspended()
-            if p.state is SUSPENDED:
-                await asyncio.sleep(0.01)
-
-    def _swapped_pages(self) -> int:
-        """Only suspended processes hold swapped pages (resuming brings all of them back)."""
-        suspended = [p for p in self.live.values() if p.state is SUSPENDED]
-        return sum(len(f.seq.swapped) for p in suspended for f in self._private_files(p))

@@ -41,6 +41,7 @@ from engine.errors import (
     FileNotFound,
     IncompatibleFile,
     InvalidArgument,
+    OutOfPages,
     PermissionDenied,
 )
 from engine.page_pool import PagePool
@@ -221,17 +222,25 @@ class KVFS:
         """A copy-on-write copy of src (which the caller must be able to read), open for writing."""
         src_path, f = self._resolve(caller, src, READ)
         dst = self._new_name(caller, dst)
+        self.bring_back(src_path, f)
         child = self._new_file(f.seq.fork(self.pool), caller, dst, None, parent=src_path)
         return self._open_handle(caller, dst, child, writable=True)
 
     # ---- changing contents (writable handles) ----
 
     def sequence(self, handle: Handle, write: bool = False) -> KVSequence:
-        """The file's sequence, for the runner to read (or, with write, append to)."""
-        return (self._writable(handle) if write else self._live(handle)).seq
+        """The file's sequence, for the runner to read (or, with write, append to: then it is
+        brought back into the pool first, if it was swapped out)."""
+        if not write:
+            return self._live(handle).seq
+        f = self._writable(handle)
+        self.bring_back(handle.path, f)
+        return f.seq
 
     def truncate(self, handle: Handle, n: int) -> None:
-        self._writable(handle).seq.truncate(self.pool, n)
+        f = self._writable(handle)
+        self.bring_back(handle.path, f)
+        f.seq.truncate(self.pool, n)
 
     def hide(self, handle: Handle, indices: list[int]) -> None:
         self._writable(handle).seq.hide(indices)
@@ -273,7 +282,7 @@ class KVFS:
 
     def stat(self, caller: Caller, target: Handle | str) -> FileStat:
         path, f = self._resolve(caller, target, READ)
-        return self._file_stat(f, path, self._holders(caller, set(f.seq.pages)))
+        return self._file_stat(f, path, self._holders(caller, set(f.seq.held_pages())))
 
     def listdir(self, caller: Caller, path: str = "/") -> list[str]:
         """Direct children the caller may read: file names, and directories with a trailing /."""
@@ -300,7 +309,7 @@ class KVFS:
     def page_owners(self) -> dict[int, list[str]]:
         owners: dict[int, list[str]] = {}
         for path, f in self.files():
-            for p in f.seq.pages:
+            for p in f.seq.held_pages():
                 owners.setdefault(p, []).append(path)
         return owners
 
@@ -331,16 +340,25 @@ class KVFS:
         owners: list[list[str]] = [[] for _ in range(self.pool.num_pages)]
         swapped: dict[str, int] = {}
         for name, f in self._first_readable_names(caller):
-            for p in sorted({p for p in f.seq.pages if p >= 0}):
+            for p in sorted(set(f.seq.held_pages())):
                 owners[p].append(name)
-            if f.seq.swapped:
-                swapped[name] = len(f.seq.swapped)
+            if f.seq.swapped_pages:
+                swapped[name] = f.seq.swapped_pages
         return PageMap(
             page_size=self.pool.page_size,
             refcount=list(self.pool.refcount),
             owners=owners,
             swapped=swapped,
-            swapped_total=sum(len(f.seq.swapped) for f in self._all_files()),
+            swapped_total=self.pool.num_swapped,
+        )
+
+    def check(self) -> None:
+        """AssertionError unless the pool's invariant holds and its count of swapped pages is
+        the files' (every page in host memory belongs to a live file)."""
+        self.pool.check()
+        held = sum(f.seq.swapped_pages for f in self._all_files())
+        assert held == self.pool.num_swapped, (
+            f"files hold {held} pages in host memory, the pool counts {self.pool.num_swapped}"
         )
 
     def read(
@@ -360,25 +378,25 @@ class KVFS:
         for name, f in sorted(self._names.items()):
             if not _may(caller, name, f, READ):
                 continue
-            for p in set(f.seq.pages):
-                if p >= 0 and (pages is None or p in pages):
+            for p in set(f.seq.held_pages()):
+                if pages is None or p in pages:
                     out.setdefault(p, []).append((name, f))
         return out
 
     def _file_stat(
         self, f: KVFile, path: str, holders: dict[int, list[tuple[str, KVFile]]]
     ) -> FileStat:
-        pages = f.seq.pages
+        held = f.seq.held_pages()
         shared_with: dict[str, int] = {}
-        for p in {p for p in pages if p >= 0}:
+        for p in set(held):
             for name, other in holders.get(p, ()):
                 if other is not f:
                     shared_with[name] = shared_with.get(name, 0) + 1
         return FileStat(
             path=path,
             tokens=len(f.seq),
-            pages=len(pages),
-            shared_pages=sum(1 for p in pages if p >= 0 and self.pool.refcount[p] > 1),
+            pages=f.seq.num_pages,
+            shared_pages=sum(1 for p in held if self.pool.refcount[p] > 1),
             shared_with=dict(sorted(shared_with.items())),
             parent=f.parent,
             owner=f.owner,
@@ -387,7 +405,7 @@ class KVFS:
             created=f.created,
             last_use=f.last_use,
             hidden=len(f.seq.hidden),
-            page_table=tuple(pages),
+            page_table=tuple(f.seq.page_table()),
             names=tuple(sorted(f.names)),
             open_handles=f.open_handles,
         )
@@ -427,6 +445,7 @@ class KVFS:
     def snapshot(self, caller: Caller, path: Handle | str) -> tuple[dict[str, Tensor], dict]:
         """A readable file's tokens, positions, hidden set and K/V, and its metadata."""
         src, f = self._resolve(caller, path, READ)
+        self.bring_back(src, f)
         k, v = gather_kv(self.pool, f.seq)
         tensors = {
             "k": k.contiguous().cpu(),
@@ -493,6 +512,21 @@ class KVFS:
         for name in [n for n in self._names if _proc_pid(n) == pid]:
             self._drop_name(name)
         return self.pool.num_free - free_before
+
+    # ---- residency ----
+
+    def bring_back(self, path: str, f: KVFile) -> None:
+        """Bring a swapped-out file back into the pool (all its pages or none): OutOfPages,
+        naming it, when the pool has no room for them now."""
+        need = f.seq.swapped_pages
+        if need > self.pool.num_free:
+            raise OutOfPages(
+                need,
+                self.pool.num_free,
+                f"{path} is swapped out to host memory and needs {need} pages to come back;"
+                f" {self.pool.num_free} are free",
+            )
+        f.seq.swap_in(self.pool)
 
     # ---- internals ----
 

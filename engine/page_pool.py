@@ -34,6 +34,7 @@ class PagePool:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.refcount = [0] * num_pages
+        self.num_swapped = 0  # pages its sequences moved to host memory (KVSequence.swap_out)
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low numbers first
 
     @classmethod
@@ -103,6 +104,7 @@ class PagePool:
         free = set(self._free)
         assert len(free) == len(self._free), "a page is on the free list twice"
         assert all(c >= 0 for c in self.refcount), "negative reference count"
+        assert self.num_swapped >= 0, f"{self.num_swapped} pages in host memory"
         referenced = {p for p, c in enumerate(self.refcount) if c > 0}
         assert not free & referenced, (
             f"pages both free and referenced: {sorted(free & referenced)[:8]}"

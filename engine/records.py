@@ -127,7 +127,7 @@ class FileStat(NamedTuple):
     created: float
     last_use: float
     hidden: int
-    page_table: tuple[int, ...]
+    page_table: tuple[int | None, ...]  # each page's pool page; None: in host memory (swapped)
     names: tuple[str, ...]
     open_handles: int
 

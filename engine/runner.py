@@ -184,9 +184,13 @@ class Runner:
         for i, s in enumerate(segments):
             self.check(s, f"segment {i}")
 
-    def check(self, s: Segment, where: str = "the segment") -> None:
-        """InvalidArgument naming `where` and the problem, for one segment on its own."""
+    def check(self, s: Segment, where: str = "the segment", length: int | None = None) -> None:
+        """InvalidArgument naming `where` and the problem, for one segment on its own.
+
+        length: the sequence's length when the segment will run (default: its length now).
+        """
         n = len(s.tokens)
+        length = len(s.seq) if length is None else length
         if n == 0:
             raise InvalidArgument(f"{where}: no tokens")
         if min(s.tokens) < 0 or max(s.tokens) >= self.vocab_size:
@@ -195,12 +199,13 @@ class Runner:
             raise InvalidArgument(
                 f"{where}: need {n} non-negative positions, got {len(s.positions)}"
             )
-        last = max(s.positions) if s.positions is not None else s.seq.next_position + n - 1
+        queued = length - len(s.seq)  # tokens of the calls before it (default positions)
+        last = max(s.positions) if s.positions is not None else s.seq.next_position + queued + n - 1
         if last >= self.context_length:
             raise ContextTooLong(where, last, self.context_length)
-        if s.mask is not None and tuple(s.mask.shape) != (n, len(s.seq) + n):
+        if s.mask is not None and tuple(s.mask.shape) != (n, length + n):
             raise InvalidArgument(
-                f"{where}: mask must have shape ({n}, {len(s.seq) + n}), got {tuple(s.mask.shape)}"
+                f"{where}: mask must have shape ({n}, {length + n}), got {tuple(s.mask.shape)}"
             )
         if s.outputs and (min(s.outputs) < 0 or max(s.outputs) >= n):
             raise InvalidArgument(f"{where}: output indices must be in 0..{n - 1}")

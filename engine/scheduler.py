@@ -1,11 +1,9 @@
-"""The two-level scheduler.
+"""The batch scheduler, level 2 of the scheduler: when the next forward runs, and which calls.
 
-Level 1, processes: which processes may have forwards on the device. Under KV memory pressure
-it suspends the lowest-priority process (its private pages move to host memory) instead of
-failing anyone, and resumes it when pages free up. Among the rest, fair share by tokens.
-
-Level 2, calls: when to run the next forward (a `BatchPolicy`) and which ready calls go in
-it, within a token budget; a long prefill is cut into chunks that ride along with decodes.
+It owns the queue of forward calls. A `BatchPolicy` says when to run (now, or after a wait for
+more calls); the ready calls of admitted processes go in, in fair-share order, within a token
+budget; a long prefill is cut into chunks that ride along with decodes. Level 1, which processes
+hold KV memory (suspension and resumption), is engine.memory.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from engine.kvfs import Handle
 from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
@@ -32,10 +31,11 @@ class Call:
     segment: Segment  # outputs explicit; positions None continue the file when the call runs
     future: asyncio.Future
     submitted: float
-    base: int  # len(seq) at submission, for slicing the mask
+    base: int  # len(seq) when the call runs (the calls before it on its file done): the mask's
     done: int = 0  # tokens already forwarded
     started: float | None = None
     results: list[Result] = field(default_factory=list)
+    file: Handle | None = None  # the handle it writes through: it must stay open until it runs
 
     @property
     def seq(self) -> KVSequence:
@@ -157,6 +157,13 @@ class Batch(NamedTuple):
     sizes: list[int]  # tokens of each call in this forward
 
 
+class Plan(NamedTuple):
+    """What level 2 decided: wait `delay` seconds (for more calls), or run `batch` now."""
+
+    delay: float
+    batch: Batch
+
+
 class Scheduler:
     def __init__(self, policy: BatchPolicy | None = None, token_budget: int = 2048) -> None:
         self.policy = policy or Adaptive()
@@ -166,6 +173,24 @@ class Scheduler:
 
     def submit(self, call: Call) -> None:
         self.queue.append(call)
+
+    def remove(self, call: Call) -> None:
+        """A call that is done, failed or withdrawn leaves the queue."""
+        if call in self.queue:
+            self.queue.remove(call)
+
+    def plan(self, now: float, ready_for: list[float]) -> Plan:
+        """Ask the policy whether to run now; if so, the batch. ready_for: per process running
+        its own code, seconds since its last call returned (it may call again soon)."""
+        ready = self.ready_calls()
+        if not ready:  # every queued call's process is suspended: look again soon
+            return Plan(0.05, Batch([], []))
+        delay = self.policy.delay(self.view(ready, now, ready_for))
+        return Plan(delay, Batch([], [])) if delay > 0 else Plan(0.0, self.form_batch(ready))
+
+    def queued_tokens(self, seq: KVSequence) -> int:
+        """Tokens the queued calls on seq will still append (they run before a new one)."""
+        return sum(c.remaining for c in self.queue if c.seq is seq)
 
     def drop_process(self, pid: int) -> list[Call]:
         """Take a process's calls out of the queue (it exited or was killed)."""

@@ -3,11 +3,17 @@
 This is the substrate the KV file system stands on, with the copy-on-write primitives:
 `fork` shares every page (reference +1); the first write into a page someone else also holds
 copies it first; `truncate` rolls back; `hide`/`unhide` take positions out of attention.
+
+Residency. A sequence is resident (every page of it in the pool) or swapped out: under KV
+pressure the pages only it holds move to host memory (`swap_out`) and come back into fresh pool
+pages (`swap_in`); the pages it shares stay in the pool. Writing, forking and truncating need it
+resident; the views (`page_table`, `held_pages`) tell where each page is either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -19,33 +25,119 @@ def pages_for(num_tokens: int, page_size: int) -> int:
     return -(-num_tokens // page_size)
 
 
+class SwappedOut(NamedTuple):
+    """Where the pages of a swapped-out sequence are, by page-table entry."""
+
+    kept: dict[int, int]  # entry -> its pool page, still held (other files hold it too)
+    host: dict[int, tuple[Tensor, Tensor]]  # entry -> its keys and values, in host memory
+
+
 @dataclass(slots=True)
 class KVSequence:
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)  # the page table while resident, else empty
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
-    # page-table index -> (K, V) host copies of pages moved out of the pool (see swap_out)
-    swapped: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    swapped: SwappedOut | None = None  # where its pages are while swapped out (see swap_out)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     @property
     def next_position(self) -> int:
-        return self.positions[-1] + 1 if self.positions else 0
+        """Where default positions continue: after the last token attention sees (hidden tokens
+        at the end, a rejected draft say, give their positions back)."""
+        last = len(self.positions) - 1
+        while last >= 0 and last in self.hidden:
+            last -= 1
+        return self.positions[last] + 1 if last >= 0 else 0
+
+    # ---- residency ----
+
+    @property
+    def resident(self) -> bool:
+        """Every page in the pool (nothing in host memory)."""
+        return self.swapped is None
+
+    @property
+    def num_pages(self) -> int:
+        """Entries of the page table, wherever each page is."""
+        if self.swapped is None:
+            return len(self.pages)
+        return len(self.swapped.kept) + len(self.swapped.host)
+
+    @property
+    def swapped_pages(self) -> int:
+        """Pages in host memory: what coming back into the pool takes."""
+        return 0 if self.swapped is None else len(self.swapped.host)
+
+    def held_pages(self) -> list[int]:
+        """The pool pages this sequence holds now, in page-table order."""
+        if self.swapped is None:
+            return self.pages
+        return [p for _, p in sorted(self.swapped.kept.items())]
+
+    def page_table(self) -> list[int | None]:
+        """Each entry's pool page; None where the page is in host memory."""
+        if self.swapped is None:
+            return list(self.pages)
+        kept = self.swapped.kept
+        return [kept.get(i) for i in range(self.num_pages)]
+
+    def swap_out(self, pool: PagePool) -> int:
+        """Move the pages only this sequence holds to host memory; returns how many were freed.
+
+        Shared pages stay in the pool. A sequence holding no page of its own stays resident.
+        """
+        if self.swapped is not None:
+            return 0
+        host = {
+            i: (pool.k[:, p].to("cpu", copy=True), pool.v[:, p].to("cpu", copy=True))
+            for i, p in enumerate(self.pages)
+            if pool.refcount[p] == 1
+        }
+        if not host:
+            return 0
+        kept = {i: p for i, p in enumerate(self.pages) if i not in host}
+        pool.release([self.pages[i] for i in host])
+        pool.num_swapped += len(host)
+        self.pages, self.swapped = [], SwappedOut(kept, host)
+        return len(host)
+
+    def swap_in(self, pool: PagePool) -> None:
+        """Bring swapped pages back into fresh pool pages; all or nothing (OutOfPages)."""
+        if self.swapped is None:
+            return
+        kept, host = self.swapped
+        fresh = iter(pool.alloc(len(host)))
+        pool.num_swapped -= len(host)
+        pages = []
+        for i in range(self.num_pages):
+            if i in kept:
+                pages.append(kept[i])
+                continue
+            page, (k, v) = next(fresh), host[i]
+            pool.k[:, page] = k.to(pool.k.device)
+            pool.v[:, page] = v.to(pool.v.device)
+            pages.append(page)
+        self.pages, self.swapped = pages, None
+
+    # ---- writing (resident only) ----
 
     def pages_needed(self, pool: PagePool, num_new: int) -> int:
-        """Fresh pages a write of num_new tokens takes, a copy-on-write copy included."""
+        """Fresh pages a write of num_new tokens takes, a copy-on-write copy included (once
+        resident: bringing it back takes `swapped_pages` more)."""
         n, ps = len(self.tokens), pool.page_size
-        needed = pages_for(n + num_new, ps) - len(self.pages)
-        last = self.pages[-1] if self.pages else -1  # -1: swapped out, so it was private
-        if n % ps and num_new and last >= 0 and pool.refcount[last] > 1:
-            needed += 1
+        needed = pages_for(n + num_new, ps) - self.num_pages
+        if n % ps and num_new:
+            last = self.page_table()[-1] if self.swapped is not None else self.pages[-1]
+            if last is not None and pool.refcount[last] > 1:  # (a page from host is private)
+                needed += 1
         return needed
 
     def reserve(self, pool: PagePool, num_new: int) -> list[int]:
         """Room for num_new tokens; returns their flat slots. Copies a shared partial page first."""
+        self._need_resident("write")
         n, ps = len(self.tokens), pool.page_size
         if n % ps and num_new and pool.refcount[self.pages[-1]] > 1:
             (fresh,) = pool.alloc(1)
@@ -63,6 +155,7 @@ class KVSequence:
 
     def fork(self, pool: PagePool) -> KVSequence:
         """A copy that shares every page; whichever side writes into a shared page copies it."""
+        self._need_resident("fork")
         pool.ref(self.pages)
         return KVSequence(
             list(self.tokens), list(self.positions), list(self.pages), set(self.hidden)
@@ -72,6 +165,7 @@ class KVSequence:
         """Keep the first n tokens; pages past them are released."""
         if not 0 <= n <= len(self.tokens):
             raise InvalidArgument(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
+        self._need_resident("truncate")
         keep = pages_for(n, pool.page_size)
         pool.release(self.pages[keep:])
         del self.pages[keep:], self.tokens[n:], self.positions[n:]
@@ -86,29 +180,15 @@ class KVSequence:
         self.hidden.difference_update(indices)
 
     def release(self, pool: PagePool) -> None:
-        """Give back every page and forget the contents."""
-        pool.release([p for p in self.pages if p >= 0])
+        """Give back every page, in the pool or in host memory, and forget the contents."""
+        pool.release(self.held_pages())
+        pool.num_swapped -= self.swapped_pages
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
-        self.swapped = {}
+        self.swapped = None
 
-    def swap_out(self, pool: PagePool) -> int:
-        """Move the pages only this sequence holds to host memory; returns how many were freed."""
-        mine = [i for i, p in enumerate(self.pages) if p >= 0 and pool.refcount[p] == 1]
-        freed = [self.pages[i] for i in mine]
-        for i, p in zip(mine, freed, strict=True):
-            self.swapped[i] = (pool.k[:, p].to("cpu", copy=True), pool.v[:, p].to("cpu", copy=True))
-            self.pages[i] = -1
-        pool.release(freed)
-        return len(freed)
-
-    def swap_in(self, pool: PagePool) -> None:
-        """Bring swapped pages back into (fresh) pool pages; all or nothing."""
-        fresh = pool.alloc(len(self.swapped))
-        for page, (i, (k, v)) in zip(fresh, sorted(self.swapped.items()), strict=True):
-            pool.k[:, page] = k.to(pool.k.device)
-            pool.v[:, page] = v.to(pool.v.device)
-            self.pages[i] = page
-        self.swapped = {}
+    def _need_resident(self, what: str) -> None:
+        if self.swapped is not None:  # the kernel and the KVFS bring a sequence back first
+            raise RuntimeError(f"cannot {what} a swapped-out sequence; swap_in first")
 
     def _check_indices(self, indices: list[int]) -> None:
         bad = [i for i in indices if not 0 <= i < len(self.tokens)]

@@ -52,7 +52,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from engine import connection
-from engine import trace as ev
+from engine import events as ev
 from engine.arguments import check_arg, check_call
 from engine.credentials import Credentials
 from engine.errors import (
@@ -486,7 +486,7 @@ class EngineServer:
             "pages_total": pool.num_pages,
             "pages_free": pool.num_free,
             "pages_used": pool.num_pages - pool.num_free,
-            "pages_swapped": sum(len(f.seq.swapped) for _, f in k.kvfs.files()),
+            "pages_swapped": k.memory.swapped_pages(),
             "batches": batch.data["batch"] if batch is not None else 0,
             "processes": len(k.live),
             "sessions": len(self.sessions),

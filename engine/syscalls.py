@@ -161,7 +161,7 @@ class Syscalls:
         if p.state is EXITED:
             raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
         if p.state is SUSPENDED:
-            await self.kernel.ensure_resident(p)
+            await self.kernel.memory.ensure_resident(p)
         return self.caller
 
     # --- text ------------------------------------------------------------------------------------
@@ -244,8 +244,9 @@ class Syscalls:
             mask = torch.as_tensor(mask, dtype=torch.bool)
         outs = None if outputs is None else int_list("outputs", outputs)
         segment = Segment(seq, tokens, pos, mask, outs, returns)
-        k.runner.check(segment, "forward")  # what the caller gave
-        pages = pages_for(len(seq) + len(tokens), k.pool.page_size)
+        base = len(seq) + k.scheduler.queued_tokens(seq)  # its length when this call runs
+        k.runner.check(segment, "forward", base)  # what the caller gave
+        pages = pages_for(base + len(tokens), k.pool.page_size)
         if pages > k.pool.num_pages:  # it could never run, however long it waited
             raise OutOfPages(
                 pages - len(seq.pages),
@@ -257,9 +258,8 @@ class Syscalls:
         # call on the same file queued before it.
         if outs is None:
             segment.outputs = [len(tokens) - 1]
-        base = len(seq)
         future = asyncio.get_running_loop().create_future()
-        call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base)
+        call = Call(k.new_call_id(), p, segment, future, time.monotonic(), base, file=file)
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
@@ -302,7 +302,7 @@ class Syscalls:
         """Put a message in a live process's inbox, of any user's process: messages are how
         programs (and users in a class) pass each other prompts and results. The message names
         its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
-        target = self.kernel._proc(pid)
+        target = self.kernel.processes.get(pid)
         if not target.alive:
             raise InvalidArgument(f"process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))
@@ -325,11 +325,11 @@ class Syscalls:
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process
-        k.block(p)
+        k.processes.block(p)
         try:
             return await aw
         finally:
-            k.unblock(p)
+            k.processes.unblock(p)
 
 
 def method_of(op: str) -> Callable[..., Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import trace as ev
+from engine import events as ev
 from engine.kernel import Kernel
 from engine.records import Logits, LogProbs, Sample, SamplingParams
 from engine.syscalls import Syscalls
@@ -97,7 +97,7 @@ def test_seeded_samples_repeat_and_forks_decode_together(tiny_loaded) -> None:  
     (together, alone), kernel = run(tiny_loaded, program)
     assert together[2].tokens == alone.tokens  # sample i is seeded seed + i, batch or not
     assert len({tuple(s.tokens) for s in together}) > 1  # the samples differ
-    widest = max(len(b.data["calls"]) for b in kernel.trace.query(kinds=[ev.BATCH]))
+    widest = max(len(ev.record_of(b).calls) for b in kernel.trace.query(kinds=[ev.BATCH]))
     assert widest >= 6  # the forks decoded in the same batches
 
 
@@ -210,7 +210,7 @@ def test_a_cached_prompt_is_computed_once_for_every_user(tiny_loaded) -> None:  
     kernel.pool.check()
     assert a[0] == pytest.approx(want, abs=1e-4) and b[0] == pytest.approx(want, abs=1e-4)
     assert b[1] == (len(system) - 1) // 4  # bob's fork shares every full page of the prompt
-    computed = [b.data["tokens"] for b in kernel.trace.query(kinds=[ev.BATCH])]
+    computed = [ev.record_of(b).tokens for b in kernel.trace.query(kinds=[ev.BATCH])]
     assert sum(computed) == (len(system) - 1) + 1 + 1 + len(system)  # the prompt once, not twice
 
 

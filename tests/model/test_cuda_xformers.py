@@ -18,7 +18,7 @@ import pytest
 import torch
 from checkpoints import ARCHS, write_checkpoint
 
-from engine import trace as ev
+from engine import events as ev
 from engine.attention import TorchBackend, XformersBackend, select_backend
 from engine.attention.xformers_paged import MODES
 from engine.kernel import Kernel
@@ -247,7 +247,9 @@ def test_swap_out_to_host_and_back_in(
     runner.forward([Segment(seq, base)])
     kept = pool.k[:, seq.pages].clone(), pool.v[:, seq.pages].clone()
     assert seq.swap_out(pool) == 3 and pool.num_free == pool.num_pages
-    assert all(k.device.type == "cpu" for k, _ in seq.swapped.values())
+    assert seq.swapped is not None and all(
+        k.device.type == "cpu" for k, _ in seq.swapped.host.values()
+    )
     other = KVSequence()  # someone else writes over the freed device pages
     runner.forward([Segment(other, prompt(8, 8 * PAGE - 1))])
     other.release(pool)
@@ -292,10 +294,10 @@ def test_kernel_runs_several_processes_on_the_device(
     assert isinstance(kernel.runner.backend, XformersBackend)
     results = run_kernel(kernel, lips, steps)
     batches = kernel.trace.query(kinds=[ev.BATCH])
-    assert max(len(b.data["pids"]) for b in batches) >= 3  # processes really shared batches
+    assert max(len(ev.record_of(b).pids) for b in batches) >= 3  # processes really shared batches
     if pages < 6 * 3:
         suspended = [
-            e for e in kernel.trace.query(kinds=[ev.PROCESS]) if e.data["new"] == "suspended"
+            e for e in kernel.trace.query(kinds=[ev.PROCESS]) if ev.record_of(e).new == "suspended"
         ]
         assert suspended, "the small pool never suspended a process"
     for tokens, rows in zip(lips, results, strict=True):

@@ -169,12 +169,14 @@ def test_hidden_positions(case: Case, runner: Runner) -> None:
     hidden = [4, 5, 6, 11]
     visible = [i not in hidden for i in range(18)]
     ref = hf_logits(case.hf, tokens, visible=visible)
-    # (a) hide as tokens arrive, one chunk at a time
+    # (a) hide as tokens arrive, one chunk at a time; the positions go on past the hidden ones
+    # (by default they would continue after the last visible token: 6 is hidden before 7 comes)
     seq = KVSequence()
     outs = []
     for a, b in [(0, 7), (7, 12), (12, 18)]:
         seq.hide([i for i in hidden if i < a])
-        (out,) = runner.forward([Segment(seq, tokens[a:b], outputs=all_rows(b - a))])
+        chunk = Segment(seq, tokens[a:b], list(range(a, b)), outputs=all_rows(b - a))
+        (out,) = runner.forward([chunk])
         outs.append(out)
     # each visible row saw exactly the visible tokens before it (a hidden row is not compared)
     rows = [i for i in range(18) if visible[i]]

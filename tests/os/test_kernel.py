@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from engine import trace as ev
+from engine import events as ev
 from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
 from engine.process import State
@@ -30,7 +30,7 @@ def run(kernel: Kernel, body: Callable[[Kernel], Awaitable[Any]]) -> Any:
             return await body(kernel)
 
     result = asyncio.run(main())
-    kernel.pool.check()
+    kernel.kvfs.check()  # the pool's invariant, and its count of pages in host memory
     return result
 
 
@@ -61,7 +61,7 @@ def test_64_lips_share_batches_and_match_running_alone(tiny_loaded) -> None:  # 
     kernel = Kernel(tiny_loaded, num_pages=512, page_size=4)
     assert run(kernel, together) == solo
     batches = kernel.trace.query(kinds=[ev.BATCH])
-    widest = max(len(b.data["pids"]) for b in batches)
+    widest = max(len(ev.record_of(b).pids) for b in batches)
     assert widest >= 48, f"widest batch had only {widest} processes"
     assert len(batches) < 64 * 33 / 8  # far fewer forwards than calls
     assert kernel.pool.num_free == kernel.pool.num_pages  # every /proc file reclaimed
@@ -82,10 +82,10 @@ def test_memory_pressure_suspends_and_everyone_still_finishes_right(tiny_loaded)
     kernel = Kernel(tiny_loaded, num_pages=40, page_size=4)
     assert run(kernel, crowded) == solo
     states = kernel.trace.query(kinds=[ev.PROCESS])
-    suspended = [e for e in states if e.data["new"] == "suspended"]
+    suspended = [e for e in states if ev.record_of(e).new == "suspended"]
     assert suspended, "the trace shows no suspension"
-    assert any(e.data["old"] == "suspended" for e in states)  # and resumptions
-    assert max(e.data["swapped"] for e in kernel.trace.query(kinds=[ev.PAGES])) > 0
+    assert any(ev.record_of(e).old == "suspended" for e in states)  # and resumptions
+    assert max(ev.record_of(e).swapped for e in kernel.trace.query(kinds=[ev.PAGES])) > 0
     assert kernel.pool.num_free == kernel.pool.num_pages
 
 
@@ -115,7 +115,8 @@ def test_a_process_suspended_holding_all_but_one_page_with_a_call_queued_resumes
         assert len(await asyncio.wait_for(k.wait(b), 30)) == 1
         assert len(await asyncio.wait_for(k.wait(a), 30)) == 3
         suspended = k.trace.query(pid=a, kinds=[ev.PROCESS])
-        assert any(e.data["new"] == "suspended" and e.data["pages_swapped"] == 3 for e in suspended)
+        changes = [ev.record_of(e) for e in suspended]
+        assert any(c.new == "suspended" and c.pages_swapped == 3 for c in changes)
 
     run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
 
@@ -208,7 +209,7 @@ def test_a_batch_that_fails_anyway_fails_only_the_call_that_caused_it(tiny_loade
     kernel = Kernel(tiny_loaded, num_pages=128, page_size=4)
     assert run(kernel, together) == solo
     batches = kernel.trace.query(kinds=[ev.BATCH])
-    assert any(len(b.data["pids"]) > 1 for b in batches)
+    assert any(len(ev.record_of(b).pids) > 1 for b in batches)
 
 
 def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: ANN001
@@ -223,7 +224,7 @@ def test_chunked_prefill_gives_the_same_logprobs(tiny_loaded) -> None:  # noqa: 
     kernel = Kernel(tiny_loaded, page_size=4, token_budget=16)
     chunked = run(kernel, lambda k: k.wait(k.spawn(score)))
     assert torch.allclose(torch.tensor(chunked), torch.tensor(whole), atol=1e-5)
-    sizes = [b.data["sizes"] for b in kernel.trace.query(kinds=[ev.BATCH])]
+    sizes = [ev.record_of(b).sizes for b in kernel.trace.query(kinds=[ev.BATCH])]
     assert sizes == [[16], [16], [8]]
 
 
@@ -355,7 +356,7 @@ def test_every_policy_gives_the_same_outputs(tiny_loaded, policy: BatchPolicy) -
 
     kernel = Kernel(tiny_loaded, page_size=4)
     assert run(kernel, body) == run(Kernel(tiny_loaded, page_size=4), solo)
-    assert {b.data["policy"] for b in kernel.trace.query(kinds=[ev.BATCH])} == {policy.name}
+    assert {ev.record_of(b).policy for b in kernel.trace.query(kinds=[ev.BATCH])} == {policy.name}
 
 
 def test_wait_for_k_batches_k_at_a_time(tiny_loaded) -> None:  # noqa: ANN001
@@ -365,7 +366,7 @@ def test_wait_for_k_batches_k_at_a_time(tiny_loaded) -> None:  # noqa: ANN001
 
     kernel = Kernel(tiny_loaded, page_size=4)
     run(kernel, body)
-    assert all(len(b.data["calls"]) >= 4 for b in kernel.trace.query(kinds=[ev.BATCH]))
+    assert all(len(ev.record_of(b).calls) >= 4 for b in kernel.trace.query(kinds=[ev.BATCH]))
 
 
 def view(ready_for: tuple[float, ...], oldest_wait: float = 0.0) -> QueueView:
@@ -393,7 +394,7 @@ def test_an_idle_attached_process_does_not_hold_up_anyone(tiny_loaded) -> None: 
 
     kernel = Kernel(tiny_loaded, page_size=4)
     run(kernel, body)
-    waited = [e.data["waited"] for e in kernel.trace.query(kinds=[ev.CALL_FINISHED])]
+    waited = [ev.record_of(e).waited for e in kernel.trace.query(kinds=[ev.CALL_FINISHED])]
     assert len(waited) == 5 and max(waited) < 0.25, waited
 
 
@@ -462,7 +463,7 @@ def test_trace_queries_by_pid_kind_time_and_sequence(tiny_loaded) -> None:  # no
         ev.PROCESS,
     }
     finished = kernel.trace.query(pid=a, kinds=[ev.CALL_FINISHED])
-    assert len(finished) == 5 and sum(e.data["tokens"] for e in finished) == 12 + 4
+    assert len(finished) == 5 and sum(ev.record_of(e).tokens for e in finished) == 12 + 4
     events = kernel.trace.query()
     assert kernel.trace.last(ev.BATCH) == [e for e in events if e.kind == ev.BATCH][-1]
     assert kernel.trace.last("no such kind") is None
@@ -494,9 +495,9 @@ def test_ps_lists_the_live_and_the_last_exited_and_the_loop_looks_at_the_live(
     tiny_loaded,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine import kernel as kernel_module
+    from engine import process_table
 
-    monkeypatch.setattr(kernel_module, "PS_EXITED", 3)
+    monkeypatch.setattr(process_table, "PS_EXITED", 3)
 
     async def quick(sys: Syscalls) -> int:
         return sys.pid
@@ -519,10 +520,10 @@ def test_a_long_lived_kernel_forgets_the_oldest_exited_processes(
     tiny_loaded,  # noqa: ANN001
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from engine import kernel as kernel_module
+    from engine import process_table
 
-    monkeypatch.setattr(kernel_module, "EXITED_KEPT", 3)
-    monkeypatch.setattr(kernel_module, "PS_EXITED", 2)
+    monkeypatch.setattr(process_table, "EXITED_KEPT", 3)
+    monkeypatch.setattr(process_table, "PS_EXITED", 2)
 
     async def quick(sys: Syscalls) -> list[int]:
         return [sys.pid] * 1000  # a result the kernel holds for wait

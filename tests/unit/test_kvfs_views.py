@@ -105,7 +105,7 @@ def test_pages_count_swapped_out_pages(world: KVFS, pool: PagePool) -> None:
     assert world.pages(A1).swapped == {"/proc/1/scratch": 1}
     assert world.pages(A).swapped == {} and world.pages(A).swapped_total == 1
     st = world.stat(A1, "/proc/1/scratch")
-    assert st.page_table == (-1,) and st.shared_pages == 0 and st.shared_with == {}
+    assert st.page_table == (None,) and st.shared_pages == 0 and st.shared_with == {}
     pool.check()
 
 

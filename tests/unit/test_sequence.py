@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import InvalidArgument
+from engine.errors import InvalidArgument, OutOfPages
 from engine.page_pool import PagePool
 from engine.sequence import KVSequence
 
@@ -86,4 +86,81 @@ def test_hide_and_unhide_validate_indices(pool: PagePool) -> None:
     assert seq.hidden == {3}
     with pytest.raises(InvalidArgument, match="outside"):
         seq.hide([4])
+    seq.release(pool)
+
+
+def test_default_positions_continue_from_the_last_visible_token(pool: PagePool) -> None:
+    """Hidden tokens at the end (a rejected draft, say) take no position from what follows."""
+    seq = filled(pool, 6)
+    assert seq.next_position == 6
+    seq.hide([4, 5])
+    assert seq.next_position == 4
+    seq.hide([1])  # hidden before the last visible token: positions go on after it
+    assert seq.next_position == 4
+    seq.unhide([5])
+    assert seq.next_position == 6
+    seq.hide(list(range(6)))
+    assert seq.next_position == 0
+    seq.release(pool)
+
+
+def test_swap_out_moves_only_private_pages_and_swap_in_restores_them(pool: PagePool) -> None:
+    parent = filled(pool, 10)  # 3 pages: 2 shared with the fork, the partial last one copied
+    child = parent.fork(pool)
+    child.reserve(pool, 1)
+    child.append([10], [10])
+    pool.k[:, child.pages[2]] = 7.0
+    shared, own = child.pages[:2], child.pages[2]
+    free = pool.num_free
+    assert child.swap_out(pool) == 1 and pool.num_free == free + 1
+    assert not child.resident and child.swapped_pages == 1 and child.num_pages == 3
+    assert child.page_table() == [*shared, None]  # the shared pages never left the pool
+    assert child.held_pages() == shared
+    assert child.pages_needed(pool, 1) == 0  # room in its (private) last page, once back
+    with pytest.raises(RuntimeError, match="swapped-out"):
+        child.reserve(pool, 1)
+    with pytest.raises(RuntimeError, match="swapped-out"):
+        child.fork(pool)
+    assert child.swap_out(pool) == 0  # once out, out
+    pool.k[:, own] = 0.0  # someone else's page now
+    child.swap_in(pool)
+    assert child.resident and child.pages[:2] == shared
+    assert bool((pool.k[:, child.pages[2]] == 7.0).all())
+    parent.release(pool)
+    child.release(pool)
+    assert pool.num_free == pool.num_pages
+
+
+def test_a_sequence_of_shared_pages_only_stays_resident(pool: PagePool) -> None:
+    parent = filled(pool, 8)
+    child = parent.fork(pool)
+    assert child.swap_out(pool) == 0 and child.resident
+    parent.release(pool)
+    child.release(pool)
+
+
+def test_releasing_a_swapped_out_sequence_frees_its_pages_wherever_they_are(
+    pool: PagePool,
+) -> None:
+    parent = filled(pool, 8)
+    child = parent.fork(pool)
+    child.reserve(pool, 1)
+    child.append([8], [8])
+    assert child.swap_out(pool) == 1
+    child.release(pool)
+    assert child.resident and len(child) == 0 and child.swapped_pages == 0
+    parent.release(pool)
+    assert pool.num_free == pool.num_pages
+
+
+def test_swap_in_without_room_changes_nothing(pool: PagePool) -> None:
+    seq = filled(pool, 8)
+    assert seq.swap_out(pool) == 2
+    hog = pool.alloc(pool.num_free - 1)
+    with pytest.raises(OutOfPages):
+        seq.swap_in(pool)
+    assert not seq.resident and seq.swapped_pages == 2
+    pool.release(hog)
+    seq.swap_in(pool)
+    assert seq.resident and len(seq.pages) == 2
     seq.release(pool)

@@ -184,9 +184,9 @@ def page_strip(st: FileStat, pm: PageMap) -> str:
     cells = []
     counts: set[int] = set()
     for i, p in enumerate(st.page_table):
-        n = pm.refcount[p] if p >= 0 else 1
+        n = pm.refcount[p] if p is not None else 1
         counts.add(n)
-        owners = [o for o in pm.owners[p] if o not in st.names] if p >= 0 else []
+        owners = [o for o in pm.owners[p] if o not in st.names] if p is not None else []
         colour = PRIVATE_COLOUR if n <= 1 else shared_colour(n)
         tip = f"page {i} (pool page {p}): " + (", ".join(owners) or "private")
         cells.append(

@@ -125,7 +125,7 @@ class PageRun(NamedTuple):
     """One page of a file: its tokens and the other files holding the same pool page."""
 
     entry: int  # in the file's page table
-    page: int  # pool page (-1: swapped out to host memory)
+    page: int | None  # pool page (None: swapped out to host memory)
     start: int  # index of its first token in the file
     tokens: list[int]
     pieces: list[str]  # each token as text
@@ -142,9 +142,9 @@ def file_pages(
     runs = []
     for i, page in enumerate(st.page_table):
         a, b = i * size, min((i + 1) * size, len(tokens))
-        owners = pm.owners[page] if page >= 0 else []
+        owners = pm.owners[page] if page is not None else []
         sharers = tuple(o for o in owners if o not in own)
-        unseen = pm.refcount[page] - len(owners) if page >= 0 else 0
+        unseen = pm.refcount[page] - len(owners) if page is not None else 0
         runs.append(PageRun(i, page, a, list(tokens[a:b]), list(pieces[a:b]), sharers, unseen))
     return runs
 
@@ -324,7 +324,7 @@ def sharing(selected: FileStat, graph: ForkGraphData) -> dict[str, int]:
 
 
 class PageCell(NamedTuple):
-    page: int  # pool page (-1: a page swapped out to host memory)
+    page: int | None  # pool page (None: a page swapped out to host memory)
     state: str  # free | private | shared | swapped
     holders: int  # files holding it (its reference count)
     owners: tuple[str, ...]  # the readable ones
@@ -351,9 +351,9 @@ def page_map(pm: PageMap, stats: Iterable[FileStat] = (), flt: Filter = EVERYTHI
         for p, (n, owners) in enumerate(zip(pm.refcount, pm.owners, strict=True))
     ]
     for name, n in sorted(pm.swapped.items()):
-        cells += [PageCell(-1, SWAPPED, 1, (name,), kept([name]))] * n
+        cells += [PageCell(None, SWAPPED, 1, (name,), kept([name]))] * n
     unseen = pm.swapped_total - sum(pm.swapped.values())
-    cells += [PageCell(-1, SWAPPED, 1, (), not filtered)] * unseen
+    cells += [PageCell(None, SWAPPED, 1, (), not filtered)] * unseen
     counts = {s: 0 for s in STATES}
     shared_by: dict[int, int] = {}
     for c in cells:
@@ -374,7 +374,7 @@ def grid_shape(n: int, columns: int | None = None) -> tuple[int, int]:
 
 
 def cell_text(c: PageCell, page_size: int) -> str:
-    where = f"page {c.page}" if c.page >= 0 else "swapped out (host memory)"
+    where = f"page {c.page}" if c.page is not None else "swapped out (host memory)"
     if c.state == FREE:
         return f"{where}: free"
     who = ", ".join(c.owners) if c.owners else ""

@@ -15,9 +15,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from engine import events as ev
+from engine.events import (
+    BatchRan,
+    CallFinished,
+    CallStarted,
+    CallSubmitted,
+    ProcessChanged,
+    record_of,
+)
 from engine.records import Event, ProcessInfo
 
-KINDS = ("call.submitted", "call.started", "call.finished", "batch", "process")
+KINDS = (ev.CALL_SUBMITTED, ev.CALL_STARTED, ev.CALL_FINISHED, ev.BATCH, ev.PROCESS)
 
 
 class Lane(NamedTuple):
@@ -128,39 +137,36 @@ class TimelineBuilder:
         return p.name, p.owner, p.start, p.end
 
     def _fold(self, e: Event) -> None:
-        d = e.data
-        if e.kind == "batch":
-            start = e.t - float(d.get("seconds", 0.0))
-            sizes = tuple(d.get("sizes", ()))
-            pids = tuple(d.get("pids", ()))
-            self.batches.append(BatchBar(d["batch"], start, e.t, pids, sizes, d.get("tokens", 0)))
+        r = record_of(e)
+        if isinstance(r, BatchRan):
+            bar = BatchBar(r.batch, e.t - r.seconds, e.t, tuple(r.pids), tuple(r.sizes), r.tokens)
+            self.batches.append(bar)
             return
         if e.pid is None:
             return
         proc = self.procs.setdefault(e.pid, _Proc())
-        if e.kind == "process":
-            self._process(e, proc)
-        elif e.kind == "call.submitted":
-            self.calls[d["call"]] = CallSpan(e.pid, d["call"], d.get("tokens", 0), e.t, *[None] * 3)
-        elif e.kind == "call.started" and d["call"] in self.calls:
-            self.calls[d["call"]] = self.calls[d["call"]]._replace(started=e.t)
-        elif e.kind == "call.finished" and d["call"] in self.calls:
-            c = self.calls[d["call"]]
+        if isinstance(r, ProcessChanged):
+            self._process(e.pid, e.t, r, proc)
+        elif isinstance(r, CallSubmitted):
+            self.calls[r.call] = CallSpan(e.pid, r.call, r.tokens, e.t, *[None] * 3)
+        elif isinstance(r, CallStarted) and r.call in self.calls:
+            self.calls[r.call] = self.calls[r.call]._replace(started=e.t)
+        elif isinstance(r, CallFinished) and r.call in self.calls:
+            c = self.calls[r.call]
             started = c.started if c.started is not None else e.t
-            self.calls[d["call"]] = c._replace(started=started, finished=e.t, error=d.get("error"))
+            self.calls[r.call] = c._replace(started=started, finished=e.t, error=r.error)
 
-    def _process(self, e: Event, proc: _Proc) -> None:
-        d = e.data
-        if d.get("old") is None:  # created
-            proc.name, proc.owner, proc.start = d.get("name", "?"), d.get("owner", "?"), e.t
-        if d.get("old") == "suspended":
-            self._resume(e.pid, e.t)  # type: ignore[arg-type]
-        if d.get("new") == "suspended":
-            self.suspensions.append(Suspension(e.pid, e.t, None, d.get("pages_swapped", 0)))  # type: ignore[arg-type]
-        if d.get("new") == "exited":
-            proc.end = e.t
-            self._resume(e.pid, e.t)  # type: ignore[arg-type]
-            self._cancel_calls(e.pid, e.t)  # type: ignore[arg-type]
+    def _process(self, pid: int, t: float, r: ProcessChanged, proc: _Proc) -> None:
+        if r.old is None:  # created
+            proc.name, proc.owner, proc.start = r.name or "?", r.owner or "?", t
+        if r.old == "suspended":
+            self._resume(pid, t)
+        if r.new == "suspended":
+            self.suspensions.append(Suspension(pid, t, None, r.pages_swapped or 0))
+        if r.new == "exited":
+            proc.end = t
+            self._resume(pid, t)
+            self._cancel_calls(pid, t)
 
     def _resume(self, pid: int, t: float) -> None:
         for i, s in enumerate(self.suspensions):

@@ -1,0 +1,138 @@
+"""The trace's events: one record per kind, defined here once.
+
+The engine emits these records (`Trace.emit`); on the wire, and to `Trace.query`, each is an
+`Event` whose `data` holds the record's fields by name; `record_of(event)` gives the record back,
+for the widgets and the tests alike. Torch-free, so a notebook imports it without the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from engine.records import Event
+
+# The kinds of event, by name (what `Trace.query(kinds=...)` takes)
+CALL_SUBMITTED = "call.submitted"
+CALL_STARTED = "call.started"
+CALL_FINISHED = "call.finished"
+BATCH = "batch"
+PROCESS = "process"
+PAGES = "pages"
+
+
+class CallSubmitted(NamedTuple):
+    """A forward call entered the queue (pid: its process)."""
+
+    call: int
+    tokens: int
+
+    @property
+    def kind(self) -> str:
+        return CALL_SUBMITTED
+
+
+class CallStarted(NamedTuple):
+    """A forward call's first tokens went into a batch."""
+
+    call: int
+    batch: int
+
+    @property
+    def kind(self) -> str:
+        return CALL_STARTED
+
+
+class CallFinished(NamedTuple):
+    """A forward call's result (or error) went back to its process."""
+
+    call: int
+    tokens: int
+    waited: float  # seconds from submission to its first batch
+    error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return CALL_FINISHED
+
+
+class BatchRan(NamedTuple):
+    """One forward pass (pid None: it belongs to every process in it)."""
+
+    batch: int
+    pids: list[int]
+    calls: list[int]
+    sizes: list[int]  # tokens of each call in it
+    tokens: int = 0
+    seconds: float = 0.0
+    policy: str = ""
+
+    @property
+    def kind(self) -> str:
+        return BATCH
+
+
+class ProcessChanged(NamedTuple):
+    """A process changed state: old None when it was created (with its name and owner);
+    pages_swapped when it was suspended; error and pages_freed when it exited."""
+
+    old: str | None
+    new: str
+    name: str | None = None
+    owner: str | None = None
+    pages_swapped: int | None = None
+    error: str | None = None
+    pages_freed: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return PROCESS
+
+
+class PagesUsed(NamedTuple):
+    """The page pool after a batch: free, used, and swapped out to host memory."""
+
+    free: int
+    used: int
+    swapped: int
+
+    @property
+    def kind(self) -> str:
+        return PAGES
+
+
+TraceRecord = CallSubmitted | CallStarted | CallFinished | BatchRan | ProcessChanged | PagesUsed
+RECORDS: dict[str, type[TraceRecord]] = {
+    CALL_SUBMITTED: CallSubmitted,
+    CALL_STARTED: CallStarted,
+    CALL_FINISHED: CallFinished,
+    BATCH: BatchRan,
+    PROCESS: ProcessChanged,
+    PAGES: PagesUsed,
+}
+
+
+def record_of(event: Event) -> TraceRecord:
+    """The record an event carries (fields it lacks take their defaults; unknown ones are
+    ignored, so an engine newer or older than the notebook still reads)."""
+    cls = RECORDS[event.kind]
+    data: dict[str, Any] = event.data
+    return cls(**{k: data[k] for k in cls._fields if k in data})
+
+
+__all__ = [
+    "BATCH",
+    "CALL_FINISHED",
+    "CALL_STARTED",
+    "CALL_SUBMITTED",
+    "PAGES",
+    "PROCESS",
+    "RECORDS",
+    "BatchRan",
+    "CallFinished",
+    "CallStarted",
+    "CallSubmitted",
+    "PagesUsed",
+    "ProcessChanged",
+    "TraceRecord",
+    "record_of",
+]
