@@ -1,6 +1,6 @@
 """`symphony ps | ls | stat | kill | stop`: the command line as a client of the running engine.
 
-`SyncClient` is the smallest blocking client of `engine.protocol` (one call at a time, no
+`SyncClient` is the smallest blocking client of `engine.wire.protocol` (one call at a time, no
 heartbeat): enough for commands and benches. Notebooks use `workbench.client`.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 
 import zmq
 
-from engine import connection
-from engine.errors import EngineNotRunning, SessionEnded, UnknownSession
-from engine.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
+from engine.wire import connection
+from engine.wire.errors import EngineNotRunning, SessionEnded, UnknownSession
+from engine.wire.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
 
 
 class SyncClient:
@@ -191,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """`symphony serve`: load the model, start the kernel and its server, write the file."""
     from engine import event_loop
-    from engine.errors import ModelNotFound
     from engine.models import DEFAULT_MODEL, resolve
+    from engine.wire.errors import ModelNotFound
 
     model = args.model or DEFAULT_MODEL
     try:
@@ -208,10 +208,10 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(model: str, args: argparse.Namespace) -> int:
     import torch
 
-    from engine.errors import ModelLoadError
     from engine.kernel import Kernel
     from engine.loader import load_model
     from engine.server import EngineServer, serve
+    from engine.wire.errors import ModelLoadError
 
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:

@@ -1,4 +1,8 @@
-"""The engine as a shared service: a ZeroMQ ROUTER in the kernel's event loop (see engine.protocol).
+"""The engine as a shared service: a ZeroMQ ROUTER in the kernel's event loop.
+
+The wire is `engine.wire.protocol`; the ops are the calls declared in `engine.wire.calls`, each
+one's arguments checked against its declaration and decoded by their declared types (a KV file
+handle, forward's returns=) before its handler runs (`EngineServer._op_table`).
 
 A client says `hello` (name, user) and gets a session; `attach` makes a process (a LIP whose code
 runs in the client) and every system call is then an op of the same name, acting as that process
@@ -45,20 +49,26 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from engine import connection
 from engine import trace as ev
-from engine.arguments import check_arg, check_call
 from engine.credentials import Credentials
-from engine.errors import (
+from engine.kernel import Kernel
+from engine.kvfs import Caller, Handle
+from engine.syscalls import Syscalls
+from engine.wire import connection
+from engine.wire.arguments import check_call, members
+from engine.wire.calls import OPS, POSITIONAL_ONLY, VAR_KEYWORD, VAR_POSITIONAL, By, Call
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
     InvalidArgument,
+    NeedsProcess,
+    NotAttached,
     PermissionDenied,
     ProcessExited,
     ProtocolError,
@@ -66,9 +76,7 @@ from engine.errors import (
     UnknownOperation,
     UnknownSession,
 )
-from engine.kernel import Kernel
-from engine.kvfs import Caller, Handle
-from engine.protocol import (
+from engine.wire.protocol import (
     MAX_MESSAGE,
     PING,
     PONG,
@@ -88,7 +96,7 @@ from engine.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.syscalls import Syscalls, method_of
+from engine.wire.records import FileHandle, TopK
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
@@ -97,31 +105,14 @@ HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes 
 DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
 REAP_INTERVAL = 0.1
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
-HANDLE_ARGS = ("file", "handle", "src", "path")
-KV_OPS = (
-    "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
-    "rename", "unlink", "stat", "listdir", "chmod", "save", "load",
-)  # fmt: skip
-CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # without a process
-PROCESS_OPS = (
-    "tokenize",
-    "detokenize",
-    "chat_template",
-    "special_tokens",
-    "vocab_size",
-    "context_length",
-    "forward",
-    "wait",
-    "kill",
-    "ps",
-    "send",
-    "receive",
-    "sleep",
-)
 
-# --- views: read-only KV calls for the widgets (engine.kvfs.KVFS.walk, .pages, .read) ----------
 
-VIEW_KV_OPS = ("walk", "pages", "read")  # by a process or by the client itself
+class Op(NamedTuple):
+    """One entry of the server's op table: a declared call and what serves it."""
+
+    call: Call
+    serve: Callable[[Session, Request, dict[str, Any]], Awaitable[Any]]  # checked arguments
+    decoders: dict[str, Callable[[Session, Any], Any]]  # wire values decoded, by declared type
 
 
 @dataclass
@@ -158,7 +149,7 @@ class EngineServer:
         self.wire = Wire(self.token, max_message)
         self.credentials = Credentials(self.token, kernel.data_dir / "users.json")
         self._wires = {"": self.wire}  # what signs the replies to each credential's clients
-        # size, signature (by the credential a message names), replay: see engine.protocol
+        # size, signature (by the credential a message names), replay: see engine.wire.protocol
         self.gate = Gate(self.wire, keys=self.credentials.key)
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
@@ -174,7 +165,13 @@ class EngineServer:
         self._stopping: asyncio.Task | None = None
         self._last_reap = time.monotonic()
         self._inflight: set[asyncio.Task] = set()  # requests being served
-        self._ops: dict[str, Callable[[Session, Request], Awaitable[Any]]] = {
+        self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
+        self._ops = self._op_table()
+
+    def _op_table(self) -> dict[str, Op]:
+        """Every declared op (engine.wire.calls) and its handler: a session op's own method,
+        else a system call (served by the process's `Syscalls`, or for the client itself)."""
+        session_ops: dict[str, Callable[[Session, Request, dict[str, Any]], Awaitable[Any]]] = {
             "hello": self._hello,
             "attach": self._attach,
             "detach": self._detach,
@@ -184,24 +181,34 @@ class EngineServer:
             "noop": self._noop,
             "shutdown": self._shutdown,
             "goodbye": self._goodbye,
+            "run": self._run_worker,
+            "output": self._output,
+            "worker.adopt": self._adopt,
+            "worker.exit": self._worker_exit,
+            "user.add": self._user_add,
+            "user.remove": self._user_remove,
+            "tool.register": self._tool_register,
+            "tool.list": self._tool_list,
         }
-        self._ops.update({op: self._syscall for op in PROCESS_OPS})
-        self._ops.update({f"kv.{op}": self._syscall for op in KV_OPS})
-        self._ops.update({f"kv.{op}": self._syscall for op in VIEW_KV_OPS})
-        self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
-        self._ops.update(
-            {
-                "run": self._run_worker,
-                "output": self._output,
-                "worker.adopt": self._adopt,
-                "worker.exit": self._worker_exit,
-                "user.add": self._user_add,
-                "user.remove": self._user_remove,
-                "tool.register": self._tool_register,
-                "tool.list": self._tool_list,
-                "tool": self._tool,
-            }
-        )
+        ops = {}
+        for call in OPS.values():
+            # (a KeyError: a declared session op without a handler)
+            serve = session_ops.pop(call.name) if call.by is By.CLIENT else self._syscall
+            ops[call.name] = Op(call, serve, self._decoders(call))
+        assert not session_ops, f"handlers of undeclared ops: {sorted(session_ops)}"
+        return ops
+
+    def _decoders(self, call: Call) -> dict[str, Callable[[Session, Any], Any]]:
+        """How each parameter's wire value becomes the engine's, by its declared type: a KV
+        file handle (a map) the engine's handle of this session, forward's returns= a record."""
+        decoders: dict[str, Callable[[Session, Any], Any]] = {}
+        for p in call.params:
+            types = members(p.type)
+            if FileHandle in types:
+                decoders[p.name] = self._handle
+            elif TopK in types:  # Returns
+                decoders[p.name] = lambda session, value: returns_from_wire(value)
+        return decoders
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -395,7 +402,7 @@ class EngineServer:
         if op is None:
             raise UnknownOperation(f"unknown op {req.op!r}")
         if req.op == "hello":
-            return await self._hello_session(sid, req, cred)
+            return await self._hello_session(sid, req, self._arguments(None, op, req), cred)
         session = self.sessions.get(sid)
         if session is None:
             if sid in self.ended:
@@ -406,27 +413,44 @@ class EngineServer:
             raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
         if session.cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        return await op(session, req)
+        if req.pid is not None and op.call.by is not By.CLIENT:
+            self._check_attached(session, req.pid)
+        return await op.serve(session, req, self._arguments(session, op, req))
+
+    def _arguments(self, session: Session | None, op: Op, req: Request) -> dict[str, Any]:
+        """A request's arguments, checked against its call's declaration (names and types,
+        before anything runs), then decoded by their declared types."""
+        args = req.args
+        check_call(op.call, args)
+        if op.decoders:
+            args = dict(args)
+            for name, decode in op.decoders.items():
+                if name in args and session is not None:
+                    args[name] = decode(session, args[name])
+        return args
 
     # --- session ops -----------------------------------------------------------------------------
 
-    async def _hello_session(self, sid: str, req: Request, cred: str) -> dict[str, Any]:
+    async def _hello_session(
+        self, sid: str, req: Request, args: dict[str, Any], cred: str
+    ) -> dict[str, Any]:
         if not sid:
             raise BadMessage("hello needs a session id in the header")
-        user, name = req.args.get("user"), req.args.get("name", "client")
-        if not isinstance(user, str) or not user or "/" in user or not isinstance(name, str):
+        user = args["user"]
+        if not user or "/" in user:
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
         if sid in self.ended:
             raise SessionEnded(f"hello: session {sid[:16]!r} has ended; start a new one")
         if cred and user != cred:  # a user's credential acts as that user only
             raise PermissionDenied(f"user {user!r}", f"this credential is {cred!r}'s")
         if sid not in self.sessions:
+            name = args.get("name", "client")
             self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
         elif self.sessions[sid].cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        return await self._hello(self.sessions[sid], req)
+        return await self._hello(self.sessions[sid], req, args)
 
-    async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _hello(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         k = self.kernel
         loaded = k.loaded
         return {
@@ -445,34 +469,30 @@ class EngineServer:
             "max_message": self.wire.max_message,
         }
 
-    async def _attach(self, session: Session, req: Request) -> int:
-        name, priority = req.args.get("name", "lip"), req.args.get("priority", 0)
-        if not isinstance(name, str) or not isinstance(priority, int):
-            raise InvalidArgument("attach takes a name (str) and a priority (int)")
+    async def _attach(self, session: Session, req: Request, args: dict[str, Any]) -> int:
+        name, priority = args.get("name", "lip"), args.get("priority", 0)
         pid = self.kernel.attach(name, owner=session.user, priority=priority)
         session.pids.add(pid)
         self.syscalls[pid] = Syscalls(self.kernel, self.kernel.procs[pid])
         return pid
 
-    async def _detach(self, session: Session, req: Request) -> None:
-        pid = check_arg("detach", "pid", int, req.args.get("pid", req.pid))
-        error = req.args.get("error")
+    async def _detach(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+        pid, error = args["pid"], args.get("error")
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
         if pid not in session.pids:
             raise InvalidArgument(f"detach: process {pid} is not attached by this client")
-        if error is not None and not isinstance(error, str):
-            raise InvalidArgument("detach: error must be a string or None")
         self._end_process(session, pid, error)
 
-    async def _trace(self, session: Session, req: Request) -> list[Any]:
-        a = dict(req.args)
+    async def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
+        a = dict(args)
         limit = a.pop("limit", 50_000)
-        check_call("trace", self.kernel.trace.query, a)
         events = self.kernel.trace.query(**a)
-        return events[:limit] if isinstance(limit, int) and limit >= 0 else events
+        return events[:limit] if limit >= 0 else events
 
-    async def _stat_engine(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _stat_engine(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> dict[str, Any]:
         k = self.kernel
         pool = k.pool
         batch = k.trace.last(ev.BATCH)
@@ -494,64 +514,63 @@ class EngineServer:
             "uptime": round(k.trace.now(), 3),
         }
 
-    async def _sessions(self, session: Session, req: Request) -> list[dict[str, Any]]:
+    async def _sessions(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """The connected clients: user, client name, and the pids of their processes."""
         return [
             {"user": s.user, "name": s.name, "pids": sorted(s.pids | s.ended)}
             for s in self.sessions.values()
         ]
 
-    async def _noop(self, session: Session, req: Request) -> None:
+    async def _noop(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None
 
-    async def _shutdown(self, session: Session, req: Request) -> None:
+    async def _shutdown(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None  # the engine stops once this reply is sent
 
-    async def _goodbye(self, session: Session, req: Request) -> None:
+    async def _goodbye(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
         self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
-    async def _syscall(self, session: Session, req: Request) -> Any:
-        if req.pid is not None:
-            self._check_attached(session, req.pid)
-        args = {k: self._handle_arg(session, req.pid, k, v) for k, v in req.args.items()}
-        if req.op == "forward" and "returns" in args:
-            args["returns"] = returns_from_wire(args["returns"])
-        check_call(req.op, method_of(req.op), args)  # names and types, before anything runs
+    async def _syscall(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+        """A system call: by a process of this session (req.pid), or by the client itself."""
+        call = self._ops[req.op].call
         if req.pid is None:
-            result = await self._client_call(session, req.op, args)
+            result = await self._client_call(session, call, args)
         else:
             sys_ = self.syscalls[req.pid]
-            target: Any = sys_.kv if req.op.startswith("kv.") else sys_
-            result = getattr(target, req.op.removeprefix("kv."))(**args)
+            target: Any = sys_.kv if call.name.startswith("kv.") else sys_
+            positional, keywords = bind(call, args)
+            result = getattr(target, call.method)(*positional, **keywords)
             if inspect.isawaitable(result):
                 result = await result
-            if req.op == "kill":
+            if call.name == "kill":
                 self._cancel_dead_tasks()
         return handle_to_wire(result) if isinstance(result, Handle) else result
 
-    async def _client_call(self, session: Session, op: str, args: dict[str, Any]) -> Any:
-        """A call by the client itself, outside any process."""
+    async def _client_call(self, session: Session, call: Call, args: dict[str, Any]) -> Any:
+        """A call by the client itself, outside any process (a call declared By.EITHER)."""
+        if call.by is not By.EITHER:
+            raise NeedsProcess(f"{call.name} needs an attached process (pid)")
         k = self.kernel
-        if op == "ps":
-            return k.ps(**args)
-        if op == "wait":
-            return await k.wait(**args, by=session.user)
-        if op == "kill":
-            k.kill(**args, by=session.user)
+        if call.name == "ps":
+            return k.ps()
+        if call.name == "wait":
+            return await k.wait(args["pid"], by=session.user)
+        if call.name == "kill":
+            k.kill(args["pid"], by=session.user)
             self._cancel_dead_tasks()
             return None
-        name = op.removeprefix("kv.")
-        if op.startswith("kv.") and name in CLIENT_KV_OPS + VIEW_KV_OPS:
-            if name == "stat" and "path" in args:  # KVCalls.stat(path) is KVFS.stat(target)
-                args["target"] = args.pop("path")
-            return getattr(k.kvfs, name)(Caller(None, session.user), **args)
-        raise InvalidArgument(f"{op} needs an attached process (pid)")
+        values = [args.get(p.name, p.default) for p in call.params]  # KVFS takes them in order
+        return getattr(k.kvfs, call.method)(Caller(None, session.user), *values)
 
-    def _handle_arg(self, session: Session, pid: int | None, key: str, value: Any) -> Any:
-        if key not in HANDLE_ARGS or not is_wire_handle(value):
+    def _handle(self, session: Session, value: Any) -> Any:
+        """A wire handle (a map with its fd) as the engine's handle, if this session opened it;
+        any other value (a path) as it is."""
+        if not is_wire_handle(value):
             return value
         h = self.kernel.kvfs.handle(value["fd"])
         if h is None or h.caller.pid is None or h.caller.pid not in session.pids:
@@ -560,11 +579,11 @@ class EngineServer:
 
     # --- server runs (engine.workers) and tools (engine.tools) ----------------------------------
 
-    async def _run_worker(self, session: Session, req: Request) -> int:
+    async def _run_worker(self, session: Session, req: Request, args: dict[str, Any]) -> int:
         """Start a worker for the code in args; its pid, at once (the session owns it)."""
         if req.pid is not None:
             raise InvalidArgument("run is a client call: send it without a pid")
-        parent = check_arg("run", "parent", int | None, req.args.get("parent"))
+        parent = args.get("parent")
         if parent is not None and parent not in session.pids:
             raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
         info = dataclasses.asdict(self.connection_info())
@@ -572,28 +591,28 @@ class EngineServer:
             info.update(token=self.credentials.tokens[session.cred], user=session.cred)
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
-        return await self.workers.launch(session.id, session.user, req.args, info)
+        return await self.workers.launch(session.id, session.user, args, info)
 
-    async def _output(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _output(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """New output of a server run after chunk `after` (long-polled), and whether it ended."""
-        run = self.workers.run_of(req.args.get("pid"), session.id, session.user)
-        return await self.workers.output(run, req.args.get("after", 0))
+        run = self.workers.run_of(args["pid"], session.id, session.user)
+        return await self.workers.output(run, args.get("after", 0))
 
-    async def _adopt(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _adopt(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A worker presents its one-time key: its pid becomes this session's, with its code."""
-        run = self.workers.adopt(req.args.get("key"), session.user)
+        run = self.workers.adopt(args["key"], session.user)
         session.pids.add(run.pid)
         self.syscalls[run.pid] = Syscalls(self.kernel, self.kernel.procs[run.pid])
         return {"pid": run.pid, "name": run.name, "code": run.code, "memory_mb": run.memory_mb}
 
-    async def _worker_exit(self, session: Session, req: Request) -> None:
+    async def _worker_exit(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
-        pid = check_arg("worker.exit", "pid", int, req.args.get("pid"))
+        pid = args["pid"]
         if pid not in session.pids or pid not in self.workers.runs:
             raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
-        error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))
+        error = self.workers.report(pid, args.get("error"), args.get("traceback"))
         if error is None:
-            self.workers.runs[pid].process.result = req.args.get("result")  # what wait(pid) gives
+            self.workers.runs[pid].process.result = args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
 
     # --- users' credentials (engine.credentials) -------------------------------------------
@@ -602,19 +621,21 @@ class EngineServer:
         if session.cred:
             raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
 
-    async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _user_add(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
         self._check_owner(session, "user.add")
-        user = check_arg("user.add", "user", str, req.args.get("user"))
+        user = args["user"]
         token = self.credentials.add(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was replaced")
         return {"user": user, "token": token}
 
-    async def _user_remove(self, session: Session, req: Request) -> bool:
+    async def _user_remove(self, session: Session, req: Request, args: dict[str, Any]) -> bool:
         """Revoke user's credential and end their sessions; whether they had one."""
         self._check_owner(session, "user.remove")
-        user = check_arg("user.remove", "user", str, req.args.get("user"))
+        user = args["user"]
         had = self.credentials.remove(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was revoked")
@@ -624,25 +645,16 @@ class EngineServer:
         for s in [s for s in self.sessions.values() if s.cred == cred]:
             self._end_session(s, why)
 
-    async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
-        a = req.args
-        name = check_arg("tool.register", "name", str, a.get("name"))
-        source = check_arg("tool.register", "source", str, a.get("source"))
-        return await self.kernel.tools.register(name, source, a.get("timeout"), session.user)
+    async def _tool_register(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        name, source, timeout = args["name"], args["source"], args.get("timeout")
+        return await self.kernel.tools.register(name, source, timeout, session.user)
 
-    async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
+    async def _tool_list(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         return self.kernel.tools.infos()
-
-    async def _tool(self, session: Session, req: Request) -> Any:
-        """A process calls a tool: {name, args, kwargs}."""
-        if req.pid is None:
-            raise InvalidArgument("tool needs an attached process (pid)")
-        self._check_attached(session, req.pid)
-        args, kwargs = req.args.get("args") or [], req.args.get("kwargs") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise InvalidArgument("tool takes args (a list) and kwargs (a map)")
-        name = check_arg("tool", "name", str, req.args.get("name"))
-        return await self.syscalls[req.pid].tool(name, *args, **kwargs)
 
     # --- ending processes and sessions -----------------------------------------------------------
 
@@ -656,7 +668,7 @@ class EngineServer:
                 if p is None
                 else f"process {pid} ({p.name}) has exited: {p.error or 'done'}"
             )
-        raise PermissionDenied(f"process {pid}", "is not attached by this client")
+        raise NotAttached(pid)
 
     def _end_process(self, session: Session, pid: int, error: str | None) -> None:
         self.kernel.detach(pid, error)
@@ -738,6 +750,25 @@ class EngineServer:
                     self._suspect_since = time.monotonic()
         finally:
             monitor.close(linger=0)
+
+
+def bind(call: Call, args: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A call's checked arguments as a method takes them: positional-only ones in order,
+    `*args` from its list, `**kwargs` from its map, the rest by name."""
+    positional: list[Any] = []
+    keywords: dict[str, Any] = {}
+    for p in call.params:
+        if p.name not in args:
+            continue
+        if p.kind is POSITIONAL_ONLY:
+            positional.append(args[p.name])
+        elif p.kind is VAR_POSITIONAL:
+            positional.extend(args[p.name])
+        elif p.kind is VAR_KEYWORD:
+            keywords.update(args[p.name])
+        else:
+            keywords[p.name] = args[p.name]
+    return positional, keywords
 
 
 def continue_in_task(coro: Coroutine[Any, Any, None], awaited: Any) -> asyncio.Task:

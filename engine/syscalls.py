@@ -1,5 +1,8 @@
 """The system calls: the one async API every LIP uses.
 
+Each call is declared in `engine.wire.calls` (its parameters, types and defaults); the methods
+here are their handlers in the engine, and tests/unit/test_calls.py keeps the two in step.
+
 A LIP is `async def main(sys: Syscalls, *args)`. Results are plain Python values (ints,
 lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
 """
@@ -8,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.arguments import check_arg, int_list
-from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
-from engine.records import (
+from engine.runner import Segment, TopKResult
+from engine.sampler import make_generator
+from engine.scheduler import Call
+from engine.sequence import pages_for
+from engine.wire.arguments import check_arg, int_list
+from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
+from engine.wire.records import (
     Distribution,
     FileStat,
     Logits,
@@ -31,10 +38,6 @@ from engine.records import (
     SpecialTokens,
     TopK,
 )
-from engine.runner import Segment, TopKResult
-from engine.sampler import make_generator
-from engine.scheduler import Call
-from engine.sequence import pages_for
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
@@ -330,12 +333,6 @@ class Syscalls:
             return await aw
         finally:
             k.unblock(p)
-
-
-def method_of(op: str) -> Callable[..., Any]:
-    """The method that serves a call named op ("forward", "kv.fork"): its parameters and type
-    hints declare the call's arguments (see engine.arguments)."""
-    return getattr(KVCalls, op[3:]) if op.startswith("kv.") else getattr(Syscalls, op)
 
 
 __all__ = [

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import sandbox
-from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import Kernel
 from engine.process import Process
+from engine.wire.errors import InvalidArgument, PermissionDenied, ProcessExited
 
 WORKER_COMMAND = (sys.executable, "-u", "-m", "workbench.worker")  # a module name, not an import
 DEFAULT_TIMEOUT = 600.0  # seconds a worker may run; None: no limit

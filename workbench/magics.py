@@ -38,7 +38,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from engine import cli_client
-from engine.errors import EngineNotRunning, ProcessFailed, SessionEnded
+from engine.wire.errors import EngineNotRunning, ProcessFailed, SessionEnded
 from workbench import autostart
 from workbench.client import LIP, USER_ENV, Client
 from workbench.names import lip_names

@@ -20,7 +20,7 @@ import time
 import zmq
 
 from engine.bench.common import timed_calls
-from engine.protocol import REQUEST, request_body
+from engine.wire.protocol import REQUEST, request_body
 from workbench.client import LIP, Client, Sample
 
 

@@ -17,10 +17,10 @@ import os
 import sys
 import traceback
 
-from engine import connection
-from engine.errors import EngineError
-from engine.protocol import packb
 from engine.sandbox import cell_traceback, limit_memory
+from engine.wire import connection
+from engine.wire.errors import EngineError
+from engine.wire.protocol import packb
 from workbench.client import LIP, Client
 from workbench.names import compile_cell, lip_names, run_cell
 

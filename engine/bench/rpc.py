@@ -36,14 +36,14 @@ from typing import Any
 
 import zmq
 
-from engine import connection
 from engine.bench.common import Row, timed_calls
 from engine.bench.models import bench_model
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
-from engine.records import Sample
 from engine.server import EngineServer
 from engine.syscalls import Syscalls
+from engine.wire import connection
+from engine.wire.records import Sample
 
 WORKLOADS = ("rpc",)
 CASES = tuple(f"{c} p{q}" for c in ("noop", "forward-1", "transport") for q in (50, 99))

@@ -21,9 +21,10 @@ import pytest
 import zmq
 from engine_process import EngineProcess, engine_process
 
-from engine import connection
 from engine.cli_client import SyncClient
-from engine.errors import (
+from engine.server import HEARTBEAT_TIMEOUT
+from engine.wire import connection
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
     InvalidArgument,
@@ -32,8 +33,7 @@ from engine.errors import (
     ProcessExited,
     UnknownOperation,
 )
-from engine.protocol import VERSION, Wire, packb, rebuild_error, request_body, sign
-from engine.server import HEARTBEAT_TIMEOUT
+from engine.wire.protocol import VERSION, Wire, packb, rebuild_error, request_body, sign
 from workbench.client import LIP, Client, Distribution, FileHandle, Message, Sample
 
 REPO = Path(__file__).resolve().parents[2]

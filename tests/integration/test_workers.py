@@ -17,7 +17,7 @@ import pytest
 from engine_process import engine_process
 
 from engine import sandbox
-from engine.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
+from engine.wire.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
 from workbench import tools as wb_tools
 from workbench.client import Client
 

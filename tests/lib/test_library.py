@@ -10,8 +10,8 @@ import pytest
 
 from engine import trace as ev
 from engine.kernel import Kernel
-from engine.records import Logits, LogProbs, Sample, SamplingParams
 from engine.syscalls import Syscalls
+from engine.wire.records import Logits, LogProbs, Sample, SamplingParams
 from workbench.lib import (
     beam_search,
     cached_prompt,

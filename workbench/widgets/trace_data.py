@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engine.records import Event, ProcessInfo
+from engine.wire.records import Event, ProcessInfo
 
 KINDS = ("call.submitted", "call.started", "call.finished", "batch", "process")
 

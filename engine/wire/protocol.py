@@ -22,7 +22,7 @@ serial numbers rather than a culled set of digests.
              {"id": int | None, "ok": false, "error": {"type": "PermissionDenied",
                                                        "message": "...", "attrs": {...}}}
 
-Values are plain msgpack; the records of `engine.records` (Distribution, FileStat, ProcessInfo,
+Values are plain msgpack; the records of `engine.wire.records` (Distribution, FileStat, ProcessInfo,
 Message, Event, PageMap) travel as msgpack extension 1 holding `[name, [values in field order]]`
 (the protocol version pins the order), so both ends rebuild the same NamedTuple. A KV file
 handle is `{"fd", "path", "writable"}`; forward's `returns=` is `{"kind": "topk", "k"}`,
@@ -65,8 +65,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from engine import errors
-from engine.errors import (
+from engine.wire import errors
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
     EngineError,
@@ -74,7 +74,7 @@ from engine.errors import (
     MessageTooLarge,
     ProtocolError,
 )
-from engine.records import (
+from engine.wire.records import (
     RECORDS,
     TUPLE_FIELDS,
     FileHandle,

@@ -1,0 +1,210 @@
+"""The records system calls take and return, without torch: the engine and its clients share them.
+
+Results are plain values or these NamedTuples; `engine.wire.protocol` carries them over the wire as
+`[name, {field: value}]`, so a notebook rebuilds the very same types the engine made.
+Forward's `returns=` specs live here too: `TopK(k)`, `Sample(params, generator)`,
+`LogProbs(tokens)`, `Logits()`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from engine.wire.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from engine.process import Process
+
+
+# ---- sampling and what a forward returns ----
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means off
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN too
+            raise InvalidArgument(f"temperature must be finite and >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidArgument(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise InvalidArgument(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Logits(NamedTuple):
+    """Return the float32 logits `[n_out, vocab]`."""
+
+
+class TopK(NamedTuple):
+    """Return the k most likely next tokens and their probabilities, `[n_out, k]` each."""
+
+    k: int = 20
+
+
+class LogProbs(NamedTuple):
+    """Return the log-probability of given tokens: one list of candidates per output index."""
+
+    tokens: Sequence[Sequence[int]]
+
+
+class Sample(NamedTuple):
+    """Return a sampled token id per output index; the batch's rows are sampled together.
+
+    generator: None uses the process's own random stream (seeded by its pid); an int seeds a
+    fresh stream for this call; inside the engine a `torch.Generator` is used as is.
+    """
+
+    params: SamplingParams = SamplingParams()
+    generator: Any = None
+
+
+Returns = Logits | TopK | LogProbs | Sample
+
+
+# ---- results ----
+
+
+class Distribution(NamedTuple):
+    """The top of a next-token distribution: token ids and probabilities, most likely first."""
+
+    ids: list[int]
+    probs: list[float]
+
+    def argmax(self) -> int:
+        return self.ids[0]
+
+    def sample(self, temperature: float = 1.0, generator: random.Random | int | None = None) -> int:
+        """Sample among these tokens (renormalized), sharpened or flattened by temperature.
+
+        generator: a `random.Random` (its stream advances), an int seed, or None (module random).
+        """
+        if temperature <= 0:
+            return self.ids[0]
+        weights = [max(p, 1e-30) ** (1.0 / temperature) for p in self.probs]
+        rng = random.Random(generator) if isinstance(generator, int) else generator or random
+        return rng.choices(self.ids, weights=weights)[0]
+
+
+class SpecialTokens(NamedTuple):
+    """The model's special token ids (None where it has none)."""
+
+    bos: int | None  # begins a sequence (the chat template writes it where the model wants it)
+    eos: int | None  # ends a sequence
+    stop: tuple[int, ...]  # every id that ends a reply: eos and the model's other stop tokens
+    pad: int | None
+    unk: int | None
+
+
+class Message(NamedTuple):
+    sender: int
+    data: Any
+
+
+class FileStat(NamedTuple):
+    path: str
+    tokens: int
+    pages: int
+    shared_pages: int  # pages with reference count > 1
+    shared_with: dict[str, int]  # other readable path -> pages in common
+    parent: str | None
+    owner: str
+    pid: int | None
+    mode: int
+    created: float
+    last_use: float
+    hidden: int
+    page_table: tuple[int, ...]
+    names: tuple[str, ...]
+    open_handles: int
+
+
+class PageMap(NamedTuple):
+    """The page pool as one caller sees it (`kv.pages`): per pool page its holders."""
+
+    page_size: int
+    refcount: list[int]  # per pool page: files holding it (0: free)
+    owners: list[list[str]]  # per pool page: a readable name of each file holding it
+    swapped: dict[str, int]  # readable file name -> its pages swapped out to host memory
+    swapped_total: int  # every file's swapped-out pages, readable or not
+
+
+class ProcessInfo(NamedTuple):
+    """What `ps` shows of a process."""
+
+    pid: int
+    name: str
+    owner: str
+    state: str
+    priority: int
+    parent: int | None
+    tokens_in: int
+    tokens_out: int
+    calls: int
+    time_waiting: float
+    time_computing: float
+    started: float
+    ended: float | None
+    error: str | None
+
+    @classmethod
+    def of(cls, p: Process) -> ProcessInfo:
+        c = p.counters
+        return cls(
+            p.pid,
+            p.name,
+            p.owner,
+            p.state.value,
+            p.priority,
+            p.parent,
+            c.tokens_in,
+            c.tokens_out,
+            c.calls,
+            round(c.time_waiting, 6),
+            round(c.time_computing, 6),
+            p.started,
+            p.ended,
+            p.error,
+        )
+
+
+class Event(NamedTuple):
+    """One trace event (see `engine.trace`)."""
+
+    seq: int
+    t: float  # seconds since the trace began
+    kind: str
+    pid: int | None
+    data: dict[str, Any]
+
+
+class FileHandle(NamedTuple):
+    """A client's reference to a KV file it opened: on the wire `{"fd", "path", "writable"}`."""
+
+    fd: int
+    path: str
+    writable: bool
+
+
+# Records that cross the wire by name (engine.wire.protocol); tuples come back as tuples.
+RECORDS: dict[str, Any] = {  # name -> NamedTuple class
+    cls.__name__: cls
+    for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)
+}
+TUPLE_FIELDS: dict[str, tuple[str, ...]] = {
+    "FileStat": ("page_table", "names"),
+    "SpecialTokens": ("stop",),
+}
