@@ -66,6 +66,7 @@ from engine.wire.calls import OPS, POSITIONAL_ONLY, VAR_KEYWORD, VAR_POSITIONAL,
 from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
+    HandleNotOpen,
     InvalidArgument,
     NeedsProcess,
     NotAttached,
@@ -77,6 +78,7 @@ from engine.wire.errors import (
     UnknownSession,
 )
 from engine.wire.protocol import (
+    HEARTBEAT_INTERVAL,
     MAX_MESSAGE,
     PING,
     PONG,
@@ -102,8 +104,13 @@ from engine.workers import Workers
 log = logging.getLogger("symphony.server")
 
 HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes are detached
-DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
+DISCONNECT_GRACE = 2 * HEARTBEAT_INTERVAL  # after a dropped connection: two heartbeats overdue
 REAP_INTERVAL = 0.1
+# A client killed with -9 has its processes ended within this long: the grace and one reap
+# interval after the engine sees the connection drop, the rest being room for the event to come
+# and for a busy loop (tests/integration/test_rpc.py holds the engine to it).
+REAPED_WITHIN = 2.0
+assert DISCONNECT_GRACE + REAP_INTERVAL < REAPED_WITHIN
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 
 
@@ -481,7 +488,7 @@ class EngineServer:
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
         if pid not in session.pids:
-            raise InvalidArgument(f"detach: process {pid} is not attached by this client")
+            raise NotAttached(pid)
         self._end_process(session, pid, error)
 
     async def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
@@ -574,7 +581,7 @@ class EngineServer:
             return value
         h = self.kernel.kvfs.handle(value["fd"])
         if h is None or h.caller.pid is None or h.caller.pid not in session.pids:
-            raise InvalidArgument(f"handle {value['fd']} is not open in this session")
+            raise HandleNotOpen(value["fd"])
         return h
 
     # --- server runs (engine.workers) and tools (engine.tools) ----------------------------------
@@ -585,7 +592,7 @@ class EngineServer:
             raise InvalidArgument("run is a client call: send it without a pid")
         parent = args.get("parent")
         if parent is not None and parent not in session.pids:
-            raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
+            raise NotAttached(parent)
         info = dataclasses.asdict(self.connection_info())
         if session.cred:  # the worker acts with its user's credential, never the owner's
             info.update(token=self.credentials.tokens[session.cred], user=session.cred)
@@ -609,7 +616,7 @@ class EngineServer:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
         pid = args["pid"]
         if pid not in session.pids or pid not in self.workers.runs:
-            raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
+            raise NotAttached(pid)
         error = self.workers.report(pid, args.get("error"), args.get("traceback"))
         if error is None:
             self.workers.runs[pid].process.result = args.get("result")  # what wait(pid) gives
@@ -747,6 +754,10 @@ class EngineServer:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 if event["event"] == zmq.EVENT_DISCONNECTED and self._suspect_since is None:
+                    # What the dropped peer sent before it went is in the socket already: read
+                    # it first, so that it does not count as being heard from after the drop.
+                    if self._reader is not None:
+                        self._reader.drain()
                     self._suspect_since = time.monotonic()
         finally:
             monitor.close(linger=0)

@@ -302,12 +302,13 @@ class Syscalls:
         return self.kernel.ps()
 
     async def send(self, pid: int, data: Any) -> None:
-        """Put a message in a live process's inbox, of any user's process: messages are how
-        programs (and users in a class) pass each other prompts and results. The message names
-        its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
-        target = self.kernel._proc(pid)
+        """Put a message in the inbox of a live process of this process's user: messages are
+        how one user's programs pass each other prompts and results (the message names its
+        sender's pid). As with `kill` and `wait`, another user's process is refused
+        (PermissionDenied): share between users through files under /shared."""
+        target = self.kernel.owned(pid, self.process.owner)
         if not target.alive:
-            raise InvalidArgument(f"process {pid} has exited")
+            raise ProcessExited(f"send: process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))
 
     async def receive(self, timeout: float | None = None) -> Message:

@@ -38,7 +38,7 @@ from typing import Any
 from engine import sandbox
 from engine.kernel import Kernel
 from engine.process import Process
-from engine.wire.errors import InvalidArgument, PermissionDenied, ProcessExited
+from engine.wire.errors import InvalidArgument, NoSuchProcess, PermissionDenied, ProcessExited
 
 WORKER_COMMAND = (sys.executable, "-u", "-m", "workbench.worker")  # a module name, not an import
 DEFAULT_TIMEOUT = 600.0  # seconds a worker may run; None: no limit
@@ -196,7 +196,7 @@ class Workers:
     def run_of(self, pid: Any, session: str, user: str) -> Run:
         run = self.runs.get(pid) if isinstance(pid, int) else None
         if run is None:
-            raise InvalidArgument(f"process {pid} is not a server run (or is forgotten)")
+            raise NoSuchProcess(f"process {pid} is not a server run (or is forgotten)")
         if run.session != session and run.owner != user:
             raise PermissionDenied(f"process {pid}", f"belongs to {run.owner}")
         return run

@@ -41,6 +41,7 @@ import zmq
 from engine.wire import connection
 from engine.wire.arguments import int_list
 from engine.wire.errors import (
+    ClientClosed,
     EngineError,
     EngineNotRunning,
     InvalidArgument,
@@ -48,6 +49,7 @@ from engine.wire.errors import (
     SessionEnded,
 )
 from engine.wire.protocol import (
+    HEARTBEAT_INTERVAL,
     PING,
     PONG,
     REPLY,
@@ -77,7 +79,6 @@ from engine.wire.records import (
     TopK,
 )
 
-HEARTBEAT_INTERVAL = 0.5
 ENGINE_DEAD_AFTER = 10.0  # seconds without a pong: calls in flight fail
 REPLY_LIMIT = 1 << 30
 USER_ENV = "SYMPHONY_USER"  # who this client acts as (default: the login name)
@@ -202,7 +203,7 @@ class Client:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        self._fail_all(EngineError("the client was closed"))
+        self._fail_all(ClientClosed("the client was closed"))
         self._sock.close(linger=0)
         self._ctx.destroy(linger=0)
 
@@ -390,9 +391,8 @@ class Client:
                 await asyncio.shield(self.kill(pid))
             raise
         if reply["error"] is not None:
-            raise ProcessFailed(
-                f"process {pid} ({name}) ended: {reply['error']}", reply.get("traceback")
-            )
+            why = reply["error"]
+            raise ProcessFailed(f"process {pid} ({name}) ended: {why}", reply.get("traceback"), why)
         return pid
 
     async def _follow(self, pid: int, on_output: Callable[[str, str], None]) -> dict[str, Any]:

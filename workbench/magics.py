@@ -178,7 +178,7 @@ async def server_cell(line: str, body: str) -> int:
         why = "interrupted"
         raise KeyboardInterrupt from None
     except ProcessFailed as e:  # its traceback has streamed in already: say only how it ended
-        why = str(e).partition(": ")[2] or str(e)
+        why = e.reason or str(e)
         summary = [f"ProcessFailed: {e}"]
         e._render_traceback_ = lambda: summary  # type: ignore[attr-defined]
         raise
