@@ -23,6 +23,7 @@ import zmq
 from engine.wire import connection
 from engine.wire.errors import EngineNotRunning, SessionEnded, UnknownSession
 from engine.wire.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
+from engine.wire.tables import ps_table, stat_table
 
 
 class SyncClient:
@@ -95,26 +96,8 @@ class SyncClient:
 # ---- the commands ----
 
 
-def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> None:
-    cells = [tuple(map(str, head))] + [tuple("-" if x is None else str(x) for x in r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    for c in cells:
-        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
-
-
 def ps(client: SyncClient, args: argparse.Namespace) -> None:
-    procs = client.call("ps")
-    if not args.all:
-        procs = [p for p in procs if p.state != "exited"]
-    head = ("PID", "NAME", "OWNER", "STATE", "PRI", "IN", "OUT", "CALLS", "WAIT_S", "ERROR")
-    _table(
-        [
-            (p.pid, p.name, p.owner, p.state, p.priority, p.tokens_in, p.tokens_out, p.calls)
-            + (f"{p.time_waiting:.3f}", p.error)
-            for p in procs
-        ],
-        head,
-    )
+    print(ps_table(client.call("ps"), exited=args.all))
 
 
 def ls(client: SyncClient, args: argparse.Namespace) -> None:
@@ -123,11 +106,7 @@ def ls(client: SyncClient, args: argparse.Namespace) -> None:
 
 
 def stat(client: SyncClient, args: argparse.Namespace) -> None:
-    s = client.call("kv.stat", {"path": args.path})
-    for field, value in s._asdict().items():
-        if field == "mode":
-            value = oct(value)
-        print(f"{field:13} {value}")
+    print(stat_table(client.call("kv.stat", {"path": args.path})))
 
 
 def kill(client: SyncClient, args: argparse.Namespace) -> None:

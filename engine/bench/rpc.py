@@ -1,9 +1,9 @@
 """`symphony bench rpc`: what a system call costs over the wire.
 
 The engine (kernel and RPC server) runs in a thread of this process with its own event loop. A
-separate process plays the notebook kernel: `workbench.rpc_probe` (launched by module name; the
-engine never imports `workbench`) calls it with the async `workbench.client`, as a `%%lip` cell
-does, over the engine's Unix socket as any client on the same machine does.
+separate process plays the notebook kernel: `engine.programs.rpc_probe` (launched by module name;
+the engine never imports it, nor `workbench`) calls it with the async `workbench.client`, as a
+`%%lip` cell does, over the engine's Unix socket as any client on the same machine does.
 Each row is a latency in µs:
 - engine: the round trip of the call as the kernel sees it (sign, send, serve, reply, check);
 - baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
@@ -111,7 +111,7 @@ def _p(times: list[float], q: int) -> float:
     return round((statistics.median(times) if q == 50 else cuts[q - 1]) * 1e6, 1)
 
 
-PROBE_COMMAND = (sys.executable, "-m", "workbench.rpc_probe")  # a module name, not an import
+PROBE_COMMAND = (sys.executable, "-m", "engine.programs.rpc_probe")  # a module, not an import
 
 
 class Probe:

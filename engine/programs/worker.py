@@ -1,4 +1,5 @@
-"""An engine-side worker: `python -m workbench.worker`, started by the engine for a server run.
+"""An engine-side worker: `python -m engine.programs.worker`, started by the engine for a server
+run.
 
 The engine (engine.workers) launches it with its connection info, pid and a one-time key in the
 environment. It connects as a client, adopts the pid (`worker.adopt`, which hands it the cell's
