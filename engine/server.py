@@ -47,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -59,7 +59,8 @@ from engine import trace as ev
 from engine.credentials import Credentials
 from engine.kernel import Kernel
 from engine.kvfs import Caller, Handle
-from engine.syscalls import Syscalls
+from engine.process import SUSPENDED
+from engine.syscalls import PLAIN, KVCalls, Plain, Syscalls
 from engine.wire import connection
 from engine.wire.arguments import check_call, members
 from engine.wire.calls import OPS, POSITIONAL_ONLY, VAR_KEYWORD, VAR_POSITIONAL, By, Call
@@ -114,12 +115,17 @@ assert DISCONNECT_GRACE + REAP_INTERVAL < REAPED_WITHIN
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 
 
+Handler = Callable[["Session", Request, dict[str, Any]], Any]  # (session, request, arguments)
+
+
 class Op(NamedTuple):
     """One entry of the server's op table: a declared call and what serves it."""
 
     call: Call
-    serve: Callable[[Session, Request, dict[str, Any]], Awaitable[Any]]  # checked arguments
+    now: Handler | None  # a plain function serving it at once (a call that never waits)
+    serve: Callable[[Session, Request, dict[str, Any]], Awaitable[Any]] | None  # else, a task's
     decoders: dict[str, Callable[[Session, Any], Any]]  # wire values decoded, by declared type
+    plain: Plain | None  # a process's call that never waits: the Syscalls function doing it
 
 
 @dataclass
@@ -176,9 +182,10 @@ class EngineServer:
         self._ops = self._op_table()
 
     def _op_table(self) -> dict[str, Op]:
-        """Every declared op (engine.wire.calls) and its handler: a session op's own method,
-        else a system call (served by the process's `Syscalls`, or for the client itself)."""
-        session_ops: dict[str, Callable[[Session, Request, dict[str, Any]], Awaitable[Any]]] = {
+        """Every declared op (engine.wire.calls) and its handler: a session op's own method (a
+        plain one for a call that never waits), else a system call, served by the process's
+        `Syscalls` (or for the client itself)."""
+        session_ops: dict[str, Handler] = {
             "hello": self._hello,
             "attach": self._attach,
             "detach": self._detach,
@@ -199,9 +206,18 @@ class EngineServer:
         }
         ops = {}
         for call in OPS.values():
-            # (a KeyError: a declared session op without a handler)
-            serve = session_ops.pop(call.name) if call.by is By.CLIENT else self._syscall
-            ops[call.name] = Op(call, serve, self._decoders(call))
+            decoders = self._decoders(call)
+            if call.by is By.CLIENT:
+                handler = session_ops.pop(call.name)  # (KeyError: a declared op, no handler)
+                assert inspect.iscoroutinefunction(handler) == call.waits, call.name
+                now, serve = (None, handler) if call.waits else (handler, None)
+                ops[call.name] = Op(call, now, serve, decoders, None)
+                continue
+            side = KVCalls if call.name.startswith("kv.") else Syscalls
+            plain = PLAIN.get(getattr(side, call.method))
+            assert (plain is None) == call.waits, f"{call.name}: declared waits={call.waits}"
+            now = None if call.waits else self._syscall_now
+            ops[call.name] = Op(call, now, self._syscall, decoders, plain)
         assert not session_ops, f"handlers of undeclared ops: {sorted(session_ops)}"
         return ops
 
@@ -344,9 +360,7 @@ class EngineServer:
         self._send(identity, frames)
 
     @staticmethod
-    def _track(session: Session, body: Any, task: asyncio.Task) -> None:
-        pid = body.get("pid") if isinstance(body, dict) else None
-        pid = pid if isinstance(pid, int) else None
+    def _track(session: Session, pid: int | None, task: asyncio.Task) -> None:
         session.tasks.setdefault(pid, set()).add(task)
         task.add_done_callback(lambda t: session.tasks.get(pid, set()).discard(t))
 
@@ -355,40 +369,62 @@ class EngineServer:
     def _start(
         self, identity: bytes, header: dict[str, Any], body: Any, session: Session | None
     ) -> None:
-        """Serve a request at once; one that has to wait (a forward, a sleep) goes on as a task.
-
-        Most calls never wait: serving them at once saves a task and a turn of the loop each.
-        """
-        coro = self._serve(identity, header, body)
-        try:
-            awaited = coro.send(None)
-        except StopIteration:
-            return  # served: the reply has gone
-        task = continue_in_task(coro, awaited)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        if session is not None:
-            self._track(session, body, task)
-
-    async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
+        """Serve a request: a call that never waits at once, by a plain function; one that may
+        wait (a forward, a sleep, a suspended process's files coming back) as a task of its own,
+        so that the calls of one client's many tasks are pipelined."""
         sid, cred = str(header.get("session", "")), str(header.get("cred", ""))
         rid = header.get("id")
         try:
             req = parse_request(body)
             rid = req.id
-            result = await self._dispatch(sid, req, cred)
-            reply = ok_reply(rid, result)
-        except asyncio.CancelledError:
-            if self._sock is None or self.stopped.is_set():
-                raise
-            reply = error_reply(rid, ProcessExited("the process exited during this call"))
+            op, session, args = self._route(sid, req, cred)
+            if op.now is None or self._files_away(op, req):
+                self._serve_in_task(identity, sid, cred, op, session, req, args)
+                return
+            reply = ok_reply(rid, op.now(session, req, args))
         except Exception as e:  # every error becomes a reply naming it; the engine keeps serving
             rid = getattr(e, "request_id", rid)
             reply = error_reply(rid, e)
         self._reply(identity, sid, rid, reply, cred)
-        if reply.get("ok") and isinstance(body, dict) and body.get("op") == "shutdown":
-            await asyncio.sleep(0.05)  # let the reply leave before the socket closes
-            self.request_stop()
+        if reply["ok"] and req.op == "shutdown":  # let the reply leave before the socket closes
+            asyncio.get_running_loop().call_later(0.05, self.request_stop)
+
+    def _files_away(self, op: Op, req: Request) -> bool:
+        """Whether a call that never waits is on the files of a suspended process: then it
+        waits for them to come back, in a task."""
+        if op.plain is None or not op.plain.resident or req.pid is None:
+            return False
+        return self.syscalls[req.pid].process.state is SUSPENDED
+
+    def _serve_in_task(
+        self,
+        identity: bytes,
+        sid: str,
+        cred: str,
+        op: Op,
+        session: Session,
+        req: Request,
+        args: dict[str, Any],
+    ) -> None:
+        """Serve a call that may wait as a task; its reply goes when it is done."""
+        serve = op.serve
+        assert serve is not None
+
+        async def serving() -> None:
+            try:
+                reply = ok_reply(req.id, await serve(session, req, args))
+            except asyncio.CancelledError:
+                if self._sock is None or self.stopped.is_set():
+                    raise
+                reply = error_reply(req.id, ProcessExited("the process exited during this call"))
+            except Exception as e:  # every error becomes a reply naming it
+                reply = error_reply(getattr(e, "request_id", req.id), e)
+            self._reply(identity, sid, req.id, reply, cred)
+
+        task = asyncio.get_running_loop().create_task(serving())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        self._track(session, req.pid, task)
 
     def request_stop(self) -> None:
         if self._stopping is None:
@@ -404,12 +440,15 @@ class EngineServer:
             wire = self._wires[cred] = Wire(token, self.wire.max_message, cred)
         return wire
 
-    async def _dispatch(self, sid: str, req: Request, cred: str = "") -> Any:
+    def _route(self, sid: str, req: Request, cred: str) -> tuple[Op, Session, dict[str, Any]]:
+        """A request's op, its session (begun by hello) and its checked arguments; the error
+        that refuses it otherwise."""
         op = self._ops.get(req.op)
         if op is None:
             raise UnknownOperation(f"unknown op {req.op!r}")
         if req.op == "hello":
-            return await self._hello_session(sid, req, self._arguments(None, op, req), cred)
+            args = self._arguments(None, op, req)
+            return op, self._hello_session(sid, args, cred), args
         session = self.sessions.get(sid)
         if session is None:
             if sid in self.ended:
@@ -420,9 +459,12 @@ class EngineServer:
             raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
         if session.cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        if req.pid is not None and op.call.by is not By.CLIENT:
-            self._check_attached(session, req.pid)
-        return await op.serve(session, req, self._arguments(session, op, req))
+        if op.call.by is not By.CLIENT:
+            if req.pid is not None:
+                self._check_attached(session, req.pid)
+            elif op.call.by is By.PROCESS:
+                raise NeedsProcess(f"{req.op} needs an attached process (pid)")
+        return op, session, self._arguments(session, op, req)
 
     def _arguments(self, session: Session | None, op: Op, req: Request) -> dict[str, Any]:
         """A request's arguments, checked against its call's declaration (names and types,
@@ -438,9 +480,8 @@ class EngineServer:
 
     # --- session ops -----------------------------------------------------------------------------
 
-    async def _hello_session(
-        self, sid: str, req: Request, args: dict[str, Any], cred: str
-    ) -> dict[str, Any]:
+    def _hello_session(self, sid: str, args: dict[str, Any], cred: str) -> Session:
+        """The session a hello begins (or greets again)."""
         if not sid:
             raise BadMessage("hello needs a session id in the header")
         user = args["user"]
@@ -455,9 +496,9 @@ class EngineServer:
             self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
         elif self.sessions[sid].cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        return await self._hello(self.sessions[sid], req, args)
+        return self.sessions[sid]
 
-    async def _hello(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         k = self.kernel
         loaded = k.loaded
         return {
@@ -476,14 +517,14 @@ class EngineServer:
             "max_message": self.wire.max_message,
         }
 
-    async def _attach(self, session: Session, req: Request, args: dict[str, Any]) -> int:
+    def _attach(self, session: Session, req: Request, args: dict[str, Any]) -> int:
         name, priority = args.get("name", "lip"), args.get("priority", 0)
         pid = self.kernel.attach(name, owner=session.user, priority=priority)
         session.pids.add(pid)
         self.syscalls[pid] = Syscalls(self.kernel, self.kernel.procs[pid])
         return pid
 
-    async def _detach(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _detach(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         pid, error = args["pid"], args.get("error")
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
@@ -491,15 +532,13 @@ class EngineServer:
             raise NotAttached(pid)
         self._end_process(session, pid, error)
 
-    async def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
+    def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
         a = dict(args)
         limit = a.pop("limit", 50_000)
         events = self.kernel.trace.query(**a)
         return events[:limit] if limit >= 0 else events
 
-    async def _stat_engine(
-        self, session: Session, req: Request, args: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _stat_engine(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         k = self.kernel
         pool = k.pool
         batch = k.trace.last(ev.BATCH)
@@ -521,7 +560,7 @@ class EngineServer:
             "uptime": round(k.trace.now(), 3),
         }
 
-    async def _sessions(
+    def _sessions(
         self, session: Session, req: Request, args: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """The connected clients: user, client name, and the pids of their processes."""
@@ -530,43 +569,54 @@ class EngineServer:
             for s in self.sessions.values()
         ]
 
-    async def _noop(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _noop(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None
 
-    async def _shutdown(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _shutdown(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None  # the engine stops once this reply is sent
 
-    async def _goodbye(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _goodbye(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
         self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
-    async def _syscall(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
-        """A system call: by a process of this session (req.pid), or by the client itself."""
-        call = self._ops[req.op].call
+    def _syscall_now(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+        """A system call that never waits, served at once: by a process of this session
+        (req.pid) through its Syscalls' plain function, or by the client itself."""
+        op = self._ops[req.op]
+        call = op.call
         if req.pid is None:
-            result = await self._client_call(session, call, args)
-        else:
-            sys_ = self.syscalls[req.pid]
-            target: Any = sys_.kv if call.name.startswith("kv.") else sys_
-            positional, keywords = bind(call, args)
-            result = getattr(target, call.method)(*positional, **keywords)
-            if inspect.isawaitable(result):
-                result = await result
-            if call.name == "kill":
-                self._cancel_dead_tasks()
+            return self._client_call(session, call, args)
+        sys_ = self.syscalls[req.pid]
+        assert op.plain is not None
+        if op.plain.resident:
+            sys_.check_live()
+        positional, keywords = bind(call, args)
+        target = sys_.kv if call.name.startswith("kv.") else sys_
+        result = op.plain.fn(target, *positional, **keywords)
+        if call.name == "kill":
+            self._cancel_dead_tasks()
         return handle_to_wire(result) if isinstance(result, Handle) else result
 
-    async def _client_call(self, session: Session, call: Call, args: dict[str, Any]) -> Any:
+    async def _syscall(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+        """A system call that may wait, served as a task: by a process of this session, or the
+        client's own `wait`."""
+        call = self._ops[req.op].call
+        if req.pid is None:  # (By.EITHER: a process's calls without a pid are refused before)
+            assert call.name == "wait", call.name
+            return await self.kernel.wait(args["pid"], by=session.user)
+        sys_ = self.syscalls[req.pid]
+        target: Any = sys_.kv if call.name.startswith("kv.") else sys_
+        positional, keywords = bind(call, args)
+        result = await getattr(target, call.method)(*positional, **keywords)
+        return handle_to_wire(result) if isinstance(result, Handle) else result
+
+    def _client_call(self, session: Session, call: Call, args: dict[str, Any]) -> Any:
         """A call by the client itself, outside any process (a call declared By.EITHER)."""
-        if call.by is not By.EITHER:
-            raise NeedsProcess(f"{call.name} needs an attached process (pid)")
         k = self.kernel
         if call.name == "ps":
             return k.ps()
-        if call.name == "wait":
-            return await k.wait(args["pid"], by=session.user)
         if call.name == "kill":
             k.kill(args["pid"], by=session.user)
             self._cancel_dead_tasks()
@@ -605,14 +655,14 @@ class EngineServer:
         run = self.workers.run_of(args["pid"], session.id, session.user)
         return await self.workers.output(run, args.get("after", 0))
 
-    async def _adopt(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _adopt(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A worker presents its one-time key: its pid becomes this session's, with its code."""
         run = self.workers.adopt(args["key"], session.user)
         session.pids.add(run.pid)
         self.syscalls[run.pid] = Syscalls(self.kernel, self.kernel.procs[run.pid])
         return {"pid": run.pid, "name": run.name, "code": run.code, "memory_mb": run.memory_mb}
 
-    async def _worker_exit(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _worker_exit(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
         pid = args["pid"]
         if pid not in session.pids or pid not in self.workers.runs:
@@ -628,9 +678,7 @@ class EngineServer:
         if session.cred:
             raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
 
-    async def _user_add(
-        self, session: Session, req: Request, args: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _user_add(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
         self._check_owner(session, "user.add")
         user = args["user"]
@@ -639,7 +687,7 @@ class EngineServer:
         self._end_sessions_of(user, "its user's credential was replaced")
         return {"user": user, "token": token}
 
-    async def _user_remove(self, session: Session, req: Request, args: dict[str, Any]) -> bool:
+    def _user_remove(self, session: Session, req: Request, args: dict[str, Any]) -> bool:
         """Revoke user's credential and end their sessions; whether they had one."""
         self._check_owner(session, "user.remove")
         user = args["user"]
@@ -658,7 +706,7 @@ class EngineServer:
         name, source, timeout = args["name"], args["source"], args.get("timeout")
         return await self.kernel.tools.register(name, source, timeout, session.user)
 
-    async def _tool_list(
+    def _tool_list(
         self, session: Session, req: Request, args: dict[str, Any]
     ) -> list[dict[str, Any]]:
         return self.kernel.tools.infos()
@@ -780,51 +828,6 @@ def bind(call: Call, args: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         else:
             keywords[p.name] = args[p.name]
     return positional, keywords
-
-
-def continue_in_task(coro: Coroutine[Any, Any, None], awaited: Any) -> asyncio.Task:
-    """A task that runs the rest of a coroutine which ran up to its first await outside any task.
-
-    `awaited` is what that first step yielded. Cancelling the task ends the coroutine as
-    cancelled, even before the task's first step (when no `except` in it could see it).
-    """
-    task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
-    task.add_done_callback(lambda _: _abandon(coro, awaited))
-    return task
-
-
-def _abandon(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """End a coroutine its task left suspended (cancelled before it ever ran)."""
-    if getattr(coro, "cr_frame", None) is None:  # it finished
-        return
-    if awaited is not None:
-        awaited.cancel()
-    with contextlib.suppress(StopIteration, asyncio.CancelledError):
-        coro.throw(asyncio.CancelledError())
-    coro.close()  # (had it awaited again: nothing is left to drive it)
-
-
-async def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Drive the rest of a coroutine that ran up to its first await outside any task.
-
-    What asyncio.Task does for its own coroutine: wait until the future it awaits is done, then
-    resume it (it reads the future's result or error itself); cancelling this task cancels that
-    future, or is thrown into the coroutine when the future was already done.
-    """
-    while True:
-        cancel = False
-        if awaited is not None:  # None: a bare yield, as in asyncio.sleep(0)
-            awaited._asyncio_future_blocking = False
-            try:
-                await awaited
-            except asyncio.CancelledError:
-                cancel = not awaited.cancelled()  # this task was cancelled, not the future
-            except BaseException:
-                pass  # the coroutine reads it from the future itself
-        try:
-            awaited = coro.throw(asyncio.CancelledError()) if cancel else coro.send(None)
-        except StopIteration:
-            return
 
 
 async def serve(

@@ -318,6 +318,7 @@ CALLS: tuple[Call, ...] = (
         P("timeout", float | None, 600.0),
         P("memory_mb", int | None, None),
         P("parent", int | None, None),
+        waits=True,  # for the worker's process to start
         doc="run a cell's code in an engine-side worker; its pid, at once",
     ),
     _call(

@@ -122,7 +122,21 @@ def test_the_server_serves_exactly_the_declared_ops() -> None:
     assert set(ops) == set(OPS)
     for name, op in ops.items():
         assert op.call is OPS[name]
-        assert (op.serve.__name__ == "_syscall") == (op.call.by is not By.CLIENT), name
+        syscall = op.call.by is not By.CLIENT
+        assert (op.serve is not None and op.serve.__name__ == "_syscall") == syscall, name
+
+
+def test_calls_that_never_wait_are_served_by_plain_functions_the_others_by_tasks() -> None:
+    """A call declared never to wait is served at once by a plain function (for a process's
+    call: the plain function of its Syscalls method); a call that may wait, by a coroutine."""
+    server = EngineServer.__new__(EngineServer)
+    for name, op in server._op_table().items():
+        if op.call.waits:
+            assert op.now is None and inspect.iscoroutinefunction(op.serve), name
+        else:
+            assert op.now is not None and not inspect.iscoroutinefunction(op.now), name
+        if op.call.by is not By.CLIENT:
+            assert (op.plain is None) == op.call.waits, name
 
 
 def test_the_server_decodes_handles_by_the_declared_type_not_the_name() -> None:
