@@ -20,9 +20,9 @@ and returns its pid at once; `output` long-polls what it prints; the worker itse
 `worker.adopt` (its one-time key) and `worker.exit`. Tools (engine.tools): `tool.register`,
 `tool.list`, and `tool` (a process calls one).
 
-Each request is served at once, and one that has to wait (a forward, a sleep) goes on as its own
-task, so the calls of one client's many tasks are pipelined. Handles
-are looked up per session: a client may only use the descriptors its own processes opened.
+A call declared never to wait is served at once by a plain function; one that may wait (a
+forward, a sleep) goes on as its own task, so the calls of one client's many tasks are pipelined.
+Handles are looked up per session: a client may only use the descriptors its own processes opened.
 
 Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 5 s has
 its processes detached with the error "client vanished"; when a connection drops (a client killed
@@ -334,7 +334,7 @@ class EngineServer:
             )
             self._send(identity, pong)
         elif header["kind"] == REQUEST:
-            self._start(identity, header, msg.body, session)
+            self._start(identity, header, msg.body)
         else:
             rid = header.get("id")
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
@@ -366,9 +366,7 @@ class EngineServer:
 
     # --- serving one request ---------------------------------------------------------------------
 
-    def _start(
-        self, identity: bytes, header: dict[str, Any], body: Any, session: Session | None
-    ) -> None:
+    def _start(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
         """Serve a request: a call that never waits at once, by a plain function; one that may
         wait (a forward, a sleep, a suspended process's files coming back) as a task of its own,
         so that the calls of one client's many tasks are pipelined."""
