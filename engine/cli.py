@@ -17,13 +17,13 @@ DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from engine.errors import ModelNotFound
     from engine.generate import generate_stream
     from engine.loader import load_model
     from engine.models import DEFAULT_MODEL
     from engine.page_pool import PagePool
     from engine.runner import Runner
     from engine.sampler import SamplingParams
+    from engine.wire.errors import ModelNotFound
 
     try:
         loaded = load_model(args.model or DEFAULT_MODEL, device=args.device)

@@ -1,6 +1,6 @@
 """`symphony ps | ls | stat | kill | stop`: the command line as a client of the running engine.
 
-`SyncClient` is the smallest blocking client of `engine.protocol` (one call at a time, no
+`SyncClient` is the smallest blocking client of `engine.wire.protocol` (one call at a time, no
 heartbeat): enough for commands and benches. Notebooks use `workbench.client`.
 """
 
@@ -20,9 +20,10 @@ from typing import Any
 
 import zmq
 
-from engine import connection
-from engine.errors import EngineNotRunning, SessionEnded, UnknownSession
-from engine.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
+from engine.wire import connection
+from engine.wire.errors import EngineNotRunning, SessionEnded, UnknownSession
+from engine.wire.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
+from engine.wire.tables import ps_table, stat_table
 
 
 class SyncClient:
@@ -95,26 +96,8 @@ class SyncClient:
 # ---- the commands ----
 
 
-def _table(rows: list[tuple[Any, ...]], head: tuple[str, ...]) -> None:
-    cells = [tuple(map(str, head))] + [tuple("-" if x is None else str(x) for x in r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    for c in cells:
-        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip())
-
-
 def ps(client: SyncClient, args: argparse.Namespace) -> None:
-    procs = client.call("ps")
-    if not args.all:
-        procs = [p for p in procs if p.state != "exited"]
-    head = ("PID", "NAME", "OWNER", "STATE", "PRI", "IN", "OUT", "CALLS", "WAIT_S", "ERROR")
-    _table(
-        [
-            (p.pid, p.name, p.owner, p.state, p.priority, p.tokens_in, p.tokens_out, p.calls)
-            + (f"{p.time_waiting:.3f}", p.error)
-            for p in procs
-        ],
-        head,
-    )
+    print(ps_table(client.call("ps"), exited=args.all))
 
 
 def ls(client: SyncClient, args: argparse.Namespace) -> None:
@@ -123,11 +106,7 @@ def ls(client: SyncClient, args: argparse.Namespace) -> None:
 
 
 def stat(client: SyncClient, args: argparse.Namespace) -> None:
-    s = client.call("kv.stat", {"path": args.path})
-    for field, value in s._asdict().items():
-        if field == "mode":
-            value = oct(value)
-        print(f"{field:13} {value}")
+    print(stat_table(client.call("kv.stat", {"path": args.path})))
 
 
 def kill(client: SyncClient, args: argparse.Namespace) -> None:
@@ -191,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """`symphony serve`: load the model, start the kernel and its server, write the file."""
     from engine import event_loop
-    from engine.errors import ModelNotFound
     from engine.models import DEFAULT_MODEL, resolve
+    from engine.wire.errors import ModelNotFound
 
     model = args.model or DEFAULT_MODEL
     try:
@@ -208,10 +187,10 @@ def serve(args: argparse.Namespace) -> int:
 async def _serve(model: str, args: argparse.Namespace) -> int:
     import torch
 
-    from engine.errors import ModelLoadError
     from engine.kernel import Kernel
     from engine.loader import load_model
     from engine.server import EngineServer, serve
+    from engine.wire.errors import ModelLoadError
 
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.threads:

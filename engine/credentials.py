@@ -23,7 +23,7 @@ import re
 import secrets
 from pathlib import Path
 
-from engine.errors import InvalidArgument
+from engine.wire.errors import InvalidArgument
 
 USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 

@@ -23,8 +23,8 @@ from tokenizers.models import BPE
 from tqdm import tqdm
 
 from engine.config import ModelConfig
-from engine.errors import ModelLoadError
 from engine.tokenizer import Tokenizer
+from engine.wire.errors import ModelLoadError
 
 # general.architecture -> the Hugging Face architecture it is (Mistral files say "llama").
 ARCHITECTURES = {

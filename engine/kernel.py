@@ -21,8 +21,6 @@ from typing import Any
 
 from torch import Tensor
 
-from engine.errors import InvalidArgument, ProcessFailed
-from engine.events import BatchRan, CallFinished, CallStarted, CallSubmitted, PagesUsed
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.memory import MemoryManager
@@ -34,6 +32,8 @@ from engine.saved import SavedFiles, default_data_dir
 from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.tools import Tools
 from engine.trace import Trace
+from engine.wire.errors import InvalidArgument, ProcessFailed
+from engine.wire.events import BatchRan, CallFinished, CallStarted, CallSubmitted, PagesUsed
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
 

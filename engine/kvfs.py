@@ -35,7 +35,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from engine.errors import (
+from engine.page_pool import PagePool
+from engine.saved import Saved, SavedFiles
+from engine.sequence import KVSequence, pages_for
+from engine.wire.errors import (
     BadPath,
     FileExists,
     FileNotFound,
@@ -44,10 +47,7 @@ from engine.errors import (
     OutOfPages,
     PermissionDenied,
 )
-from engine.page_pool import PagePool
-from engine.records import FileStat, PageMap
-from engine.saved import Saved, SavedFiles
-from engine.sequence import KVSequence, pages_for
+from engine.wire.records import FileStat, PageMap
 
 ROOTS = ("proc", "home", "shared")
 MAX_NAME, MAX_PATH = 255, 1024

@@ -16,9 +16,9 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from engine.config import ModelConfig
-from engine.errors import ModelLoadError
 from engine.model import LlamaModel, bf16_matmul_is_slow, rope_inv_freq
 from engine.tokenizer import Tokenizer
+from engine.wire.errors import ModelLoadError
 
 INDEX_FILE = "model.safetensors.index.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

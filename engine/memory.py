@@ -17,12 +17,12 @@ import contextlib
 import time
 from typing import NamedTuple
 
-from engine.errors import OutOfPages
 from engine.kvfs import KVFS, KVFile
 from engine.page_pool import PagePool
 from engine.process import READY, SUSPENDED, WAITING, Process
 from engine.process_table import ProcessTable
 from engine.scheduler import Batch, Call, Scheduler
+from engine.wire.errors import OutOfPages
 
 MAKE_ROOM_AFTER = 0.5  # seconds a suspended process waits before others are suspended for it
 

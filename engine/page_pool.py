@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from engine.config import ModelConfig
-from engine.errors import OutOfPages
+from engine.wire.errors import OutOfPages
 
 DEFAULT_PAGE_SIZE = 16
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.records import ProcessInfo
+from engine.wire.records import ProcessInfo
 
 
 class State(str, enum.Enum):

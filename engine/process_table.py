@@ -12,10 +12,10 @@ import itertools
 import time
 from collections import deque
 
-from engine.errors import NoSuchProcess, PermissionDenied
-from engine.events import ProcessChanged
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.trace import Trace
+from engine.wire.errors import NoSuchProcess, PermissionDenied
+from engine.wire.events import ProcessChanged
 
 PS_EXITED = 1000  # exited processes `ps` still lists
 EXITED_KEPT = 10_000  # exited processes whose record (result, error, counters) `wait` still finds

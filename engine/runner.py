@@ -15,12 +15,12 @@ import torch
 from torch import Tensor
 
 from engine.attention import AttentionBackend, BatchLayout, select_backend
-from engine.errors import ContextTooLong, InvalidArgument, OutOfPages
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
-from engine.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
 from engine.sampler import sample
 from engine.sequence import KVSequence
+from engine.wire.errors import ContextTooLong, InvalidArgument, OutOfPages
+from engine.wire.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
 
 
 class TopKResult(NamedTuple):

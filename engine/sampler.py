@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.errors import InvalidArgument
-from engine.records import SamplingParams
+from engine.wire.errors import InvalidArgument
+from engine.wire.records import SamplingParams
 
 
 def filter_logits(logits: Tensor, params: list[SamplingParams]) -> Tensor:

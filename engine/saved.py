@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from engine.errors import BadPath, FileNotFound, IncompatibleFile, PermissionDenied
+from engine.wire.errors import BadPath, FileNotFound, IncompatibleFile, PermissionDenied
 
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 SUFFIX = ".kv"

@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from engine.errors import InvalidArgument
 from engine.page_pool import PagePool
+from engine.wire.errors import InvalidArgument
 
 
 def pages_for(num_tokens: int, page_size: int) -> int:

@@ -1,4 +1,8 @@
-"""The engine as a shared service: a ZeroMQ ROUTER in the kernel's event loop (see engine.protocol).
+"""The engine as a shared service: a ZeroMQ ROUTER in the kernel's event loop.
+
+The wire is `engine.wire.protocol`; the ops are the calls declared in `engine.wire.calls`, each
+one's arguments checked against its declaration and decoded by their declared types (a KV file
+handle, forward's returns=) before its handler runs (`EngineServer._op_table`).
 
 A client says `hello` (name, user) and gets a session; `attach` makes a process (a LIP whose code
 runs in the client) and every system call is then an op of the same name, acting as that process
@@ -16,9 +20,9 @@ and returns its pid at once; `output` long-polls what it prints; the worker itse
 `worker.adopt` (its one-time key) and `worker.exit`. Tools (engine.tools): `tool.register`,
 `tool.list`, and `tool` (a process calls one).
 
-Each request is served at once, and one that has to wait (a forward, a sleep) goes on as its own
-task, so the calls of one client's many tasks are pipelined. Handles
-are looked up per session: a client may only use the descriptors its own processes opened.
+A call declared never to wait is served at once by a plain function; one that may wait (a
+forward, a sleep) goes on as its own task, so the calls of one client's many tasks are pipelined.
+Handles are looked up per session: a client may only use the descriptors its own processes opened.
 
 Heartbeats: a client pings every 0.5 s (from a thread of its own). A session silent for 5 s has
 its processes detached with the error "client vanished"; when a connection drops (a client killed
@@ -43,22 +47,30 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from engine import connection
-from engine import events as ev
-from engine.arguments import check_arg, check_call
 from engine.credentials import Credentials
-from engine.errors import (
+from engine.kernel import Kernel
+from engine.kvfs import Caller, Handle
+from engine.process import SUSPENDED
+from engine.syscalls import PLAIN, KVCalls, Plain, Syscalls
+from engine.wire import connection
+from engine.wire import events as ev
+from engine.wire.arguments import check_call, members
+from engine.wire.calls import OPS, POSITIONAL_ONLY, VAR_KEYWORD, VAR_POSITIONAL, By, Call
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
+    HandleNotOpen,
     InvalidArgument,
+    NeedsProcess,
+    NotAttached,
     PermissionDenied,
     ProcessExited,
     ProtocolError,
@@ -66,9 +78,8 @@ from engine.errors import (
     UnknownOperation,
     UnknownSession,
 )
-from engine.kernel import Kernel
-from engine.kvfs import Caller, Handle
-from engine.protocol import (
+from engine.wire.protocol import (
+    HEARTBEAT_INTERVAL,
     MAX_MESSAGE,
     PING,
     PONG,
@@ -88,40 +99,33 @@ from engine.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.syscalls import Syscalls, method_of
+from engine.wire.records import FileHandle, TopK
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
 
 HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes are detached
-DISCONNECT_GRACE = 1.0  # after a dropped connection: two 0.5 s heartbeats overdue
+DISCONNECT_GRACE = 2 * HEARTBEAT_INTERVAL  # after a dropped connection: two heartbeats overdue
 REAP_INTERVAL = 0.1
+# A client killed with -9 has its processes ended within this long: the grace and one reap
+# interval after the engine sees the connection drop, the rest being room for the event to come
+# and for a busy loop (tests/integration/test_rpc.py holds the engine to it).
+REAPED_WITHIN = 2.0
+assert DISCONNECT_GRACE + REAP_INTERVAL < REAPED_WITHIN
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
-HANDLE_ARGS = ("file", "handle", "src", "path")
-KV_OPS = (
-    "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
-    "rename", "unlink", "stat", "listdir", "chmod", "save", "load",
-)  # fmt: skip
-CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # without a process
-PROCESS_OPS = (
-    "tokenize",
-    "detokenize",
-    "chat_template",
-    "special_tokens",
-    "vocab_size",
-    "context_length",
-    "forward",
-    "wait",
-    "kill",
-    "ps",
-    "send",
-    "receive",
-    "sleep",
-)
 
-# --- views: read-only KV calls for the widgets (engine.kvfs.KVFS.walk, .pages, .read) ----------
 
-VIEW_KV_OPS = ("walk", "pages", "read")  # by a process or by the client itself
+Handler = Callable[["Session", Request, dict[str, Any]], Any]  # (session, request, arguments)
+
+
+class Op(NamedTuple):
+    """One entry of the server's op table: a declared call and what serves it."""
+
+    call: Call
+    now: Handler | None  # a plain function serving it at once (a call that never waits)
+    serve: Callable[[Session, Request, dict[str, Any]], Awaitable[Any]] | None  # else, a task's
+    decoders: dict[str, Callable[[Session, Any], Any]]  # wire values decoded, by declared type
+    plain: Plain | None  # a process's call that never waits: the Syscalls function doing it
 
 
 @dataclass
@@ -158,7 +162,7 @@ class EngineServer:
         self.wire = Wire(self.token, max_message)
         self.credentials = Credentials(self.token, kernel.data_dir / "users.json")
         self._wires = {"": self.wire}  # what signs the replies to each credential's clients
-        # size, signature (by the credential a message names), replay: see engine.protocol
+        # size, signature (by the credential a message names), replay: see engine.wire.protocol
         self.gate = Gate(self.wire, keys=self.credentials.key)
         self.heartbeat_timeout = heartbeat_timeout
         self.sessions: dict[str, Session] = {}
@@ -174,7 +178,14 @@ class EngineServer:
         self._stopping: asyncio.Task | None = None
         self._last_reap = time.monotonic()
         self._inflight: set[asyncio.Task] = set()  # requests being served
-        self._ops: dict[str, Callable[[Session, Request], Awaitable[Any]]] = {
+        self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
+        self._ops = self._op_table()
+
+    def _op_table(self) -> dict[str, Op]:
+        """Every declared op (engine.wire.calls) and its handler: a session op's own method (a
+        plain one for a call that never waits), else a system call, served by the process's
+        `Syscalls` (or for the client itself)."""
+        session_ops: dict[str, Handler] = {
             "hello": self._hello,
             "attach": self._attach,
             "detach": self._detach,
@@ -184,24 +195,43 @@ class EngineServer:
             "noop": self._noop,
             "shutdown": self._shutdown,
             "goodbye": self._goodbye,
+            "run": self._run_worker,
+            "output": self._output,
+            "worker.adopt": self._adopt,
+            "worker.exit": self._worker_exit,
+            "user.add": self._user_add,
+            "user.remove": self._user_remove,
+            "tool.register": self._tool_register,
+            "tool.list": self._tool_list,
         }
-        self._ops.update({op: self._syscall for op in PROCESS_OPS})
-        self._ops.update({f"kv.{op}": self._syscall for op in KV_OPS})
-        self._ops.update({f"kv.{op}": self._syscall for op in VIEW_KV_OPS})
-        self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
-        self._ops.update(
-            {
-                "run": self._run_worker,
-                "output": self._output,
-                "worker.adopt": self._adopt,
-                "worker.exit": self._worker_exit,
-                "user.add": self._user_add,
-                "user.remove": self._user_remove,
-                "tool.register": self._tool_register,
-                "tool.list": self._tool_list,
-                "tool": self._tool,
-            }
-        )
+        ops = {}
+        for call in OPS.values():
+            decoders = self._decoders(call)
+            if call.by is By.CLIENT:
+                handler = session_ops.pop(call.name)  # (KeyError: a declared op, no handler)
+                assert inspect.iscoroutinefunction(handler) == call.waits, call.name
+                now, serve = (None, handler) if call.waits else (handler, None)
+                ops[call.name] = Op(call, now, serve, decoders, None)
+                continue
+            side = KVCalls if call.name.startswith("kv.") else Syscalls
+            plain = PLAIN.get(getattr(side, call.method))
+            assert (plain is None) == call.waits, f"{call.name}: declared waits={call.waits}"
+            now = None if call.waits else self._syscall_now
+            ops[call.name] = Op(call, now, self._syscall, decoders, plain)
+        assert not session_ops, f"handlers of undeclared ops: {sorted(session_ops)}"
+        return ops
+
+    def _decoders(self, call: Call) -> dict[str, Callable[[Session, Any], Any]]:
+        """How each parameter's wire value becomes the engine's, by its declared type: a KV
+        file handle (a map) the engine's handle of this session, forward's returns= a record."""
+        decoders: dict[str, Callable[[Session, Any], Any]] = {}
+        for p in call.params:
+            types = members(p.type)
+            if FileHandle in types:
+                decoders[p.name] = self._handle
+            elif TopK in types:  # Returns
+                decoders[p.name] = lambda session, value: returns_from_wire(value)
+        return decoders
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -304,7 +334,7 @@ class EngineServer:
             )
             self._send(identity, pong)
         elif header["kind"] == REQUEST:
-            self._start(identity, header, msg.body, session)
+            self._start(identity, header, msg.body)
         else:
             rid = header.get("id")
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
@@ -330,51 +360,69 @@ class EngineServer:
         self._send(identity, frames)
 
     @staticmethod
-    def _track(session: Session, body: Any, task: asyncio.Task) -> None:
-        pid = body.get("pid") if isinstance(body, dict) else None
-        pid = pid if isinstance(pid, int) else None
+    def _track(session: Session, pid: int | None, task: asyncio.Task) -> None:
         session.tasks.setdefault(pid, set()).add(task)
         task.add_done_callback(lambda t: session.tasks.get(pid, set()).discard(t))
 
     # --- serving one request ---------------------------------------------------------------------
 
-    def _start(
-        self, identity: bytes, header: dict[str, Any], body: Any, session: Session | None
-    ) -> None:
-        """Serve a request at once; one that has to wait (a forward, a sleep) goes on as a task.
-
-        Most calls never wait: serving them at once saves a task and a turn of the loop each.
-        """
-        coro = self._serve(identity, header, body)
-        try:
-            awaited = coro.send(None)
-        except StopIteration:
-            return  # served: the reply has gone
-        task = continue_in_task(coro, awaited)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        if session is not None:
-            self._track(session, body, task)
-
-    async def _serve(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
+    def _start(self, identity: bytes, header: dict[str, Any], body: Any) -> None:
+        """Serve a request: a call that never waits at once, by a plain function; one that may
+        wait (a forward, a sleep, a suspended process's files coming back) as a task of its own,
+        so that the calls of one client's many tasks are pipelined."""
         sid, cred = str(header.get("session", "")), str(header.get("cred", ""))
         rid = header.get("id")
         try:
             req = parse_request(body)
             rid = req.id
-            result = await self._dispatch(sid, req, cred)
-            reply = ok_reply(rid, result)
-        except asyncio.CancelledError:
-            if self._sock is None or self.stopped.is_set():
-                raise
-            reply = error_reply(rid, ProcessExited("the process exited during this call"))
+            op, session, args = self._route(sid, req, cred)
+            if op.now is None or self._files_away(op, req):
+                self._serve_in_task(identity, sid, cred, op, session, req, args)
+                return
+            reply = ok_reply(rid, op.now(session, req, args))
         except Exception as e:  # every error becomes a reply naming it; the engine keeps serving
             rid = getattr(e, "request_id", rid)
             reply = error_reply(rid, e)
         self._reply(identity, sid, rid, reply, cred)
-        if reply.get("ok") and isinstance(body, dict) and body.get("op") == "shutdown":
-            await asyncio.sleep(0.05)  # let the reply leave before the socket closes
-            self.request_stop()
+        if reply["ok"] and req.op == "shutdown":  # let the reply leave before the socket closes
+            asyncio.get_running_loop().call_later(0.05, self.request_stop)
+
+    def _files_away(self, op: Op, req: Request) -> bool:
+        """Whether a call that never waits is on the files of a suspended process: then it
+        waits for them to come back, in a task."""
+        if op.plain is None or not op.plain.resident or req.pid is None:
+            return False
+        return self.syscalls[req.pid].process.state is SUSPENDED
+
+    def _serve_in_task(
+        self,
+        identity: bytes,
+        sid: str,
+        cred: str,
+        op: Op,
+        session: Session,
+        req: Request,
+        args: dict[str, Any],
+    ) -> None:
+        """Serve a call that may wait as a task; its reply goes when it is done."""
+        serve = op.serve
+        assert serve is not None
+
+        async def serving() -> None:
+            try:
+                reply = ok_reply(req.id, await serve(session, req, args))
+            except asyncio.CancelledError:
+                if self._sock is None or self.stopped.is_set():
+                    raise
+                reply = error_reply(req.id, ProcessExited("the process exited during this call"))
+            except Exception as e:  # every error becomes a reply naming it
+                reply = error_reply(getattr(e, "request_id", req.id), e)
+            self._reply(identity, sid, req.id, reply, cred)
+
+        task = asyncio.get_running_loop().create_task(serving())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        self._track(session, req.pid, task)
 
     def request_stop(self) -> None:
         if self._stopping is None:
@@ -390,12 +438,15 @@ class EngineServer:
             wire = self._wires[cred] = Wire(token, self.wire.max_message, cred)
         return wire
 
-    async def _dispatch(self, sid: str, req: Request, cred: str = "") -> Any:
+    def _route(self, sid: str, req: Request, cred: str) -> tuple[Op, Session, dict[str, Any]]:
+        """A request's op, its session (begun by hello) and its checked arguments; the error
+        that refuses it otherwise."""
         op = self._ops.get(req.op)
         if op is None:
             raise UnknownOperation(f"unknown op {req.op!r}")
         if req.op == "hello":
-            return await self._hello_session(sid, req, cred)
+            args = self._arguments(None, op, req)
+            return op, self._hello_session(sid, args, cred), args
         session = self.sessions.get(sid)
         if session is None:
             if sid in self.ended:
@@ -406,27 +457,46 @@ class EngineServer:
             raise UnknownSession(f"{req.op}: say hello first (unknown session {sid[:16]!r})")
         if session.cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        return await op(session, req)
+        if op.call.by is not By.CLIENT:
+            if req.pid is not None:
+                self._check_attached(session, req.pid)
+            elif op.call.by is By.PROCESS:
+                raise NeedsProcess(f"{req.op} needs an attached process (pid)")
+        return op, session, self._arguments(session, op, req)
+
+    def _arguments(self, session: Session | None, op: Op, req: Request) -> dict[str, Any]:
+        """A request's arguments, checked against its call's declaration (names and types,
+        before anything runs), then decoded by their declared types."""
+        args = req.args
+        check_call(op.call, args)
+        if op.decoders:
+            args = dict(args)
+            for name, decode in op.decoders.items():
+                if name in args and session is not None:
+                    args[name] = decode(session, args[name])
+        return args
 
     # --- session ops -----------------------------------------------------------------------------
 
-    async def _hello_session(self, sid: str, req: Request, cred: str) -> dict[str, Any]:
+    def _hello_session(self, sid: str, args: dict[str, Any], cred: str) -> Session:
+        """The session a hello begins (or greets again)."""
         if not sid:
             raise BadMessage("hello needs a session id in the header")
-        user, name = req.args.get("user"), req.args.get("name", "client")
-        if not isinstance(user, str) or not user or "/" in user or not isinstance(name, str):
+        user = args["user"]
+        if not user or "/" in user:
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
         if sid in self.ended:
             raise SessionEnded(f"hello: session {sid[:16]!r} has ended; start a new one")
         if cred and user != cred:  # a user's credential acts as that user only
             raise PermissionDenied(f"user {user!r}", f"this credential is {cred!r}'s")
         if sid not in self.sessions:
+            name = args.get("name", "client")
             self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
         elif self.sessions[sid].cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
-        return await self._hello(self.sessions[sid], req)
+        return self.sessions[sid]
 
-    async def _hello(self, session: Session, req: Request) -> dict[str, Any]:
+    def _hello(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         k = self.kernel
         loaded = k.loaded
         return {
@@ -445,34 +515,28 @@ class EngineServer:
             "max_message": self.wire.max_message,
         }
 
-    async def _attach(self, session: Session, req: Request) -> int:
-        name, priority = req.args.get("name", "lip"), req.args.get("priority", 0)
-        if not isinstance(name, str) or not isinstance(priority, int):
-            raise InvalidArgument("attach takes a name (str) and a priority (int)")
+    def _attach(self, session: Session, req: Request, args: dict[str, Any]) -> int:
+        name, priority = args.get("name", "lip"), args.get("priority", 0)
         pid = self.kernel.attach(name, owner=session.user, priority=priority)
         session.pids.add(pid)
         self.syscalls[pid] = Syscalls(self.kernel, self.kernel.procs[pid])
         return pid
 
-    async def _detach(self, session: Session, req: Request) -> None:
-        pid = check_arg("detach", "pid", int, req.args.get("pid", req.pid))
-        error = req.args.get("error")
+    def _detach(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+        pid, error = args["pid"], args.get("error")
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
         if pid not in session.pids:
-            raise InvalidArgument(f"detach: process {pid} is not attached by this client")
-        if error is not None and not isinstance(error, str):
-            raise InvalidArgument("detach: error must be a string or None")
+            raise NotAttached(pid)
         self._end_process(session, pid, error)
 
-    async def _trace(self, session: Session, req: Request) -> list[Any]:
-        a = dict(req.args)
+    def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
+        a = dict(args)
         limit = a.pop("limit", 50_000)
-        check_call("trace", self.kernel.trace.query, a)
         events = self.kernel.trace.query(**a)
-        return events[:limit] if isinstance(limit, int) and limit >= 0 else events
+        return events[:limit] if limit >= 0 else events
 
-    async def _stat_engine(self, session: Session, req: Request) -> dict[str, Any]:
+    def _stat_engine(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         k = self.kernel
         pool = k.pool
         batch = k.trace.last(ev.BATCH)
@@ -494,106 +558,116 @@ class EngineServer:
             "uptime": round(k.trace.now(), 3),
         }
 
-    async def _sessions(self, session: Session, req: Request) -> list[dict[str, Any]]:
+    def _sessions(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         """The connected clients: user, client name, and the pids of their processes."""
         return [
             {"user": s.user, "name": s.name, "pids": sorted(s.pids | s.ended)}
             for s in self.sessions.values()
         ]
 
-    async def _noop(self, session: Session, req: Request) -> None:
+    def _noop(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None
 
-    async def _shutdown(self, session: Session, req: Request) -> None:
+    def _shutdown(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         return None  # the engine stops once this reply is sent
 
-    async def _goodbye(self, session: Session, req: Request) -> None:
+    def _goodbye(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
         self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
-    async def _syscall(self, session: Session, req: Request) -> Any:
-        if req.pid is not None:
-            self._check_attached(session, req.pid)
-        args = {k: self._handle_arg(session, req.pid, k, v) for k, v in req.args.items()}
-        if req.op == "forward" and "returns" in args:
-            args["returns"] = returns_from_wire(args["returns"])
-        check_call(req.op, method_of(req.op), args)  # names and types, before anything runs
+    def _syscall_now(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+        """A system call that never waits, served at once: by a process of this session
+        (req.pid) through its Syscalls' plain function, or by the client itself."""
+        op = self._ops[req.op]
+        call = op.call
         if req.pid is None:
-            result = await self._client_call(session, req.op, args)
-        else:
-            sys_ = self.syscalls[req.pid]
-            target: Any = sys_.kv if req.op.startswith("kv.") else sys_
-            result = getattr(target, req.op.removeprefix("kv."))(**args)
-            if inspect.isawaitable(result):
-                result = await result
-            if req.op == "kill":
-                self._cancel_dead_tasks()
+            return self._client_call(session, call, args)
+        sys_ = self.syscalls[req.pid]
+        assert op.plain is not None
+        if op.plain.resident:
+            sys_.check_live()
+        positional, keywords = bind(call, args)
+        target = sys_.kv if call.name.startswith("kv.") else sys_
+        result = op.plain.fn(target, *positional, **keywords)
+        if call.name == "kill":
+            self._cancel_dead_tasks()
         return handle_to_wire(result) if isinstance(result, Handle) else result
 
-    async def _client_call(self, session: Session, op: str, args: dict[str, Any]) -> Any:
-        """A call by the client itself, outside any process."""
+    async def _syscall(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+        """A system call that may wait, served as a task: by a process of this session, or the
+        client's own `wait`."""
+        call = self._ops[req.op].call
+        if req.pid is None:  # (By.EITHER: a process's calls without a pid are refused before)
+            assert call.name == "wait", call.name
+            return await self.kernel.wait(args["pid"], by=session.user)
+        sys_ = self.syscalls[req.pid]
+        target: Any = sys_.kv if call.name.startswith("kv.") else sys_
+        positional, keywords = bind(call, args)
+        result = await getattr(target, call.method)(*positional, **keywords)
+        return handle_to_wire(result) if isinstance(result, Handle) else result
+
+    def _client_call(self, session: Session, call: Call, args: dict[str, Any]) -> Any:
+        """A call by the client itself, outside any process (a call declared By.EITHER)."""
         k = self.kernel
-        if op == "ps":
-            return k.ps(**args)
-        if op == "wait":
-            return await k.wait(**args, by=session.user)
-        if op == "kill":
-            k.kill(**args, by=session.user)
+        if call.name == "ps":
+            return k.ps()
+        if call.name == "kill":
+            k.kill(args["pid"], by=session.user)
             self._cancel_dead_tasks()
             return None
-        name = op.removeprefix("kv.")
-        if op.startswith("kv.") and name in CLIENT_KV_OPS + VIEW_KV_OPS:
-            if name == "stat" and "path" in args:  # KVCalls.stat(path) is KVFS.stat(target)
-                args["target"] = args.pop("path")
-            return getattr(k.kvfs, name)(Caller(None, session.user), **args)
-        raise InvalidArgument(f"{op} needs an attached process (pid)")
+        values = [args.get(p.name, p.default) for p in call.params]  # KVFS takes them in order
+        return getattr(k.kvfs, call.method)(Caller(None, session.user), *values)
 
-    def _handle_arg(self, session: Session, pid: int | None, key: str, value: Any) -> Any:
-        if key not in HANDLE_ARGS or not is_wire_handle(value):
+    def _handle(self, session: Session, value: Any) -> Any:
+        """A wire handle (a map with its fd) as the engine's handle, if this session opened it;
+        any other value (a path) as it is."""
+        if not is_wire_handle(value):
             return value
         h = self.kernel.kvfs.handle(value["fd"])
         if h is None or h.caller.pid is None or h.caller.pid not in session.pids:
-            raise InvalidArgument(f"handle {value['fd']} is not open in this session")
+            raise HandleNotOpen(value["fd"])
         return h
 
     # --- server runs (engine.workers) and tools (engine.tools) ----------------------------------
 
-    async def _run_worker(self, session: Session, req: Request) -> int:
+    async def _run_worker(self, session: Session, req: Request, args: dict[str, Any]) -> int:
         """Start a worker for the code in args; its pid, at once (the session owns it)."""
         if req.pid is not None:
             raise InvalidArgument("run is a client call: send it without a pid")
-        parent = check_arg("run", "parent", int | None, req.args.get("parent"))
+        parent = args.get("parent")
         if parent is not None and parent not in session.pids:
-            raise InvalidArgument(f"run: parent {parent!r} is not a process of this client")
+            raise NotAttached(parent)
         info = dataclasses.asdict(self.connection_info())
         if session.cred:  # the worker acts with its user's credential, never the owner's
             info.update(token=self.credentials.tokens[session.cred], user=session.cred)
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
-        return await self.workers.launch(session.id, session.user, req.args, info)
+        return await self.workers.launch(session.id, session.user, args, info)
 
-    async def _output(self, session: Session, req: Request) -> dict[str, Any]:
+    async def _output(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """New output of a server run after chunk `after` (long-polled), and whether it ended."""
-        run = self.workers.run_of(req.args.get("pid"), session.id, session.user)
-        return await self.workers.output(run, req.args.get("after", 0))
+        run = self.workers.run_of(args["pid"], session.id, session.user)
+        return await self.workers.output(run, args.get("after", 0))
 
-    async def _adopt(self, session: Session, req: Request) -> dict[str, Any]:
+    def _adopt(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A worker presents its one-time key: its pid becomes this session's, with its code."""
-        run = self.workers.adopt(req.args.get("key"), session.user)
+        run = self.workers.adopt(args["key"], session.user)
         session.pids.add(run.pid)
         self.syscalls[run.pid] = Syscalls(self.kernel, self.kernel.procs[run.pid])
         return {"pid": run.pid, "name": run.name, "code": run.code, "memory_mb": run.memory_mb}
 
-    async def _worker_exit(self, session: Session, req: Request) -> None:
+    def _worker_exit(self, session: Session, req: Request, args: dict[str, Any]) -> None:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
-        pid = check_arg("worker.exit", "pid", int, req.args.get("pid"))
+        pid = args["pid"]
         if pid not in session.pids or pid not in self.workers.runs:
-            raise InvalidArgument(f"worker.exit: process {pid} is not this worker's")
-        error = self.workers.report(pid, req.args.get("error"), req.args.get("traceback"))
+            raise NotAttached(pid)
+        error = self.workers.report(pid, args.get("error"), args.get("traceback"))
         if error is None:
-            self.workers.runs[pid].process.result = req.args.get("result")  # what wait(pid) gives
+            self.workers.runs[pid].process.result = args.get("result")  # what wait(pid) gives
         self._end_process(session, pid, error)
 
     # --- users' credentials (engine.credentials) -------------------------------------------
@@ -602,19 +676,19 @@ class EngineServer:
         if session.cred:
             raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
 
-    async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
+    def _user_add(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
         self._check_owner(session, "user.add")
-        user = check_arg("user.add", "user", str, req.args.get("user"))
+        user = args["user"]
         token = self.credentials.add(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was replaced")
         return {"user": user, "token": token}
 
-    async def _user_remove(self, session: Session, req: Request) -> bool:
+    def _user_remove(self, session: Session, req: Request, args: dict[str, Any]) -> bool:
         """Revoke user's credential and end their sessions; whether they had one."""
         self._check_owner(session, "user.remove")
-        user = check_arg("user.remove", "user", str, req.args.get("user"))
+        user = args["user"]
         had = self.credentials.remove(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was revoked")
@@ -624,25 +698,16 @@ class EngineServer:
         for s in [s for s in self.sessions.values() if s.cred == cred]:
             self._end_session(s, why)
 
-    async def _tool_register(self, session: Session, req: Request) -> dict[str, Any]:
-        a = req.args
-        name = check_arg("tool.register", "name", str, a.get("name"))
-        source = check_arg("tool.register", "source", str, a.get("source"))
-        return await self.kernel.tools.register(name, source, a.get("timeout"), session.user)
+    async def _tool_register(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        name, source, timeout = args["name"], args["source"], args.get("timeout")
+        return await self.kernel.tools.register(name, source, timeout, session.user)
 
-    async def _tool_list(self, session: Session, req: Request) -> list[dict[str, Any]]:
+    def _tool_list(
+        self, session: Session, req: Request, args: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         return self.kernel.tools.infos()
-
-    async def _tool(self, session: Session, req: Request) -> Any:
-        """A process calls a tool: {name, args, kwargs}."""
-        if req.pid is None:
-            raise InvalidArgument("tool needs an attached process (pid)")
-        self._check_attached(session, req.pid)
-        args, kwargs = req.args.get("args") or [], req.args.get("kwargs") or {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise InvalidArgument("tool takes args (a list) and kwargs (a map)")
-        name = check_arg("tool", "name", str, req.args.get("name"))
-        return await self.syscalls[req.pid].tool(name, *args, **kwargs)
 
     # --- ending processes and sessions -----------------------------------------------------------
 
@@ -656,7 +721,7 @@ class EngineServer:
                 if p is None
                 else f"process {pid} ({p.name}) has exited: {p.error or 'done'}"
             )
-        raise PermissionDenied(f"process {pid}", "is not attached by this client")
+        raise NotAttached(pid)
 
     def _end_process(self, session: Session, pid: int, error: str | None) -> None:
         self.kernel.detach(pid, error)
@@ -735,54 +800,32 @@ class EngineServer:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 if event["event"] == zmq.EVENT_DISCONNECTED and self._suspect_since is None:
+                    # What the dropped peer sent before it went is in the socket already: read
+                    # it first, so that it does not count as being heard from after the drop.
+                    if self._reader is not None:
+                        self._reader.drain()
                     self._suspect_since = time.monotonic()
         finally:
             monitor.close(linger=0)
 
 
-def continue_in_task(coro: Coroutine[Any, Any, None], awaited: Any) -> asyncio.Task:
-    """A task that runs the rest of a coroutine which ran up to its first await outside any task.
-
-    `awaited` is what that first step yielded. Cancelling the task ends the coroutine as
-    cancelled, even before the task's first step (when no `except` in it could see it).
-    """
-    task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
-    task.add_done_callback(lambda _: _abandon(coro, awaited))
-    return task
-
-
-def _abandon(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """End a coroutine its task left suspended (cancelled before it ever ran)."""
-    if getattr(coro, "cr_frame", None) is None:  # it finished
-        return
-    if awaited is not None:
-        awaited.cancel()
-    with contextlib.suppress(StopIteration, asyncio.CancelledError):
-        coro.throw(asyncio.CancelledError())
-    coro.close()  # (had it awaited again: nothing is left to drive it)
-
-
-async def _resume(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Drive the rest of a coroutine that ran up to its first await outside any task.
-
-    What asyncio.Task does for its own coroutine: wait until the future it awaits is done, then
-    resume it (it reads the future's result or error itself); cancelling this task cancels that
-    future, or is thrown into the coroutine when the future was already done.
-    """
-    while True:
-        cancel = False
-        if awaited is not None:  # None: a bare yield, as in asyncio.sleep(0)
-            awaited._asyncio_future_blocking = False
-            try:
-                await awaited
-            except asyncio.CancelledError:
-                cancel = not awaited.cancelled()  # this task was cancelled, not the future
-            except BaseException:
-                pass  # the coroutine reads it from the future itself
-        try:
-            awaited = coro.throw(asyncio.CancelledError()) if cancel else coro.send(None)
-        except StopIteration:
-            return
+def bind(call: Call, args: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """A call's checked arguments as a method takes them: positional-only ones in order,
+    `*args` from its list, `**kwargs` from its map, the rest by name."""
+    positional: list[Any] = []
+    keywords: dict[str, Any] = {}
+    for p in call.params:
+        if p.name not in args:
+            continue
+        if p.kind is POSITIONAL_ONLY:
+            positional.append(args[p.name])
+        elif p.kind is VAR_POSITIONAL:
+            positional.extend(args[p.name])
+        elif p.kind is VAR_KEYWORD:
+            keywords.update(args[p.name])
+        else:
+            keywords[p.name] = args[p.name]
+    return positional, keywords
 
 
 async def serve(

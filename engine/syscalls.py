@@ -1,5 +1,8 @@
 """The system calls: the one async API every LIP uses.
 
+Each call is declared in `engine.wire.calls` (its parameters, types and defaults); the methods
+here are their handlers in the engine, and tests/unit/test_calls.py keeps the two in step.
+
 A LIP is `async def main(sys: Syscalls, *args)`. Results are plain Python values (ints,
 lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
 """
@@ -7,17 +10,22 @@ lists, `Distribution`, `FileStat`), so the same calls behave the same over RPC.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import torch
 
-from engine.arguments import check_arg, int_list
-from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
-from engine.records import (
+from engine.runner import Segment, TopKResult
+from engine.sampler import make_generator
+from engine.scheduler import Call
+from engine.sequence import pages_for
+from engine.wire.arguments import check_arg, int_list
+from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
+from engine.wire.records import (
     Distribution,
     FileStat,
     Logits,
@@ -31,13 +39,13 @@ from engine.records import (
     SpecialTokens,
     TopK,
 )
-from engine.runner import Segment, TopKResult
-from engine.sampler import make_generator
-from engine.scheduler import Call
-from engine.sequence import pages_for
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _plain(result: Any) -> Any:
@@ -62,6 +70,41 @@ def _seconds(name: str, value: float) -> float:
     return value
 
 
+class Plain(NamedTuple):
+    """A call that never waits, as the plain function that does it."""
+
+    fn: Callable[..., Any]  # (self, *args, **kwargs) -> result, at once
+    resident: bool  # it needs the process's files resident (not swapped out by suspension)
+
+
+PLAIN: dict[Callable[..., Any], Plain] = {}  # the method a LIP awaits -> its plain function
+
+
+def never_waits(
+    resident: bool,
+) -> Callable[[Callable[Concatenate[Any, P], R]], Callable[Concatenate[Any, P], Awaitable[R]]]:
+    """A call that never waits, written as a plain function; a LIP awaits it as every call.
+
+    Awaited, it first checks that its process is live and, if resident, brings a suspended
+    process's files back (the one wait it may have). The server calls the plain function itself
+    (`PLAIN`) when there is nothing to wait for.
+    """
+
+    def decorate(
+        fn: Callable[Concatenate[Any, P], R],
+    ) -> Callable[Concatenate[Any, P], Awaitable[R]]:
+        @functools.wraps(fn)
+        async def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+            if resident:
+                await self._sys._caller()
+            return fn(self, *args, **kwargs)
+
+        PLAIN[call] = Plain(fn, resident)
+        return call
+
+    return decorate
+
+
 class KVCalls:
     """The KV file system calls (`sys.kv.*`)."""
 
@@ -69,47 +112,57 @@ class KVCalls:
         self._sys = sys
         self._fs = sys.kernel.kvfs
 
-    async def create(self, path: str | None = None, mode: int | None = None) -> Handle:
-        return self._fs.create(await self._sys._caller(), path, mode)
+    @never_waits(resident=True)
+    def create(self, path: str | None = None, mode: int | None = None) -> Handle:
+        return self._fs.create(self._sys.caller, path, mode)
 
-    async def open(self, path: str, write: bool = False) -> Handle:
-        return self._fs.open(await self._sys._caller(), path, write)
+    @never_waits(resident=True)
+    def open(self, path: str, write: bool = False) -> Handle:
+        return self._fs.open(self._sys.caller, path, write)
 
-    async def close(self, handle: Handle) -> None:
+    @never_waits(resident=False)
+    def close(self, handle: Handle) -> None:
         self._fs.close(handle)
 
-    async def fork(self, src: Handle | str, dst: str | None = None) -> Handle:
-        return self._fs.fork(await self._sys._caller(), src, dst)
+    @never_waits(resident=True)
+    def fork(self, src: Handle | str, dst: str | None = None) -> Handle:
+        return self._fs.fork(self._sys.caller, src, dst)
 
-    async def truncate(self, handle: Handle, n: int) -> None:
-        await self._sys._caller()
+    @never_waits(resident=True)
+    def truncate(self, handle: Handle, n: int) -> None:
         self._fs.truncate(handle, n)
 
-    async def hide(self, handle: Handle, indices: Sequence[int]) -> None:
-        await self._sys._caller()
+    @never_waits(resident=True)
+    def hide(self, handle: Handle, indices: Sequence[int]) -> None:
         self._fs.hide(handle, list(indices))
 
-    async def unhide(self, handle: Handle, indices: Sequence[int]) -> None:
-        await self._sys._caller()
+    @never_waits(resident=True)
+    def unhide(self, handle: Handle, indices: Sequence[int]) -> None:
         self._fs.unhide(handle, list(indices))
 
-    async def link(self, src: Handle | str, dst: str) -> None:
-        self._fs.link(await self._sys._caller(), src, dst)
+    @never_waits(resident=True)
+    def link(self, src: Handle | str, dst: str) -> None:
+        self._fs.link(self._sys.caller, src, dst)
 
-    async def rename(self, src: str, dst: str) -> None:
-        self._fs.rename(await self._sys._caller(), src, dst)
+    @never_waits(resident=True)
+    def rename(self, src: str, dst: str) -> None:
+        self._fs.rename(self._sys.caller, src, dst)
 
-    async def unlink(self, path: str) -> None:
-        self._fs.unlink(await self._sys._caller(), path)
+    @never_waits(resident=True)
+    def unlink(self, path: str) -> None:
+        self._fs.unlink(self._sys.caller, path)
 
-    async def stat(self, path: Handle | str) -> FileStat:
-        return self._fs.stat(await self._sys._caller(), path)
+    @never_waits(resident=True)
+    def stat(self, path: Handle | str) -> FileStat:
+        return self._fs.stat(self._sys.caller, path)
 
-    async def listdir(self, path: str = "/") -> list[str]:
-        return self._fs.listdir(await self._sys._caller(), path)
+    @never_waits(resident=True)
+    def listdir(self, path: str = "/") -> list[str]:
+        return self._fs.listdir(self._sys.caller, path)
 
-    async def chmod(self, path: str, mode: int) -> None:
-        self._fs.chmod(await self._sys._caller(), path, mode)
+    @never_waits(resident=True)
+    def chmod(self, path: str, mode: int) -> None:
+        self._fs.chmod(self._sys.caller, path, mode)
 
     async def save(self, path: Handle | str, dest: str) -> None:
         """Save a file under the name dest, among this user's saved files (engine.saved)."""
@@ -128,17 +181,20 @@ class KVCalls:
 
     # --- views: what the workbench's widgets read (see KVFS.walk, .pages, .read) ---------------
 
-    async def walk(self, path: str = "/") -> list[FileStat]:
+    @never_waits(resident=True)
+    def walk(self, path: str = "/") -> list[FileStat]:
         """The stat of every file under path this process may read."""
-        return self._fs.walk(await self._sys._caller(), path)
+        return self._fs.walk(self._sys.caller, path)
 
-    async def pages(self) -> PageMap:
+    @never_waits(resident=True)
+    def pages(self) -> PageMap:
         """The page pool: per page its reference count and the readable files holding it."""
-        return self._fs.pages(await self._sys._caller())
+        return self._fs.pages(self._sys.caller)
 
-    async def read(self, path: Handle | str, start: int = 0, stop: int | None = None) -> list[int]:
+    @never_waits(resident=True)
+    def read(self, path: Handle | str, start: int = 0, stop: int | None = None) -> list[int]:
         """The token ids of a readable file, `tokens[start:stop]`."""
-        return self._fs.read(await self._sys._caller(), path, start, stop)
+        return self._fs.read(self._sys.caller, path, start, stop)
 
 
 class Syscalls:
@@ -147,6 +203,7 @@ class Syscalls:
     def __init__(self, kernel: Kernel, process: Process, seed: int | None = None) -> None:
         self.kernel = kernel
         self.process = process
+        self._sys = self  # (what never_waits reads, as of a KVCalls)
         self.kv = KVCalls(self)
         self.caller = Caller(process.pid, process.owner)  # who this process is, to the KVFS
         self.generator = make_generator(process.pid if seed is None else seed)
@@ -155,11 +212,16 @@ class Syscalls:
     def pid(self) -> int:
         return self.process.pid
 
-    async def _caller(self) -> Caller:
-        """Who is calling; waits while the process is suspended (its files are in host memory)."""
+    def check_live(self) -> None:
+        """ProcessExited once this process has exited: it makes no more calls."""
         p = self.process
         if p.state is EXITED:
             raise ProcessExited(f"process {p.pid} ({p.name}) has exited: {p.error or 'done'}")
+
+    async def _caller(self) -> Caller:
+        """Who is calling; waits while the process is suspended (its files are in host memory)."""
+        p = self.process
+        self.check_live()
         if p.state is SUSPENDED:
             await self.kernel.memory.ensure_resident(p)
         return self.caller
@@ -178,7 +240,8 @@ class Syscalls:
             raise InvalidArgument(f"detokenize takes token ids in 0..{vocab - 1}")
         return self.kernel.tokenizer.decode(ids)
 
-    async def chat_template(
+    @never_waits(resident=False)
+    def chat_template(
         self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
     ) -> list[int]:
         """The model's chat template applied to messages (`{"role", "content"}` maps), as
@@ -191,7 +254,8 @@ class Syscalls:
         tok = self.kernel.tokenizer
         return tok.encode(tok.apply_chat_template(list(messages), bool(add_generation_prompt)))
 
-    async def special_tokens(self) -> SpecialTokens:
+    @never_waits(resident=False)
+    def special_tokens(self) -> SpecialTokens:
         """The model's bos, eos, stop, pad and unk token ids."""
         loaded, tok = self.kernel.loaded, self.kernel.tokenizer
         return SpecialTokens(
@@ -202,11 +266,13 @@ class Syscalls:
             unk=tok.id_of("unk_token"),
         )
 
-    async def vocab_size(self) -> int:
+    @never_waits(resident=False)
+    def vocab_size(self) -> int:
         """How many token ids the model has (0..vocab_size - 1)."""
         return self.kernel.tokenizer.vocab_size
 
-    async def context_length(self) -> int:
+    @never_waits(resident=False)
+    def context_length(self) -> int:
         """How many positions the model has (0..context_length - 1); past it forward refuses."""
         return self.kernel.loaded.config.max_position_embeddings
 
@@ -292,19 +358,23 @@ class Syscalls:
     async def wait(self, pid: int) -> Any:
         return await self._waiting(self.kernel.wait(pid, by=self.process.owner))
 
-    async def kill(self, pid: int) -> None:
+    @never_waits(resident=False)
+    def kill(self, pid: int) -> None:
         self.kernel.kill(pid, by=self.process.owner)
 
-    async def ps(self) -> list[ProcessInfo]:
+    @never_waits(resident=False)
+    def ps(self) -> list[ProcessInfo]:
         return self.kernel.ps()
 
-    async def send(self, pid: int, data: Any) -> None:
-        """Put a message in a live process's inbox, of any user's process: messages are how
-        programs (and users in a class) pass each other prompts and results. The message names
-        its sender's pid, whose owner `ps` shows; a receiver decides what to trust."""
-        target = self.kernel.processes.get(pid)
+    @never_waits(resident=False)
+    def send(self, pid: int, data: Any) -> None:
+        """Put a message in the inbox of a live process of this process's user: messages are
+        how one user's programs pass each other prompts and results (the message names its
+        sender's pid). As with `kill` and `wait`, another user's process is refused
+        (PermissionDenied): share between users through files under /shared."""
+        target = self.kernel.owned(pid, self.process.owner)
         if not target.alive:
-            raise InvalidArgument(f"process {pid} has exited")
+            raise ProcessExited(f"send: process {pid} has exited")
         target.inbox.put_nowait(Message(self.pid, data))
 
     async def receive(self, timeout: float | None = None) -> Message:
@@ -330,12 +400,6 @@ class Syscalls:
             return await aw
         finally:
             k.processes.unblock(p)
-
-
-def method_of(op: str) -> Callable[..., Any]:
-    """The method that serves a call named op ("forward", "kv.fork"): its parameters and type
-    hints declare the call's arguments (see engine.arguments)."""
-    return getattr(KVCalls, op[3:]) if op.startswith("kv.") else getattr(Syscalls, op)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2.sandbox
 import tokenizers
 
-from engine.errors import InvalidArgument, ModelLoadError
+from engine.wire.errors import InvalidArgument, ModelLoadError
 
 
 def _token_text(value: Any) -> str | None:

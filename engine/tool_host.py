@@ -25,8 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
-from engine.protocol import MAX_DEPTH, nesting, packb, unpackb
 from engine.sandbox import cell_traceback, limit_memory
+from engine.wire.protocol import MAX_DEPTH, nesting, packb, unpackb
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 2**20

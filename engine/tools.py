@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import sandbox
-from engine.errors import BadMessage, InvalidArgument, PermissionDenied, ToolFailed
-from engine.protocol import unpackb
 from engine.tool_host import HEADER, MAX_FRAME, MEMORY_ENV, frame
+from engine.wire.errors import BadMessage, InvalidArgument, PermissionDenied, ToolFailed
+from engine.wire.protocol import unpackb
 
 TOOL_HOST_COMMAND = (sys.executable, "-u", "-m", "engine.tool_host")
 DEFAULT_TIMEOUT = 30.0  # seconds a tool call may take

@@ -1,7 +1,7 @@
 """The trace: a bounded ring of engine events, the only source the widgets read.
 
 Every event has a sequence number, so a live view asks for what came after the last one it saw.
-What each kind of event says is a record in engine.events.
+What each kind of event says is a record in engine.wire.events.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from engine.events import BatchRan, TraceRecord
-from engine.records import Event
+from engine.wire.events import BatchRan, TraceRecord
+from engine.wire.records import Event
 
 
 class Trace:

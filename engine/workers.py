@@ -1,12 +1,12 @@
 """Engine-side workers: a `%%lip --server` cell runs in a subprocess beside the engine.
 
-The server's `run` op attaches a process and launches `WORKER_COMMAND` (the notebook side's
-`workbench.worker` program, named here only as a module to run: the engine never imports
-`workbench`). The worker finds the engine, its pid and a one-time key in its environment, never
-on its command line; it connects as a client, adopts the pid with the key (`worker.adopt`, which
-also hands it the code), runs the cell with the same names a notebook cell has, and reports how
-it ended (`worker.exit`). Its stdout and stderr are read into a buffer per pid that `output`
-serves, long-polled.
+The server's `run` op attaches a process and launches `WORKER_COMMAND` (the program
+`engine.programs.worker`, a client of the engine named here only as a module to run: the engine
+never imports it, nor `workbench`). The worker finds the engine, its pid and a one-time key in its
+environment, never on its command line; it connects as a client, adopts the pid with the key
+(`worker.adopt`, which also hands it the code), runs the cell with the same names a notebook cell
+has, and reports how it ended (`worker.exit`). Its stdout and stderr are read into a buffer per
+pid that `output` serves, long-polled.
 
 A worker ends with its process: killed (`kill`, its requesting session closing or vanishing) or
 past its time limit, its subprocess group is killed; its subprocess exiting ends the process with
@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import sandbox
-from engine.errors import InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import Kernel
 from engine.process import Process
+from engine.wire.errors import InvalidArgument, NoSuchProcess, PermissionDenied, ProcessExited
 
-WORKER_COMMAND = (sys.executable, "-u", "-m", "workbench.worker")  # a module name, not an import
+WORKER_COMMAND = (sys.executable, "-u", "-m", "engine.programs.worker")  # a module, not an import
 DEFAULT_TIMEOUT = 600.0  # seconds a worker may run; None: no limit
 DEFAULT_MEMORY_MB = 4096
 EXIT_GRACE = 5.0  # seconds a worker that reported its end has to exit by itself
@@ -196,7 +196,7 @@ class Workers:
     def run_of(self, pid: Any, session: str, user: str) -> Run:
         run = self.runs.get(pid) if isinstance(pid, int) else None
         if run is None:
-            raise InvalidArgument(f"process {pid} is not a server run (or is forgotten)")
+            raise NoSuchProcess(f"process {pid} is not a server run (or is forgotten)")
         if run.session != session and run.owner != user:
             raise PermissionDenied(f"process {pid}", f"belongs to {run.owner}")
         return run

@@ -31,7 +31,7 @@ class EngineProcess:
 
 async def greedy(lip: Any, prompt: list[int], n: int) -> list[int]:
     """n tokens decoded greedily by a LIP (in process or over RPC) into a file of its own."""
-    from engine.records import Sample
+    from engine.wire.records import Sample
 
     f = await lip.kv.create()
     out = [await lip.forward(f, prompt, returns=Sample())]

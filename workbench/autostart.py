@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from engine import connection
-from engine.errors import EngineNotRunning
+from engine.wire import connection
+from engine.wire.errors import EngineNotRunning
 from workbench.client import Client
 
 IDLE_EXIT = float(os.environ.get("SYMPHONY_IDLE_EXIT", 60))  # seconds without clients, then stop

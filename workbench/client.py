@@ -38,16 +38,18 @@ from typing import Any
 import tokenizers
 import zmq
 
-from engine import connection
-from engine.arguments import int_list
-from engine.errors import (
+from engine.wire import connection
+from engine.wire.arguments import int_list
+from engine.wire.errors import (
+    ClientClosed,
     EngineError,
     EngineNotRunning,
     InvalidArgument,
     ProcessFailed,
     SessionEnded,
 )
-from engine.protocol import (
+from engine.wire.protocol import (
+    HEARTBEAT_INTERVAL,
     PING,
     PONG,
     REPLY,
@@ -60,7 +62,7 @@ from engine.protocol import (
     request_body,
     returns_to_wire,
 )
-from engine.records import (
+from engine.wire.records import (
     Distribution,
     Event,
     FileHandle,
@@ -77,7 +79,6 @@ from engine.records import (
     TopK,
 )
 
-HEARTBEAT_INTERVAL = 0.5
 ENGINE_DEAD_AFTER = 10.0  # seconds without a pong: calls in flight fail
 REPLY_LIMIT = 1 << 30
 USER_ENV = "SYMPHONY_USER"  # who this client acts as (default: the login name)
@@ -202,7 +203,7 @@ class Client:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        self._fail_all(EngineError("the client was closed"))
+        self._fail_all(ClientClosed("the client was closed"))
         self._sock.close(linger=0)
         self._ctx.destroy(linger=0)
 
@@ -286,7 +287,7 @@ class Client:
 
     # --- processes and the engine ----------------------------------------------------------------
 
-    async def attach(self, name: str, priority: int = 0) -> LIP:
+    async def attach(self, name: str = "lip", priority: int = 0) -> LIP:
         """A new process (a LIP) whose code is the caller's; `await lip.exit()` ends it."""
         pid = await self.call("attach", {"name": name, "priority": priority})
         return LIP(self, pid, name)
@@ -300,14 +301,23 @@ class Client:
     async def wait(self, pid: int) -> Any:
         return await self.call("wait", {"pid": pid})
 
-    async def listdir(self, path: str = "/") -> list[str]:
-        return await self.call("kv.listdir", {"path": path})
+    async def link(self, src: FileHandle | str, dst: str) -> None:
+        await self.call("kv.link", _wire({"src": src, "dst": dst}))
 
-    async def stat(self, path: str) -> FileStat:
-        return await self.call("kv.stat", {"path": path})
+    async def rename(self, src: str, dst: str) -> None:
+        await self.call("kv.rename", {"src": src, "dst": dst})
 
     async def unlink(self, path: str) -> None:
         await self.call("kv.unlink", {"path": path})
+
+    async def stat(self, path: FileHandle | str) -> FileStat:
+        return await self.call("kv.stat", _wire({"path": path}))
+
+    async def listdir(self, path: str = "/") -> list[str]:
+        return await self.call("kv.listdir", {"path": path})
+
+    async def chmod(self, path: str, mode: int) -> None:
+        await self.call("kv.chmod", {"path": path, "mode": mode})
 
     async def trace(
         self,
@@ -341,9 +351,11 @@ class Client:
         """The page pool: per page its reference count and the readable files holding it."""
         return await self.call("kv.pages")
 
-    async def read(self, path: str, start: int = 0, stop: int | None = None) -> list[int]:
+    async def read(
+        self, path: FileHandle | str, start: int = 0, stop: int | None = None
+    ) -> list[int]:
         """The token ids of a file this client may read, `tokens[start:stop]`."""
-        return await self.call("kv.read", {"path": path, "start": start, "stop": stop})
+        return await self.call("kv.read", _wire({"path": path, "start": start, "stop": stop}))
 
     # --- server runs and tools -------------------------------------------------------------------
 
@@ -379,9 +391,8 @@ class Client:
                 await asyncio.shield(self.kill(pid))
             raise
         if reply["error"] is not None:
-            raise ProcessFailed(
-                f"process {pid} ({name}) ended: {reply['error']}", reply.get("traceback")
-            )
+            why = reply["error"]
+            raise ProcessFailed(f"process {pid} ({name}) ended: {why}", reply.get("traceback"), why)
         return pid
 
     async def _follow(self, pid: int, on_output: Callable[[str, str], None]) -> dict[str, Any]:
@@ -499,8 +510,7 @@ class LIP:
         self.kv = KVCalls(self)
 
     async def _call(self, op: str, **args: Any) -> Any:
-        wire = {k: handle_to_wire(v) if isinstance(v, FileHandle) else v for k, v in args.items()}
-        return await self.client.call(op, wire, pid=self.pid)
+        return await self.client.call(op, _wire(args), pid=self.pid)
 
     async def __aenter__(self) -> LIP:
         return self
@@ -637,6 +647,11 @@ def _write_output(stream: str, text: str) -> None:
     out = sys.stderr if stream == "stderr" else sys.stdout
     out.write(text)
     out.flush()
+
+
+def _wire(args: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as the wire carries them: a KV file handle as its map."""
+    return {k: handle_to_wire(v) if isinstance(v, FileHandle) else v for k, v in args.items()}
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import html
 import io
@@ -29,6 +30,7 @@ import shlex
 import sys
 import time
 import tokenize
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
-from engine import cli_client
-from engine.errors import EngineNotRunning, ProcessFailed, SessionEnded
+from engine.wire.errors import EngineNotRunning, ProcessFailed, SessionEnded
+from engine.wire.tables import ps_table, stat_table
 from workbench import autostart
 from workbench.client import LIP, USER_ENV, Client
 from workbench.names import lip_names
@@ -178,7 +180,7 @@ async def server_cell(line: str, body: str) -> int:
         why = "interrupted"
         raise KeyboardInterrupt from None
     except ProcessFailed as e:  # its traceback has streamed in already: say only how it ended
-        why = str(e).partition(": ")[2] or str(e)
+        why = e.reason or str(e)
         summary = [f"ProcessFailed: {e}"]
         e._render_traceback_ = lambda: summary  # type: ignore[attr-defined]
         raise
@@ -289,13 +291,31 @@ class LIPMagics(Magics):
         except (argparse.ArgumentError, ValueError, SystemExit):
             raise UsageError(f"usage: {LIPMagics.lip.__doc__}") from None
         try:
-            user = os.environ.get(USER_ENV)
-            with cli_client.SyncClient.connect(None, user=user, name="%lip") as client:
-                cli_client.COMMANDS[args.command](client, args)
+            print(_in_thread(line_command(args)))
         except EngineNotRunning as e:
             raise UsageError(str(e)) from None
         except Exception as e:  # the engine's errors: say what, not where
             print(f"%lip {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+async def line_command(args: argparse.Namespace) -> str:
+    """What `%lip ps|kill|ls|stat` prints, asked through a client of this kernel's engine."""
+    async with await Client.connect(user=os.environ.get(USER_ENV), name="%lip") as client:
+        if args.command == "ps":
+            return ps_table(await client.ps(), exited=args.all)
+        if args.command == "kill":
+            await client.kill(args.pid)
+            return f"killed {args.pid}"
+        if args.command == "ls":
+            return "\n".join(await client.listdir(args.path))
+        return stat_table(await client.stat(args.path))
+
+
+def _in_thread(coro: Coroutine[Any, Any, str]) -> str:
+    """Run a coroutine to its end from synchronous code, on a loop of its own in a thread (the
+    kernel's loop is busy running the cell that called)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def load_ipython_extension(ip: Any) -> None:

@@ -14,13 +14,11 @@ import ast
 import inspect
 from typing import Any
 
-from engine.records import Distribution, Logits, LogProbs, Sample, SamplingParams, TopK
+from engine.wire.calls import PROCESS_CALLS
+from engine.wire.records import Distribution, Logits, LogProbs, Sample, SamplingParams, TopK
 from workbench.client import LIP
 
-CALLS = (
-    "tokenize", "detokenize", "chat_template", "special_tokens", "vocab_size", "context_length",
-    "forward", "spawn", "wait", "kill", "ps", "send", "receive", "sleep", "tool",
-)  # fmt: skip
+CALLS = tuple(call.name for call in PROCESS_CALLS)  # a process's calls (its `kv.*` are in kv)
 RECORDS = {
     "Distribution": Distribution,
     "Logits": Logits,

@@ -39,8 +39,8 @@ from jupyter_server.serverapp import ServerApp
 from tornado.httputil import responses
 from traitlets import Bool, Int, List, Unicode
 
-from engine import connection
-from engine.errors import (
+from engine.wire import connection
+from engine.wire.errors import (
     BadPath,
     EngineError,
     EngineNotRunning,

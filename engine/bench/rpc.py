@@ -1,9 +1,9 @@
 """`symphony bench rpc`: what a system call costs over the wire.
 
 The engine (kernel and RPC server) runs in a thread of this process with its own event loop. A
-separate process plays the notebook kernel: `workbench.rpc_probe` (launched by module name; the
-engine never imports `workbench`) calls it with the async `workbench.client`, as a `%%lip` cell
-does, over the engine's Unix socket as any client on the same machine does.
+separate process plays the notebook kernel: `engine.programs.rpc_probe` (launched by module name;
+the engine never imports it, nor `workbench`) calls it with the async `workbench.client`, as a
+`%%lip` cell does, over the engine's Unix socket as any client on the same machine does.
 Each row is a latency in µs:
 - engine: the round trip of the call as the kernel sees it (sign, send, serve, reply, check);
 - baseline: the same call made inside the engine, directly on `Syscalls`, timed in its loop.
@@ -36,14 +36,14 @@ from typing import Any
 
 import zmq
 
-from engine import connection
 from engine.bench.common import Row, timed_calls
 from engine.bench.models import bench_model
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
-from engine.records import Sample
 from engine.server import EngineServer
 from engine.syscalls import Syscalls
+from engine.wire import connection
+from engine.wire.records import Sample
 
 WORKLOADS = ("rpc",)
 CASES = tuple(f"{c} p{q}" for c in ("noop", "forward-1", "transport") for q in (50, 99))
@@ -111,7 +111,7 @@ def _p(times: list[float], q: int) -> float:
     return round((statistics.median(times) if q == 50 else cuts[q - 1]) * 1e6, 1)
 
 
-PROBE_COMMAND = (sys.executable, "-m", "workbench.rpc_probe")  # a module name, not an import
+PROBE_COMMAND = (sys.executable, "-m", "engine.programs.rpc_probe")  # a module, not an import
 
 
 class Probe:

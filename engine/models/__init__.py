@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from engine.errors import ModelNotFound
+from engine.wire.errors import ModelNotFound
 
 TINY_MODEL: Path = Path(__file__).resolve().parent / "tiny"
 """The demo model trained by `python -m engine.train_demo` (see its README.md)."""

@@ -22,10 +22,10 @@ import pytest
 from checkpoints import write_checkpoint
 from engine_process import engine_process
 
-from engine import connection
 from engine.bench.rpc import EngineThread
-from engine.errors import EngineNotRunning
 from engine.loader import load_model
+from engine.wire import connection
+from engine.wire.errors import EngineNotRunning
 from workbench import client as client_module
 from workbench.client import Client
 

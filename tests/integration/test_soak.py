@@ -13,7 +13,7 @@ import pytest
 import torch
 from engine_process import EngineProcess, engine_process, greedy
 
-from engine.errors import EngineError, InvalidArgument, ProcessFailed, ToolFailed
+from engine.wire.errors import EngineError, InvalidArgument, ProcessFailed, ToolFailed
 from workbench.client import Client
 
 DECODERS, STEPS = 16, 40

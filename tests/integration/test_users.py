@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from engine_process import EngineProcess, engine_process
 
-from engine import connection
-from engine.errors import AuthenticationFailed, PermissionDenied, ProcessFailed, SessionEnded
+from engine.wire import connection
+from engine.wire.errors import AuthenticationFailed, PermissionDenied, ProcessFailed, SessionEnded
 from workbench.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def test_a_users_credential_acts_as_that_user_only(engine: EngineProcess, tmp_pa
         # bob's server run holds bob's credential, never the owner's
         cell = (
             "import json, os\n"
-            "from engine.connection import ConnectionInfo\n"
+            "from engine.wire.connection import ConnectionInfo\n"
             "from workbench.client import Client\n"
             "info = ConnectionInfo(**json.loads(os.environ['SYMPHONY_WORKER_ENGINE']))\n"
             "print('worker credential', info.user)\n"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from engine_process import engine_process
 
-from engine.errors import PermissionDenied
-from engine.records import Distribution, Event, FileStat, PageMap, ProcessInfo
+from engine.wire.errors import PermissionDenied
+from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessInfo
 from workbench.client import LIP, Client, Sample
 from workbench.widgets import ForkGraphView, KVTreeView, PageMapView, TimelineView, TokenView
 from workbench.widgets.kv_data import SHARED, unique_files

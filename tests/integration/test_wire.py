@@ -24,9 +24,9 @@ import zmq
 from engine_process import EngineProcess, engine_process
 from engine_process import greedy as decode
 
-from engine import connection
-from engine.errors import BadMessage, InvalidArgument, ToolFailed
-from engine.protocol import (
+from engine.wire import connection
+from engine.wire.errors import BadMessage, InvalidArgument, ToolFailed
+from engine.wire.protocol import (
     MAX_DEPTH,
     PING,
     RECORD_EXT,
@@ -154,7 +154,7 @@ def test_a_deeply_nested_signed_message_is_refused_and_the_engine_serves_on(
 
 FAKE_ENGINE_CLIENT = """
 import asyncio, sys
-from engine.errors import EngineNotRunning
+from engine.wire.errors import EngineNotRunning
 from workbench.client import Client
 
 async def main() -> None:

@@ -25,11 +25,19 @@ from engine_process import greedy as decode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import connection
-from engine.arguments import parameters
-from engine.errors import EngineError
-from engine.protocol import RECORD_EXT, REPLY, REQUEST, VERSION, Wire, packb, rebuild_error, sign
-from engine.syscalls import method_of
+from engine.wire import connection
+from engine.wire.calls import BY_NAME
+from engine.wire.errors import EngineError
+from engine.wire.protocol import (
+    RECORD_EXT,
+    REPLY,
+    REQUEST,
+    VERSION,
+    Wire,
+    packb,
+    rebuild_error,
+    sign,
+)
 from workbench.client import Client
 
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
@@ -99,10 +107,8 @@ ME, MINE = "<the peer's pid>", "<a handle of the peer's process>"  # filled in w
 
 def params(op: str) -> list[str]:
     """The argument names a call takes (from its declaration), where it has one."""
-    try:
-        return list(parameters(method_of(op)).hints)
-    except AttributeError:
-        return []
+    call = BY_NAME.get(op)
+    return [] if call is None else [p.name for p in call.params]
 
 
 @st.composite

@@ -17,7 +17,13 @@ import pytest
 from engine_process import engine_process
 
 from engine import sandbox
-from engine.errors import EngineError, PermissionDenied, ProcessFailed, ToolFailed
+from engine.wire.errors import (
+    EngineError,
+    NotAttached,
+    PermissionDenied,
+    ProcessFailed,
+    ToolFailed,
+)
 from workbench import tools as wb_tools
 from workbench.client import Client
 
@@ -315,7 +321,7 @@ def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) 
             bad = await lip.spawn(broken)
             with pytest.raises(ProcessFailed, match="ValueError: child failed"):
                 await lip.wait(bad)
-            with pytest.raises(EngineError, match="not a process of this client"):
+            with pytest.raises(NotAttached):  # a parent must be one of this client's processes
                 await client.call("run", {"code": "pass", "parent": 10_000})
             await lip.exit()
 
@@ -324,8 +330,8 @@ def test_spawn_over_the_wire_runs_a_child_and_wait_gives_its_result(conn: Path) 
 
 def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path) -> None:
     """Between users: no wait on another's process (a spawned child's result included), no
-    replacing another's tool, and another's file named only under /shared. Messages may cross
-    users: the receiver sees who sent each one."""
+    message to it, no replacing another's tool, and another's file named only under /shared.
+    A user's own processes message each other, the receiver seeing who sent each message."""
 
     async def body() -> None:
         alice = await Client.connect(conn, user="alice", name="alice")
@@ -336,10 +342,15 @@ def test_one_user_cannot_reach_into_anothers_processes_tools_or_files(conn: Path
         for wait in (m.wait, mallory.wait):
             with pytest.raises(PermissionDenied, match="belongs to alice"):
                 await wait(child)
-        await m.send(a.pid, "hello from mallory")  # messages may cross users, signed by pid
+        with pytest.raises(PermissionDenied, match="belongs to alice"):
+            await m.send(a.pid, "hello from mallory")  # as kill and wait: owners only
+        a2 = await alice.attach("a2")
+        await a2.send(a.pid, "hello from a2")
         msg = await a.receive(timeout=5)
         sender = {p.pid: p for p in await a.ps()}[msg.sender]
-        assert (msg.data, sender.owner) == ("hello from mallory", "mallory")
+        assert (msg.data, msg.sender, sender.owner) == ("hello from a2", a2.pid, "alice")
+        with pytest.raises(asyncio.TimeoutError):  # nothing of mallory's got through
+            await a.receive(timeout=0.2)
         await alice.register_tool(add, name="search")
         with pytest.raises(PermissionDenied, match="registered by alice"):
             await mallory.register_tool(divide, name="search")

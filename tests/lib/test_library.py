@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from engine import events as ev
 from engine.kernel import Kernel
-from engine.records import Logits, LogProbs, Sample, SamplingParams
 from engine.syscalls import Syscalls
+from engine.wire import events as ev
+from engine.wire.records import Logits, LogProbs, Sample, SamplingParams
 from workbench.lib import (
     beam_search,
     cached_prompt,

@@ -14,7 +14,7 @@ import pytest
 from engine_process import EngineProcess, engine_process
 from test_library import PROMPT, run
 
-from engine.records import SamplingParams
+from engine.wire.records import SamplingParams
 from workbench.client import Client
 from workbench.lib import beam_search, parallel_samples, score, speculative_decode
 

@@ -11,8 +11,8 @@ import pytest
 from engine_process import EngineProcess, engine_process
 from test_library import run
 
-from engine.errors import ContextTooLong, InvalidArgument
-from engine.records import SpecialTokens
+from engine.wire.errors import ContextTooLong, InvalidArgument
+from engine.wire.records import SpecialTokens
 from workbench.client import Client
 from workbench.names import CALLS
 

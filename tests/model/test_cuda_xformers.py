@@ -18,16 +18,16 @@ import pytest
 import torch
 from checkpoints import ARCHS, write_checkpoint
 
-from engine import events as ev
 from engine.attention import TorchBackend, XformersBackend, select_backend
 from engine.attention.xformers_paged import MODES
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
 from engine.page_pool import PagePool
-from engine.records import Logits
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence
 from engine.syscalls import Syscalls
+from engine.wire import events as ev
+from engine.wire.records import Logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

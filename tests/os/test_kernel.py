@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-from engine import events as ev
-from engine.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 from engine.kernel import YOUNG_OBJECTS_PER_COLLECTION, Kernel, ProcessFailed
 from engine.process import State
 from engine.runner import LogProbs, Sample, Segment, TopK
@@ -22,6 +20,8 @@ from engine.sampler import SamplingParams
 from engine.saved import Saved, SavedFiles
 from engine.scheduler import Adaptive, BatchPolicy, Call, Eager, QueueView, WaitForK, WaitForT
 from engine.syscalls import Distribution, Syscalls
+from engine.wire import events as ev
+from engine.wire.errors import EngineError, InvalidArgument, PermissionDenied, ProcessExited
 
 
 def run(kernel: Kernel, body: Callable[[Kernel], Awaitable[Any]]) -> Any:

@@ -14,11 +14,11 @@ import pytest
 import torch
 from test_kernel import prompt, run
 
-from engine.errors import InvalidArgument
 from engine.kernel import Kernel
-from engine.records import LogProbs
 from engine.scheduler import BatchPolicy, Eager, QueueView
 from engine.syscalls import Syscalls
+from engine.wire.errors import InvalidArgument
+from engine.wire.records import LogProbs
 
 
 class Hold(BatchPolicy):

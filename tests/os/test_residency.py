@@ -13,13 +13,13 @@ import asyncio
 import pytest
 from test_kernel import prompt, run
 
-from engine import events as ev
-from engine.errors import OutOfPages, ProcessFailed
 from engine.kernel import Kernel
 from engine.kvfs import Caller
 from engine.process import State
-from engine.records import LogProbs
 from engine.syscalls import Syscalls
+from engine.wire import events as ev
+from engine.wire.errors import OutOfPages, ProcessFailed
+from engine.wire.records import LogProbs
 
 HEAD = prompt(1, 9)
 KEPT = "/home/local/keep"

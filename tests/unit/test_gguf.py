@@ -14,11 +14,11 @@ import torch
 from checkpoints import COMMON, hf_config
 from gguf_writer import K_QUANTS, UNSUPPORTED_WRITABLE, WRITABLE, Q, roundtrip_model, write_gguf
 
-from engine.errors import ModelLoadError
 from engine.loader import load_model
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence
+from engine.wire.errors import ModelLoadError
 
 SMALL = COMMON  # the tests' small random Llama
 K_SHAPED = dict(SMALL, hidden_size=256, intermediate_size=256)  # K-quant rows: 256 wide

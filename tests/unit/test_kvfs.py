@@ -10,7 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.errors import (
+from engine.kvfs import KVFS, Caller, Handle, gather_kv, normpath
+from engine.page_pool import PagePool
+from engine.runner import Runner, Segment
+from engine.saved import SavedFiles
+from engine.wire.errors import (
     BadPath,
     FileExists,
     FileNotFound,
@@ -19,10 +23,6 @@ from engine.errors import (
     OutOfPages,
     PermissionDenied,
 )
-from engine.kvfs import KVFS, Caller, Handle, gather_kv, normpath
-from engine.page_pool import PagePool
-from engine.runner import Runner, Segment
-from engine.saved import SavedFiles
 
 A1, A2, A = Caller(1, "alice"), Caller(2, "alice"), Caller(None, "alice")
 B3, B = Caller(3, "bob"), Caller(None, "bob")

@@ -26,12 +26,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine.errors import OutOfPages, PermissionDenied
 from engine.kvfs import KVFS, Caller, Handle, KVFile, gather_kv
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.saved import SavedFiles
 from engine.sequence import KVSequence
+from engine.wire.errors import OutOfPages, PermissionDenied
 
 MODES = [None, 0o600, 0o602, 0o604, 0o606, 0o644, 0o666]
 TOKENS = st.lists(st.integers(0, 255), min_size=1, max_size=8)

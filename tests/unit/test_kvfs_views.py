@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from engine.errors import InvalidArgument, PermissionDenied
 from engine.kvfs import KVFS, Caller, Handle
 from engine.page_pool import PagePool
+from engine.wire.errors import InvalidArgument, PermissionDenied
 
 A1, A = Caller(1, "alice"), Caller(None, "alice")
 B3, B = Caller(3, "bob"), Caller(None, "bob")

@@ -12,8 +12,8 @@ from checkpoints import write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from engine import loader
-from engine.errors import ModelLoadError, ModelNotFound
 from engine.loader import default_dtype, load_model
+from engine.wire.errors import ModelLoadError, ModelNotFound
 
 
 @pytest.fixture(scope="module")

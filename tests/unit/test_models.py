@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from checkpoints import write_checkpoint
 
-from engine.errors import ModelNotFound
 from engine.loader import load_model
 from engine.models import DEFAULT_MODEL, REGISTRY, TINY_MODEL, hf_cache_dir, resolve
+from engine.wire.errors import ModelNotFound
 
 
 def fake_hf_cache(cache: Path, model_id: str) -> Path:

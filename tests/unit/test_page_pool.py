@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import OutOfPages
 from engine.page_pool import PagePool
+from engine.wire.errors import OutOfPages
 
 
 def small_pool(num_pages: int = 8, page_size: int = 4) -> PagePool:

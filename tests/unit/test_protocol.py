@@ -13,8 +13,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from engine import connection
-from engine.errors import (
+from engine.wire import connection
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
     EngineNotRunning,
@@ -24,7 +24,7 @@ from engine.errors import (
     OutOfPages,
     PermissionDenied,
 )
-from engine.protocol import (
+from engine.wire.protocol import (
     MAX_DEPTH,
     MAX_GREETING,
     VERSION,
@@ -45,7 +45,7 @@ from engine.protocol import (
     sign,
     unpackb,
 )
-from engine.records import (
+from engine.wire.records import (
     Distribution,
     Event,
     FileStat,
@@ -251,7 +251,7 @@ def test_records_nested_250_deep_are_refused_without_a_crash() -> None:
     """Each record unpacks in a C call of its own: 250 of them overflowed the stack (SIGSEGV)."""
     code = (
         "import msgpack\n"
-        "from engine.protocol import unpackb, Wire\n"
+        "from engine.wire.protocol import unpackb, Wire\n"
         "data = msgpack.packb(0)\n"
         "for _ in range(250): data = msgpack.packb(msgpack.ExtType(1, data))\n"
         "assert len(data) < 1024\n"
@@ -314,8 +314,8 @@ def test_the_replay_guard_takes_each_serial_once_in_bounded_memory() -> None:
 
 
 def test_call_arguments_are_checked_against_the_declaration() -> None:
-    from engine.arguments import check_call
-    from engine.syscalls import method_of
+    from engine.wire.arguments import check_call
+    from engine.wire.calls import BY_NAME
 
     for op, args, message in [
         ("kv.truncate", {"n": 1.0}, "n must be an int, not 1.0"),
@@ -326,6 +326,6 @@ def test_call_arguments_are_checked_against_the_declaration() -> None:
         ("kv.stat", {"path": 3}, "path must be a KV file handle or a str"),
     ]:
         with pytest.raises(InvalidArgument, match=message):
-            check_call(op, method_of(op), args)
-    check_call("kv.load", method_of("kv.load"), {"src": "saved.kv", "path": None})
-    check_call("receive", method_of("receive"), {"timeout": 2})
+            check_call(BY_NAME[op], args)
+    check_call(BY_NAME["kv.load"], {"src": "saved.kv", "path": None})
+    check_call(BY_NAME["receive"], {"timeout": 2})

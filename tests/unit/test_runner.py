@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import InvalidArgument, OutOfPages
 from engine.page_pool import PagePool
 from engine.runner import LogProbs, Runner, Segment, TopK
 from engine.sequence import KVSequence
+from engine.wire.errors import InvalidArgument, OutOfPages
 
 
 @pytest.fixture

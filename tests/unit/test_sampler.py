@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import InvalidArgument
 from engine.sampler import SamplingParams, filter_logits, make_generator, sample
+from engine.wire.errors import InvalidArgument
 
 LOGITS = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import InvalidArgument, OutOfPages
 from engine.page_pool import PagePool
 from engine.sequence import KVSequence
+from engine.wire.errors import InvalidArgument, OutOfPages
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.errors import (
+from engine.wire.errors import (
     BadPath,
     EngineError,
     EngineNotRunning,

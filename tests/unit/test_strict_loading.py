@@ -11,11 +11,11 @@ import pytest
 import torch
 from checkpoints import COMMON, write_checkpoint, write_tokenizer
 
-from engine.errors import ModelLoadError
 from engine.loader import load_model
 from engine.page_pool import PagePool
 from engine.runner import Runner, Segment
 from engine.sequence import KVSequence
+from engine.wire.errors import ModelLoadError
 
 
 def edited(path: Path, arch: str, **changes: Any) -> Path:

@@ -1,9 +1,10 @@
-"""The trace ring and its typed records (engine.events): what is emitted is what is read."""
+"""The trace ring and its typed records (engine.wire.events): what is emitted is what is read."""
 
 from __future__ import annotations
 
-from engine import events as ev
-from engine.events import (
+from engine.trace import Trace
+from engine.wire import events as ev
+from engine.wire.events import (
     BatchRan,
     CallFinished,
     CallStarted,
@@ -12,8 +13,7 @@ from engine.events import (
     ProcessChanged,
     record_of,
 )
-from engine.records import Event
-from engine.trace import Trace
+from engine.wire.records import Event
 
 EMITTED = [
     (1, ProcessChanged(None, "ready", "one", "alice")),

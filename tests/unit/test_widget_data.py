@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.records import Distribution, Event, FileStat, PageMap, ProcessInfo
+from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessInfo
 from workbench.widgets.kv_data import (
     FREE,
     Filter,

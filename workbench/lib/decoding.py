@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from engine.records import Sample, SamplingParams
+from engine.wire.records import Sample, SamplingParams
 from workbench.lib.system import System, ids_of, next_seed, seeds
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from engine.errors import FileExists
+from engine.wire.errors import FileExists
 from workbench.lib.system import System, ids_of
 
 WAIT_SECONDS = 0.01  # between looks at a file another process is still computing

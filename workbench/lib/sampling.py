@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from engine.records import SamplingParams
+from engine.wire.records import SamplingParams
 from workbench.lib.decoding import Generation, generate
 from workbench.lib.system import System, discard, ids_of
 

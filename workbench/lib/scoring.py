@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from engine.records import LogProbs
+from engine.wire.records import LogProbs
 from workbench.lib.system import System, discard, ids_of
 
 

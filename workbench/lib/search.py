@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from engine.records import TopK
+from engine.wire.records import TopK
 from workbench.lib.system import System, discard, ids_of
 
 

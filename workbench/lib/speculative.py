@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from engine.records import Distribution, TopK
+from engine.wire.records import Distribution, TopK
 from workbench.lib.system import System, ids_of
 
 

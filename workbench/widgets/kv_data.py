@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from engine.records import FileStat, PageMap
+from engine.wire.records import FileStat, PageMap
 
 ROOTS = ("/proc", "/home", "/shared")
 FREE, PRIVATE, SHARED, SWAPPED = "free", "private", "shared", "swapped"

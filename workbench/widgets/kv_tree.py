@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from engine.records import FileStat, PageMap
+from engine.wire.records import FileStat, PageMap
 from workbench.widgets.kv_data import Filter, PageRun, TreeNode, describe, file_pages, tree_nodes
 from workbench.widgets.live import TOP_MARGIN, LiveView, fit, run_soon
 from workbench.widgets.style import (

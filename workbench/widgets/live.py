@@ -17,8 +17,8 @@ from typing import Any
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from engine.errors import EngineError, EngineNotRunning, ProcessExited
-from engine.records import Event, FileStat, PageMap, ProcessInfo
+from engine.wire.errors import EngineError, EngineNotRunning, ProcessExited
+from engine.wire.records import Event, FileStat, PageMap, ProcessInfo
 from workbench.client import LIP, Client
 from workbench.widgets.kv_data import Filter
 from workbench.widgets.trace_data import KINDS

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from engine.records import FileStat, PageMap
+from engine.wire.records import FileStat, PageMap
 from workbench.widgets.kv_data import (
     FREE,
     PRIVATE,

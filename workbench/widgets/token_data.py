@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from engine.records import Distribution
+from engine.wire.records import Distribution
 
 
 class TokenChoice(NamedTuple):

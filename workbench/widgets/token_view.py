@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from engine.records import Distribution
+from engine.wire.records import Distribution
 from workbench.client import LIP, Client
 from workbench.widgets.style import FONT, PRIVATE_COLOUR, piece
 from workbench.widgets.token_data import TokenChoice, TokenStep, token_step

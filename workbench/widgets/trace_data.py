@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engine import events as ev
-from engine.events import (
+from engine.wire import events as ev
+from engine.wire.events import (
     BatchRan,
     CallFinished,
     CallStarted,
@@ -24,7 +24,7 @@ from engine.events import (
     ProcessChanged,
     record_of,
 )
-from engine.records import Event, ProcessInfo
+from engine.wire.records import Event, ProcessInfo
 
 KINDS = (ev.CALL_SUBMITTED, ev.CALL_STARTED, ev.CALL_FINISHED, ev.BATCH, ev.PROCESS)
 

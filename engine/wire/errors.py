@@ -43,11 +43,24 @@ class NoSuchProcess(EngineError):
 
 
 class ProcessExited(EngineError):
-    """A call from a process that has exited (killed, or its client went away)."""
+    """A call from a process that has exited (killed, or its client went away), or to one (a
+    message sent to it)."""
 
 
 class InvalidArgument(EngineError, ValueError):
     """A call's argument is out of range or of the wrong kind."""
+
+
+class HandleNotOpen(InvalidArgument):
+    """A KV file handle that no process of this client has open (closed, or another's)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(f"handle {fd} is not open in this session")
+        self.fd = fd
+
+
+class NeedsProcess(InvalidArgument):
+    """A process's call sent without a process: attach one and make the call as it (its pid)."""
 
 
 class ContextTooLong(InvalidArgument):
@@ -83,6 +96,14 @@ class PermissionDenied(_PathProblem):
     """The caller may not do this to that file (mode, /proc privacy, read-only handle)."""
 
 
+class NotAttached(PermissionDenied):
+    """A call acting as a process that this client did not attach (or that is not its)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"process {pid}", "is not attached by this client")
+        self.pid = pid
+
+
 class BadPath(_PathProblem, InvalidArgument):
     """A path that is malformed: relative, `..`, control characters, too long, unknown root."""
 
@@ -94,14 +115,19 @@ class IncompatibleFile(_PathProblem):
 class ProcessFailed(EngineError):
     """`wait` on a process that raised or was killed, or a server run that failed.
 
-    traceback: the failed code's traceback where there is one (a `%%lip --server` cell's).
+    traceback: the failed code's traceback where there is one (a `%%lip --server` cell's);
+    reason: how it ended ("raised ValueError: ...", "killed"), where the raiser knows it.
     """
 
     traceback: str | None = None
+    reason: str | None = None
 
-    def __init__(self, message: str, traceback: str | None = None) -> None:
+    def __init__(
+        self, message: str, traceback: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.traceback = traceback
+        self.reason = reason
 
 
 class ToolFailed(EngineError):
@@ -114,7 +140,7 @@ class ToolFailed(EngineError):
         self.traceback = traceback
 
 
-# ---- talking to an engine over the wire (engine.protocol) ----
+# ---- talking to an engine over the wire (engine.wire.protocol) ----
 
 
 class ProtocolError(EngineError):
@@ -144,6 +170,10 @@ class UnknownSession(ProtocolError):
 class SessionEnded(EngineError):
     """The engine ended this client's session (it went silent, or the engine stopped), and
     detached its processes. `await client.reconnect()` starts a new session."""
+
+
+class ClientClosed(EngineError):
+    """A call through a client that has been closed (or a call in flight when it closed)."""
 
 
 class EngineNotRunning(EngineError):

@@ -1,4 +1,5 @@
-"""An engine-side worker: `python -m workbench.worker`, started by the engine for a server run.
+"""An engine-side worker: `python -m engine.programs.worker`, started by the engine for a server
+run.
 
 The engine (engine.workers) launches it with its connection info, pid and a one-time key in the
 environment. It connects as a client, adopts the pid (`worker.adopt`, which hands it the cell's
@@ -17,10 +18,10 @@ import os
 import sys
 import traceback
 
-from engine import connection
-from engine.errors import EngineError
-from engine.protocol import packb
 from engine.sandbox import cell_traceback, limit_memory
+from engine.wire import connection
+from engine.wire.errors import EngineError
+from engine.wire.protocol import packb
 from workbench.client import LIP, Client
 from workbench.names import compile_cell, lip_names, run_cell
 

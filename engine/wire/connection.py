@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.errors import EngineNotRunning
+from engine.wire.errors import EngineNotRunning
 
 FILE_NAME = "symphony-engine.json"
 ENV_VAR = "SYMPHONY_CONNECTION_FILE"

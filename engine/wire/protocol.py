@@ -22,7 +22,7 @@ serial numbers rather than a culled set of digests.
              {"id": int | None, "ok": false, "error": {"type": "PermissionDenied",
                                                        "message": "...", "attrs": {...}}}
 
-Values are plain msgpack; the records of `engine.records` (Distribution, FileStat, ProcessInfo,
+Values are plain msgpack; the records of `engine.wire.records` (Distribution, FileStat, ProcessInfo,
 Message, Event, PageMap) travel as msgpack extension 1 holding `[name, [values in field order]]`
 (the protocol version pins the order), so both ends rebuild the same NamedTuple. A KV file
 handle is `{"fd", "path", "writable"}`; forward's `returns=` is `{"kind": "topk", "k"}`,
@@ -65,8 +65,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from engine import errors
-from engine.errors import (
+from engine.wire import errors
+from engine.wire.errors import (
     AuthenticationFailed,
     BadMessage,
     EngineError,
@@ -74,7 +74,7 @@ from engine.errors import (
     MessageTooLarge,
     ProtocolError,
 )
-from engine.records import (
+from engine.wire.records import (
     RECORDS,
     TUPLE_FIELDS,
     FileHandle,
@@ -87,6 +87,7 @@ from engine.records import (
 )
 
 VERSION = 3  # 2: records as value lists; 3: every header has a serial number n
+HEARTBEAT_INTERVAL = 0.5  # seconds between a client's pings (the engine's grace counts them)
 MAX_MESSAGE = 16 * 2**20  # bytes of header + body a receiver accepts
 MAX_HEADER = 4096
 MAX_GREETING = 64 * 2**10  # bytes a sender may send before it has signed a message right

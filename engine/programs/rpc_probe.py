@@ -1,6 +1,6 @@
 """The kernel's side of `symphony bench rpc`: time system calls made through `workbench.client`.
 
-    python -m workbench.rpc_probe CONNECTION_FILE PROMPT_TOKENS ECHO_ENDPOINT
+    python -m engine.programs.rpc_probe CONNECTION_FILE PROMPT_TOKENS ECHO_ENDPOINT
 
 It connects and attaches a process as a notebook kernel does, prefills a KV file, then answers
 commands on stdin, one per line: `noop N` (N `ps` calls), `forward N` (N one-token greedy
@@ -20,7 +20,7 @@ import time
 import zmq
 
 from engine.bench.common import timed_calls
-from engine.protocol import REQUEST, request_body
+from engine.wire.protocol import REQUEST, request_body
 from workbench.client import LIP, Client, Sample
 
 

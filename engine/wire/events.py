@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from engine.records import Event
+from engine.wire.records import Event
 
 # The kinds of event, by name (what `Trace.query(kinds=...)` takes)
 CALL_SUBMITTED = "call.submitted"

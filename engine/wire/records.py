@@ -1,6 +1,6 @@
 """The records system calls take and return, without torch: the engine and its clients share them.
 
-Results are plain values or these NamedTuples; `engine.protocol` carries them over the wire as
+Results are plain values or these NamedTuples; `engine.wire.protocol` carries them over the wire as
 `[name, {field: value}]`, so a notebook rebuilds the very same types the engine made.
 Forward's `returns=` specs live here too: `TopK(k)`, `Sample(params, generator)`,
 `LogProbs(tokens)`, `Logits()`.
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.errors import InvalidArgument
+from engine.wire.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from engine.process import Process
@@ -199,7 +199,7 @@ class FileHandle(NamedTuple):
     writable: bool
 
 
-# Records that cross the wire by name (engine.protocol); tuples come back as tuples.
+# Records that cross the wire by name (engine.wire.protocol); tuples come back as tuples.
 RECORDS: dict[str, Any] = {  # name -> NamedTuple class
     cls.__name__: cls
     for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)

@@ -1,52 +1,54 @@
-"""A call's arguments checked against the signature of the method that serves it.
+"""A call's arguments checked against its declaration (`engine.wire.calls`).
 
-The methods of `engine.syscalls` (their parameter names and type hints) are the declaration of
-every call. Arguments that come over the wire are plain msgpack values: before a call is
-submitted, each one is checked here, so a wrong name, a missing argument or a value of the
-wrong type (a float token id, a string where an int belongs) is an `InvalidArgument` naming the
-argument, never a `TypeError` from deep inside the engine.
+Arguments that come over the wire are plain msgpack values: before a call is submitted, each
+one is checked here, so a wrong name, a missing argument or a value of the wrong type (a float
+token id, a string where an int belongs) is an `InvalidArgument` naming the argument, never a
+`TypeError` from deep inside the engine.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import operator
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.errors import InvalidArgument
+from engine.wire.errors import InvalidArgument
+from engine.wire.records import FileHandle, Logits, LogProbs, Sample, TopK
+
+if TYPE_CHECKING:
+    from engine.wire.calls import Call
+
+WIRE_MAPS = (FileHandle, TopK, Sample, LogProbs, Logits)  # records a client sends as maps
 
 
-class Parameters(NamedTuple):
-    hints: dict[str, Any]  # each parameter's type hint (Any where it has none)
-    checks: dict[str, Callable[[Any], bool]]  # each one's check, made once from its hint
+class Checks(NamedTuple):
+    """A call's parameters as the server checks them, made once per call."""
+
+    hints: dict[str, Any]  # each parameter's declared type, by name
+    checks: dict[str, Callable[[Any], bool]]  # each one's check, made from its type
     required: tuple[str, ...]
 
 
 @functools.cache
-def parameters(fn: Callable[..., Any]) -> Parameters:
-    """fn's keyword-passable parameters (without self) and the ones without a default."""
-    hints = typing.get_type_hints(fn)
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    declared = {p.name: hints.get(p.name, Any) for p in params}
-    return Parameters(
-        declared,
-        {name: checker(hint) for name, hint in declared.items()},
-        tuple(p.name for p in params if p.default is inspect.Parameter.empty),
+def checks_of(call: Call) -> Checks:
+    """The checks of a declared call's parameters."""
+    hints = {p.name: p.type for p in call.params}
+    return Checks(
+        hints,
+        {name: checker(hint) for name, hint in hints.items()},
+        tuple(p.name for p in call.params if p.required),
     )
 
 
-def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
-    """InvalidArgument naming the first argument of `op` that fn does not take as given."""
-    hints, checks, required = parameters(fn)
+def check_call(call: Call, args: dict[str, Any]) -> None:
+    """InvalidArgument naming the first argument that the call's declaration does not take as
+    given (a wrong name, a missing one, a value of the wrong type)."""
+    hints, checks, required = checks_of(call)
+    op = call.name
     for name, value in args.items():
         check = checks.get(name)
         if check is None:
@@ -59,6 +61,13 @@ def check_call(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
     for name in required:
         if name not in args:
             raise InvalidArgument(f"{op}: missing argument {name!r}")
+
+
+def members(hint: Any) -> tuple[Any, ...]:
+    """The types a hint admits: a union's members, else the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
 
 
 def check_arg(op: str, name: str, hint: Any, value: Any) -> Any:
@@ -99,6 +108,8 @@ def checker(hint: Any) -> Callable[[Any], bool]:
         return lambda value: type(value) in (list, tuple) and all(ok(v) for v in value)
     if isinstance(hint, type) and issubclass(hint, PurePath):
         return lambda value: isinstance(value, str)
+    if hint in WIRE_MAPS:  # on the wire a map, decoded by the server (see engine.wire.calls)
+        return lambda value: isinstance(value, (hint, dict))
     if isinstance(hint, type):
         return lambda value: isinstance(value, hint)
     return lambda value: False
@@ -120,7 +131,7 @@ def describe(hint: Any) -> str:
         return "a str"
     if hint is Any:
         return "any value"
-    name = {"Handle": "KV file handle", "float": "number"}.get(
+    name = {"Handle": "KV file handle", "FileHandle": "KV file handle", "float": "number"}.get(
         getattr(hint, "__name__", ""), getattr(hint, "__name__", str(hint))
     )
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
