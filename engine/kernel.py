@@ -89,8 +89,11 @@ class Kernel:
         token_budget: int = 2048,
         trace_capacity: int = 200_000,
         data_dir: Path | None = None,
+        prefix_sharing: bool = True,
     ) -> None:
-        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir())."""
+        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir());
+        prefix_sharing: forwards take full pages other files computed for the same prefix
+        (engine.prefix_cache)."""
         self.loaded = loaded
         model = loaded.model
         self.pool = PagePool.for_model(
@@ -99,7 +102,7 @@ class Kernel:
         self.runner = Runner(model, self.pool)
         self.data_dir = data_dir or default_data_dir()  # saved files, users' credentials
         saved = SavedFiles(self.data_dir / "saved")
-        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
+        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved, prefix_sharing=prefix_sharing)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.scheduler = Scheduler(policy, token_budget)
@@ -329,6 +332,10 @@ class Kernel:
     def _run_batch(self, batch: Batch) -> None:
         bid = next(self._batch_ids)
         start = time.monotonic()
+        if self.pool.index is not None:
+            batch = Batch(
+                batch.calls, [self._take_cached(c, n) for c, n in zip(*batch, strict=True)]
+            )
         segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
         pids = sorted({c.process.pid for c in batch.calls})
         for c in batch.calls:
@@ -371,6 +378,7 @@ class Kernel:
         for pid in pids:
             self.procs[pid].counters.time_computing += took
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
+            c.seq.publish(self.pool)  # its new full pages, for later forwards to take
             c.done += n
             c.process.counters.tokens_in += n
             if type(r) is not Tensor or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)
@@ -378,6 +386,36 @@ class Kernel:
             if c.remaining == 0:
                 self._finish(c)
         self.scheduler.last_batch = len(batch.calls)
+
+    def _take_cached(self, c: Call, n: int) -> int:
+        """Before a call's first chunk: take the cached full pages that hold its first tokens
+        (automatic prefix sharing); returns how many of its n tokens are left to compute."""
+        s = c.segment
+        if c.done or c.seq.sharing is None:
+            return n
+        if s.mask is not None:  # tree attention: its keys and values are not a plain prefix's
+            c.seq.sharing.mark_dirty(len(c.seq))
+            return n
+        start = c.seq.next_position
+        positions = s.positions or list(range(start, start + len(s.tokens)))
+        limit = min(s.outputs) if s.outputs else len(s.tokens) - 1  # at least one is computed
+        reuse = c.seq.take_cached(self.pool, s.tokens, positions, limit)
+        if reuse is None:
+            return n
+        self.trace.emit(
+            ev.PREFIX,
+            c.process.pid,
+            {
+                "call": c.id,
+                "file": c.seq.sharing.source,
+                "start": reuse.start,
+                "tokens": reuse.tokens,
+                "pages": reuse.pages,
+                "stop": reuse.stop.kind,
+            },
+        )
+        c.done = reuse.tokens
+        return min(n, c.remaining)
 
     def _finish(self, c: Call, error: Exception | None = None) -> None:
         if c in self.scheduler.queue:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.errors import InvalidArgument
+from engine.prefix_cache import Reuse, Stop
 
 if TYPE_CHECKING:
     from engine.process import Process
@@ -200,9 +201,32 @@ class FileHandle(NamedTuple):
 
 
 # Records that cross the wire by name (engine.protocol); tuples come back as tuples.
+class PrefixReport(NamedTuple):
+    """Automatic prefix sharing as one file saw it (`kv.explain`): each forward's lookup."""
+
+    path: str
+    tokens: int
+    cached_tokens: int  # of its tokens, those taken from the cache (over the lookups kept)
+    published_pages: int  # its first full pages in the prefix index's chain
+    on: bool  # sharing is on for this file (and the engine)
+    dirty_from: int | None  # tokens from here on were computed with tokens hidden or masked
+    reuses: list[Reuse]  # the lookups, oldest first (the last REUSES_KEPT)
+
+
 RECORDS: dict[str, Any] = {  # name -> NamedTuple class
     cls.__name__: cls
-    for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)
+    for cls in (
+        Distribution,
+        Message,
+        FileStat,
+        ProcessInfo,
+        Event,
+        PageMap,
+        SpecialTokens,
+        PrefixReport,
+        Reuse,
+        Stop,
+    )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {
     "FileStat": ("page_table", "names"),

@@ -2,17 +2,21 @@
 
 This is the substrate the KV file system stands on, with the copy-on-write primitives:
 `fork` shares every page (reference +1); the first write into a page someone else also holds
-copies it first; `truncate` rolls back; `hide`/`unhide` take positions out of attention.
+(or the prefix index keeps) copies it first; `truncate` rolls back; `hide`/`unhide` take
+positions out of attention; `take_cached` and `publish` are automatic prefix sharing
+(engine.prefix_cache).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from engine.errors import InvalidArgument
 from engine.page_pool import PagePool
+from engine.prefix_cache import Reuse, Sharing, Stop
 
 
 def pages_for(num_tokens: int, page_size: int) -> int:
@@ -27,6 +31,7 @@ class KVSequence:
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
     # page-table index -> (K, V) host copies of pages moved out of the pool (see swap_out)
     swapped: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    sharing: Sharing | None = None  # None: this sequence takes no part in prefix sharing
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -40,14 +45,14 @@ class KVSequence:
         n, ps = len(self.tokens), pool.page_size
         needed = pages_for(n + num_new, ps) - len(self.pages)
         last = self.pages[-1] if self.pages else -1  # -1: swapped out, so it was private
-        if n % ps and num_new and last >= 0 and pool.refcount[last] > 1:
+        if n % ps and num_new and last >= 0 and not pool.writable(last):
             needed += 1
         return needed
 
     def reserve(self, pool: PagePool, num_new: int) -> list[int]:
         """Room for num_new tokens; returns their flat slots. Copies a shared partial page first."""
         n, ps = len(self.tokens), pool.page_size
-        if n % ps and num_new and pool.refcount[self.pages[-1]] > 1:
+        if n % ps and num_new and not pool.writable(self.pages[-1]):
             (fresh,) = pool.alloc(1)
             pool.copy_page(self.pages[-1], fresh, n % ps)
             pool.release([self.pages[-1]])
@@ -64,8 +69,13 @@ class KVSequence:
     def fork(self, pool: PagePool) -> KVSequence:
         """A copy that shares every page; whichever side writes into a shared page copies it."""
         pool.ref(self.pages)
+        sharing = None if self.sharing is None else self.sharing.copy(self.sharing.source)
         return KVSequence(
-            list(self.tokens), list(self.positions), list(self.pages), set(self.hidden)
+            list(self.tokens),
+            list(self.positions),
+            list(self.pages),
+            set(self.hidden),
+            sharing=sharing,
         )
 
     def truncate(self, pool: PagePool, n: int) -> None:
@@ -76,10 +86,14 @@ class KVSequence:
         pool.release(self.pages[keep:])
         del self.pages[keep:], self.tokens[n:], self.positions[n:]
         self.hidden = {i for i in self.hidden if i < n}
+        if self.sharing is not None:
+            self.sharing.truncated(n, pool.page_size, bool(self.hidden))
 
     def hide(self, indices: list[int]) -> None:
         self._check_indices(indices)
         self.hidden.update(indices)
+        if self.sharing is not None and indices:  # what comes next attends without them
+            self.sharing.mark_dirty(len(self.tokens))
 
     def unhide(self, indices: list[int]) -> None:
         self._check_indices(indices)
@@ -109,6 +123,60 @@ class KVSequence:
             pool.v[:, page] = v.to(pool.v.device)
             self.pages[i] = page
         self.swapped = {}
+
+    # ---- automatic prefix sharing (engine.prefix_cache) ----
+
+    def take_cached(
+        self, pool: PagePool, tokens: list[int], positions: list[int], limit: int
+    ) -> Reuse | None:
+        """Append the cached full pages that hold the first of `tokens` (at `positions`), by
+        reference, without computing them; at most `limit` tokens (the first token whose
+        output is wanted is computed). Returns the lookup (None: sharing is off everywhere)."""
+        s, index = self.sharing, pool.index
+        if s is None or index is None:
+            return None
+        self.publish(pool)
+        n, ps = len(self.tokens), pool.page_size
+        if not s.on:
+            stop = Stop("off", n)
+        elif self.hidden or s.dirty_from is not None or len(s.chain) != n // ps:
+            stop = Stop("hidden", n)
+        elif n % ps:
+            stop = Stop("unaligned", n)
+        else:
+            parent = s.chain[-1] if s.chain else b""
+            match = index.match(s.user, parent, n, tokens, positions, limit)
+            k = len(match.pages) * ps
+            pool.ref(match.pages)
+            self.pages.extend(match.pages)
+            self.append(tokens[:k], positions[:k])
+            s.chain.extend(match.digests)
+            reuse = Reuse(n, k, match.pages, match.sources, match.stop, time.time())
+            s.record(reuse)
+            return reuse
+        reuse = Reuse(n, 0, [], [], stop, time.time())
+        s.record(reuse)
+        return reuse
+
+    def publish(self, pool: PagePool) -> None:
+        """Index this sequence's full pages not indexed yet, so later forwards can take them."""
+        s, index = self.sharing, pool.index
+        if s is None or index is None or not s.on:
+            return
+        ps = pool.page_size
+        full = len(self.tokens) // ps
+        if s.dirty_from is not None:
+            full = min(full, s.dirty_from // ps)
+        for i in range(len(s.chain), full):
+            page = self.pages[i]
+            if page < 0:  # swapped out: published when it is back
+                return
+            parent = s.chain[-1] if s.chain else b""
+            a, b = i * ps, (i + 1) * ps
+            d = index.publish(
+                s.scope, parent, self.tokens[a:b], self.positions[a:b], page, s.source
+            )
+            s.chain.append(d)
 
     def _check_indices(self, indices: list[int]) -> None:
         bad = [i for i in indices if not 0 <= i < len(self.tokens)]

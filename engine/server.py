@@ -100,9 +100,9 @@ ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 HANDLE_ARGS = ("file", "handle", "src", "path")
 KV_OPS = (
     "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
-    "rename", "unlink", "stat", "listdir", "chmod", "save", "load",
+    "rename", "unlink", "stat", "listdir", "chmod", "save", "load", "explain", "share",
 )  # fmt: skip
-CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # without a process
+CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod", "explain")  # no process
 PROCESS_OPS = (
     "tokenize",
     "detokenize",
@@ -487,6 +487,10 @@ class EngineServer:
             "pages_free": pool.num_free,
             "pages_used": pool.num_pages - pool.num_free,
             "pages_swapped": sum(len(f.seq.swapped) for _, f in k.kvfs.files()),
+            "pages_cached": pool.num_cached,  # held by nobody, kept for prefix sharing
+            "prefix_sharing": pool.index is not None,
+            "prefix_hits": 0 if pool.index is None else pool.index.hits,  # full pages
+            "prefix_misses": 0 if pool.index is None else pool.index.misses,
             "batches": batch.data["batch"] if batch is not None else 0,
             "processes": len(k.live),
             "sessions": len(self.sessions),

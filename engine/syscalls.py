@@ -24,6 +24,7 @@ from engine.records import (
     LogProbs,
     Message,
     PageMap,
+    PrefixReport,
     ProcessInfo,
     Returns,
     Sample,
@@ -107,6 +108,16 @@ class KVCalls:
 
     async def listdir(self, path: str = "/") -> list[str]:
         return self._fs.listdir(await self._sys._caller(), path)
+
+    async def explain(self, path: Handle | str) -> PrefixReport:
+        """How automatic prefix sharing went for a file: what each forward took from the cache,
+        and where and why matching stopped (engine.prefix_cache)."""
+        return self._fs.explain(await self._sys._caller(), path)
+
+    async def share(self, handle: Handle, on: bool) -> None:
+        """Switch automatic prefix sharing for one file (on by default)."""
+        await self._sys._caller()
+        self._fs.set_sharing(handle, on)
 
     async def chmod(self, path: str, mode: int) -> None:
         self._fs.chmod(await self._sys._caller(), path, mode)

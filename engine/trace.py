@@ -20,6 +20,7 @@ CALL_FINISHED = "call.finished"
 BATCH = "batch"
 PROCESS = "process"  # a state change: data has old and new
 PAGES = "pages"
+PREFIX = "prefix"  # a forward's lookup in the prefix cache: tokens taken, why it stopped
 
 
 class Trace:

@@ -69,6 +69,7 @@ from engine.records import (
     LogProbs,
     Message,
     PageMap,
+    PrefixReport,
     ProcessInfo,
     Returns,
     Sample,
@@ -306,6 +307,10 @@ class Client:
     async def stat(self, path: str) -> FileStat:
         return await self.call("kv.stat", {"path": path})
 
+    async def explain(self, path: str) -> PrefixReport:
+        """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
+        return await self.call("kv.explain", {"path": path})
+
     async def unlink(self, path: str) -> None:
         await self.call("kv.unlink", {"path": path})
 
@@ -461,6 +466,14 @@ class KVCalls:
 
     async def listdir(self, path: str = "/") -> list[str]:
         return await self._lip._call("kv.listdir", path=path)
+
+    async def explain(self, path: FileHandle | str) -> PrefixReport:
+        """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
+        return await self._lip._call("kv.explain", path=path)
+
+    async def share(self, handle: FileHandle, on: bool) -> None:
+        """Switch automatic prefix sharing for one file (on by default)."""
+        await self._lip._call("kv.share", handle=handle, on=on)
 
     async def chmod(self, path: str, mode: int) -> None:
         await self._lip._call("kv.chmod", path=path, mode=mode)
