@@ -30,6 +30,7 @@ from engine.errors import (
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
+from engine.prefix_cache import chain
 from engine.process import EXITED, READY, SUSPENDED, WAITING, Process, ProcessInfo, State
 from engine.runner import Runner
 from engine.saved import SavedFiles, default_data_dir
@@ -333,9 +334,9 @@ class Kernel:
         bid = next(self._batch_ids)
         start = time.monotonic()
         if self.pool.index is not None:
-            batch = Batch(
-                batch.calls, [self._take_cached(c, n) for c, n in zip(*batch, strict=True)]
-            )
+            batch = self._share_prefixes(batch)
+            if not batch.calls:
+                return
         segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
         pids = sorted({c.process.pid for c in batch.calls})
         for c in batch.calls:
@@ -387,35 +388,61 @@ class Kernel:
                 self._finish(c)
         self.scheduler.last_batch = len(batch.calls)
 
-    def _take_cached(self, c: Call, n: int) -> int:
-        """Before a call's first chunk: take the cached full pages that hold its first tokens
-        (automatic prefix sharing); returns how many of its n tokens are left to compute."""
-        s = c.segment
-        if c.done or c.seq.sharing is None:
-            return n
+    def _share_prefixes(self, batch: Batch) -> Batch:
+        """Automatic prefix sharing before a forward: each call that has computed nothing yet
+        takes the cached full pages that hold its next tokens. A call whose next page another
+        call of this batch computes waits for the next batch, and takes it then."""
+        calls, sizes, computing = [], [], set()
+        for c, n in zip(batch.calls, batch.sizes, strict=True):
+            left, upcoming = self._take_cached(c, n)
+            if upcoming and upcoming[0] in computing:
+                continue  # still queued: the next forward finds the page cached
+            computing.update(upcoming)
+            calls.append(c)
+            sizes.append(left)
+        return Batch(calls, sizes)
+
+    def _take_cached(self, c: Call, n: int) -> tuple[int, list[bytes]]:
+        """Take the cached pages for a call; how many of its n tokens are left to compute,
+        and the digests of the full pages it will compute now."""
+        s, sharing = c.segment, c.seq.sharing
+        if c.done != c.cached or sharing is None:  # it computed some: its file moved on
+            return n, []
         if s.mask is not None:  # tree attention: its keys and values are not a plain prefix's
-            c.seq.sharing.mark_dirty(len(c.seq))
-            return n
+            sharing.mark_dirty(len(c.seq))
+            return n, []
         start = c.seq.next_position
-        positions = s.positions or list(range(start, start + len(s.tokens)))
-        limit = min(s.outputs) if s.outputs else len(s.tokens) - 1  # at least one is computed
-        reuse = c.seq.take_cached(self.pool, s.tokens, positions, limit)
+        tokens = s.tokens[c.done :]
+        positions = (
+            s.positions[c.done :]
+            if s.positions is not None
+            else list(range(start, start + len(tokens)))
+        )
+        limit = (min(s.outputs) if s.outputs else len(s.tokens) - 1) - c.done  # one computed
+        reuse = c.seq.take_cached(self.pool, tokens, positions, limit)
         if reuse is None:
-            return n
+            return n, []
         self.trace.emit(
             ev.PREFIX,
             c.process.pid,
             {
                 "call": c.id,
-                "file": c.seq.sharing.source,
+                "file": sharing.source,
                 "start": reuse.start,
                 "tokens": reuse.tokens,
                 "pages": reuse.pages,
                 "stop": reuse.stop.kind,
             },
         )
-        c.done = reuse.tokens
-        return min(n, c.remaining)
+        c.done += reuse.tokens
+        c.cached += reuse.tokens
+        left = min(n, c.remaining)
+        ps = self.pool.page_size
+        if len(c.seq) % ps or sharing.dirty_from is not None or c.seq.hidden:
+            return left, []
+        parent = sharing.chain[-1] if sharing.chain else b""
+        k = reuse.tokens
+        return left, chain(parent, tokens[k : k + left], positions[k : k + left], ps)
 
     def _finish(self, c: Call, error: Exception | None = None) -> None:
         if c in self.scheduler.queue:

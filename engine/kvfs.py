@@ -363,6 +363,7 @@ class KVFS:
             owners=owners,
             swapped=swapped,
             swapped_total=sum(len(f.seq.swapped) for f in self._all_files()),
+            cached=list(self.pool.cached),
         )
 
     def read(

@@ -93,6 +93,17 @@ def digest(parent: bytes, tokens: Sequence[int], positions: Sequence[int]) -> by
     return h.digest()
 
 
+def chain(
+    parent: bytes, tokens: Sequence[int], positions: Sequence[int], page_size: int
+) -> list[bytes]:
+    """The digests of the full pages of tokens appended after the prefix `parent`."""
+    out = []
+    for a in range(0, len(tokens) - page_size + 1, page_size):
+        parent = digest(parent, tokens[a : a + page_size], positions[a : a + page_size])
+        out.append(parent)
+    return out
+
+
 def scope_of(path: str, owner: str) -> str:
     """The scope a file's pages are published under: /shared files' to all, others' to the
     owner."""

@@ -141,6 +141,7 @@ class PageMap(NamedTuple):
     owners: list[list[str]]  # per pool page: a readable name of each file holding it
     swapped: dict[str, int]  # readable file name -> its pages swapped out to host memory
     swapped_total: int  # every file's swapped-out pages, readable or not
+    cached: list[int] = []  # pages nobody holds, kept for automatic prefix sharing (LRU first)
 
 
 class ProcessInfo(NamedTuple):

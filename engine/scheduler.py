@@ -34,6 +34,7 @@ class Call:
     submitted: float
     base: int  # len(seq) at submission, for slicing the mask
     done: int = 0  # tokens already forwarded
+    cached: int = 0  # of them, those taken from the prefix cache (engine.prefix_cache)
     started: float | None = None
     results: list[Result] = field(default_factory=list)
 

@@ -79,6 +79,25 @@ def test_a_second_process_takes_the_first_ones_pages_and_gets_the_same_logits(
     assert [e.data["tokens"] for e in hits] == [0, 40]
 
 
+def test_processes_sending_one_prompt_at_once_compute_it_once(tiny_loaded) -> None:  # noqa: ANN001
+    tokens = prompt(11, 33)  # 8 full pages and one token
+
+    async def body(k: Kernel) -> list[Any]:
+        pids = [k.spawn(prefill, tokens, None, True) for _ in range(4)]
+        return [await k.wait(p) for p in pids]
+
+    kernel = Kernel(tiny_loaded, num_pages=64, page_size=PS)
+    results = run(kernel, body)
+    cached = sorted(report.cached_tokens for _, report in results)
+    assert cached == [0, 32, 32, 32]  # the three later ones waited one forward, then took them
+    for logits, _ in results[1:]:
+        torch.testing.assert_close(
+            torch.tensor(logits), torch.tensor(results[0][0]), atol=1e-5, rtol=0
+        )
+    computed = sum(e.data["tokens"] for e in kernel.trace.query(kinds=[ev.BATCH]))
+    assert computed == 33 + 3 * 1
+
+
 def test_results_equal_without_sharing_and_the_pages_are_fewer(tiny_loaded) -> None:  # noqa: ANN001
     system = prompt(7, 24)
 
