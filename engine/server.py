@@ -195,6 +195,7 @@ class EngineServer:
                 "output": self._output,
                 "worker.adopt": self._adopt,
                 "worker.exit": self._worker_exit,
+                "drop_caches": self._drop_caches,
                 "user.add": self._user_add,
                 "user.remove": self._user_remove,
                 "tool.register": self._tool_register,
@@ -604,7 +605,13 @@ class EngineServer:
 
     def _check_owner(self, session: Session, op: str) -> None:
         if session.cred:
-            raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
+            raise PermissionDenied(op, "only the engine's owner (its own token) may do this")
+
+    async def _drop_caches(self, session: Session, req: Request) -> int:
+        """Evict every cached page (as Linux's drop_caches); how many. The engine's owner only:
+        it costs every user their cache."""
+        self._check_owner(session, "drop_caches")
+        return self.kernel.pool.drop_cache()
 
     async def _user_add(self, session: Session, req: Request) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""

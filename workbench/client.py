@@ -307,6 +307,10 @@ class Client:
     async def stat(self, path: str) -> FileStat:
         return await self.call("kv.stat", {"path": path})
 
+    async def drop_caches(self) -> int:
+        """Evict every page the prefix cache keeps (the engine's owner only); how many."""
+        return await self.call("drop_caches")
+
     async def explain(self, path: str) -> PrefixReport:
         """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
         return await self.call("kv.explain", {"path": path})
