@@ -201,7 +201,13 @@ async def _serve(model: str, args: argparse.Namespace) -> int:
         print(f"symphony serve: {e}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir) if args.data_dir else None
-    kernel = Kernel(loaded, num_pages=args.pages, page_size=args.page_size, data_dir=data_dir)
+    kernel = Kernel(
+        loaded,
+        num_pages=args.pages,
+        page_size=args.page_size,
+        data_dir=data_dir,
+        prefix_sharing=not args.no_prefix_sharing,
+    )
     dtype = str(loaded.model.dtype).removeprefix("torch.")
 
     def ready(server: EngineServer, path: str) -> None:
@@ -233,6 +239,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
     p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
+    p.add_argument(
+        "--no-prefix-sharing",
+        action="store_true",
+        help="compute every forward's tokens: no automatic prefix sharing between files",
+    )
     p.add_argument(
         "--data-dir",
         help="where saved KV files are kept, per user ($SYMPHONY_DATA_DIR, else"

@@ -25,6 +25,7 @@ from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.memory import MemoryManager
 from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
+from engine.prefix_cache import chain
 from engine.process import Process, ProcessInfo
 from engine.process_table import ProcessTable
 from engine.runner import Runner
@@ -33,7 +34,14 @@ from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
 from engine.tools import Tools
 from engine.trace import Trace
 from engine.wire.errors import InvalidArgument, ProcessFailed
-from engine.wire.events import BatchRan, CallFinished, CallStarted, CallSubmitted, PagesUsed
+from engine.wire.events import (
+    BatchRan,
+    CallFinished,
+    CallStarted,
+    CallSubmitted,
+    PagesUsed,
+    PrefixLookup,
+)
 
 Program = Callable[..., Awaitable[Any]]  # async def main(sys: Syscalls, *args) -> Any
 
@@ -84,8 +92,11 @@ class Kernel:
         token_budget: int = 2048,
         trace_capacity: int = 200_000,
         data_dir: Path | None = None,
+        prefix_sharing: bool = True,
     ) -> None:
-        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir())."""
+        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir());
+        prefix_sharing: forwards take full pages other files computed for the same prefix
+        (engine.prefix_cache)."""
         self.loaded = loaded
         model = loaded.model
         self.pool = PagePool.for_model(
@@ -94,7 +105,7 @@ class Kernel:
         self.runner = Runner(model, self.pool)
         self.data_dir = data_dir or default_data_dir()  # saved files, users' credentials
         saved = SavedFiles(self.data_dir / "saved")
-        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved)
+        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved, prefix_sharing=prefix_sharing)
         self.tokenizer = loaded.tokenizer
         self.trace = Trace(trace_capacity)
         self.processes = ProcessTable(self.trace)
@@ -308,6 +319,8 @@ class Kernel:
         for c in batch.calls:
             if c.seq.swapped is not None:  # shared with a process suspended since (fit counted)
                 c.seq.swap_in(self.pool)
+        if self.pool.index is not None:  # automatic prefix sharing: cached pages, not computed
+            batch = self._share_prefixes(batch)
         segments = [c.chunk(n) for c, n in zip(batch.calls, batch.sizes, strict=True)]
         pids = sorted({c.process.pid for c in batch.calls})
         for c in batch.calls:
@@ -335,6 +348,7 @@ class Kernel:
         for pid in pids:
             self.processes.procs[pid].counters.time_computing += took
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
+            c.seq.publish(self.pool)  # its new full pages, for later forwards to take
             c.done += n
             c.process.counters.tokens_in += n
             if type(r) is not Tensor or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)
@@ -342,6 +356,54 @@ class Kernel:
             if c.remaining == 0:
                 self._finish(c)
         self.scheduler.last_batch = len(batch.calls)
+
+    def _share_prefixes(self, batch: Batch) -> Batch:
+        """Automatic prefix sharing before a forward: each call that has computed nothing yet
+        takes the cached full pages that hold its next tokens. A call whose next page another
+        call of this batch computes waits for the next batch, and takes it then."""
+        calls, sizes, computing = [], [], set()
+        for c, n in zip(batch.calls, batch.sizes, strict=True):
+            left, upcoming = self._take_cached(c, n)
+            if upcoming and upcoming[0] in computing:
+                continue  # still queued: the next forward finds the page cached
+            computing.update(upcoming)
+            calls.append(c)
+            sizes.append(left)
+        return Batch(calls, sizes)
+
+    def _take_cached(self, c: Call, n: int) -> tuple[int, list[bytes]]:
+        """Take the cached pages for a call; how many of its n tokens are left to compute,
+        and the digests of the full pages it will compute now."""
+        s, sharing = c.segment, c.seq.sharing
+        if c.done != c.cached or sharing is None:  # it computed some: its file moved on
+            return n, []
+        if s.mask is not None:  # tree attention: its keys and values are not a plain prefix's
+            sharing.mark_dirty(len(c.seq))
+            return n, []
+        start = c.seq.next_position
+        tokens = s.tokens[c.done :]
+        positions = (
+            s.positions[c.done :]
+            if s.positions is not None
+            else list(range(start, start + len(tokens)))
+        )
+        limit = (min(s.outputs) if s.outputs else len(s.tokens) - 1) - c.done  # one computed
+        reuse = c.seq.take_cached(self.pool, tokens, positions, limit)
+        if reuse is None:
+            return n, []
+        lookup = PrefixLookup(
+            c.id, sharing.source, reuse.start, reuse.tokens, reuse.pages, reuse.stop.kind
+        )
+        self.trace.emit(c.process.pid, lookup)
+        c.done += reuse.tokens
+        c.cached += reuse.tokens
+        left = min(n, c.remaining)
+        ps = self.pool.page_size
+        if len(c.seq) % ps or sharing.dirty_from is not None or c.seq.hidden:
+            return left, []
+        parent = sharing.chain[-1] if sharing.chain else b""
+        k = reuse.tokens
+        return left, chain(parent, tokens[k : k + left], positions[k : k + left], ps)
 
     def _finish(self, c: Call, error: BaseException | None = None) -> None:
         self.scheduler.remove(c)

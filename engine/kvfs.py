@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from engine.page_pool import PagePool
+from engine.prefix_cache import PrefixIndex, Sharing, scope_of
 from engine.saved import Saved, SavedFiles
 from engine.sequence import KVSequence, pages_for
 from engine.wire.errors import (
@@ -47,7 +48,7 @@ from engine.wire.errors import (
     OutOfPages,
     PermissionDenied,
 )
-from engine.wire.records import FileStat, PageMap
+from engine.wire.records import FileStat, PageMap, PrefixReport
 
 ROOTS = ("proc", "home", "shared")
 MAX_NAME, MAX_PATH = 255, 1024
@@ -187,8 +188,11 @@ class KVFS:
         model_id: str,
         clock: Callable[[], float] = time.time,
         saved: SavedFiles | None = None,
+        prefix_sharing: bool = True,
     ) -> None:
         self.pool, self.model_id, self.clock = pool, model_id, clock
+        if prefix_sharing and pool.index is None:  # automatic prefix sharing (prefix_cache)
+            pool.index = PrefixIndex(pool.page_size)
         self.saved = saved  # where kv.save writes (None: nowhere)
         self._names: dict[str, KVFile] = {}
         self._handles: dict[int, Handle] = {}
@@ -284,6 +288,24 @@ class KVFS:
         path, f = self._resolve(caller, target, READ)
         return self._file_stat(f, path, self._holders(caller, set(f.seq.held_pages())))
 
+    def explain(self, caller: Caller, path: Handle | str) -> PrefixReport:
+        """How automatic prefix sharing went for a file: each forward's lookup, what it took
+        from the cache, and where and why matching stopped (engine.prefix_cache)."""
+        name, f = self._resolve(caller, path, READ)
+        s = f.seq.sharing
+        if s is None:
+            return PrefixReport(name, len(f.seq), 0, 0, False, None, [])
+        cached = sum(r.tokens for r in s.log)
+        return PrefixReport(name, len(f.seq), cached, len(s.chain), s.on, s.dirty_from, list(s.log))
+
+    def set_sharing(self, handle: Handle, on: bool) -> None:
+        """Switch automatic prefix sharing for one file (it is on for every file by default)."""
+        if not isinstance(on, bool):
+            raise InvalidArgument(f"on must be True or False, not {on!r}")
+        s = self._writable(handle).seq.sharing
+        if s is not None:
+            s.on = on
+
     def listdir(self, caller: Caller, path: str = "/") -> list[str]:
         """Direct children the caller may read: file names, and directories with a trailing /."""
         norm = normpath(path)
@@ -350,6 +372,7 @@ class KVFS:
             owners=owners,
             swapped=swapped,
             swapped_total=self.pool.num_swapped,
+            cached=list(self.pool.cached),
         )
 
     def check(self) -> None:
@@ -605,6 +628,11 @@ class KVFS:
         now = self.clock()
         mode = _default_mode(path) if mode is None else mode
         f = KVFile(seq, caller.user, caller.pid, mode, parent, now, now)
+        if self.pool.index is not None:  # a fork keeps its chain and its switch
+            on = seq.sharing.on if seq.sharing is not None else True
+            chain = seq.sharing.chain if seq.sharing is not None else []
+            dirty = seq.sharing.dirty_from if seq.sharing is not None else None
+            seq.sharing = Sharing(caller.user, scope_of(path, caller.user), path, on, chain, dirty)
         self._add_name(path, f)
         return f
 

@@ -2,15 +2,23 @@
 
 A page holds `page_size` consecutive tokens' keys and values for every layer. Pages are shared
 between KV sequences by reference count (fork); a page returns to the free list when its
-count drops to zero. Invariant: free pages + referenced pages = all pages.
+count drops to zero, unless the prefix index (engine.prefix_cache) holds it: then it stays
+*cached*, its contents kept for a later forward with the same prefix, until an allocation
+needs it back (least recently cached first).
+
+Invariant: free pages + cached pages + referenced pages = all pages, no page in two of them,
+and every cached page is indexed.
 """
 
 from __future__ import annotations
+
+import collections
 
 import torch
 from torch import Tensor
 
 from engine.config import ModelConfig
+from engine.prefix_cache import PrefixIndex
 from engine.wire.errors import OutOfPages
 
 DEFAULT_PAGE_SIZE = 16
@@ -36,6 +44,8 @@ class PagePool:
         self.refcount = [0] * num_pages
         self.num_swapped = 0  # pages its sequences moved to host memory (KVSequence.swap_out)
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low numbers first
+        self.index: PrefixIndex | None = None  # set by the KV file system when sharing is on
+        self.cached: collections.OrderedDict[int, None] = collections.OrderedDict()  # LRU first
 
     @classmethod
     def for_model(
@@ -52,7 +62,12 @@ class PagePool:
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        """Pages an allocation can take: the free ones and the cached ones."""
+        return len(self._free) + len(self.cached)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.cached)
 
     @property
     def num_referenced(self) -> int:
@@ -60,19 +75,32 @@ class PagePool:
 
     def alloc(self, n: int) -> list[int]:
         """n fresh pages with reference count 1; all or nothing."""
-        if n > len(self._free):
-            raise OutOfPages(n, len(self._free))
-        pages = [self._free.pop() for _ in range(n)]
+        if n > self.num_free:
+            raise OutOfPages(n, self.num_free)
+        pages = [self._free.pop() if self._free else self._evict() for _ in range(n)]
         for p in pages:
             self.refcount[p] = 1
         return pages
 
+    def _evict(self) -> int:
+        """The least recently cached page, forgotten by the index."""
+        page, _ = self.cached.popitem(last=False)
+        assert self.index is not None
+        self.index.forget(page)
+        return page
+
     def ref(self, pages: list[int]) -> None:
-        """Share: one more holder for each page."""
+        """Share: one more holder for each page (a cached page is held again)."""
         for p in pages:
-            if self.refcount[p] <= 0:
+            if self.refcount[p] <= 0 and p not in self.cached:
                 raise ValueError(f"page {p} is free; only held pages can be shared")
+            self.cached.pop(p, None)
             self.refcount[p] += 1
+
+    def writable(self, page: int) -> bool:
+        """Whether a sequence may write into its page in place: nobody else holds it and the
+        index does not keep it for others (else copy-on-write)."""
+        return self.refcount[page] == 1 and (self.index is None or not self.index.holds(page))
 
     def release(self, pages: list[int]) -> None:
         """One holder fewer for each page; pages nobody holds return to the free list."""
@@ -81,7 +109,17 @@ class PagePool:
                 raise ValueError(f"page {p} released more times than it was held")
             self.refcount[p] -= 1
             if self.refcount[p] == 0:
-                self._free.append(p)
+                if self.index is not None and self.index.holds(p):
+                    self.cached[p] = None
+                else:
+                    self._free.append(p)
+
+    def drop_cache(self) -> int:
+        """Forget every cached page (they become free); returns how many."""
+        n = len(self.cached)
+        while self.cached:
+            self._free.append(self._evict())
+        return n
 
     def copy_page(self, src: int, dst: int, num_tokens: int | None = None) -> None:
         """Copy the first `num_tokens` slots (default all) of page src into page dst, all layers."""
@@ -100,8 +138,9 @@ class PagePool:
         return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
 
     def check(self) -> None:
-        """AssertionError unless free + referenced = all pages and no page is both."""
-        free = set(self._free)
+        """AssertionError unless free + cached + referenced = all pages, no page in two of
+        them, and every cached page is indexed."""
+        free, cached = set(self._free), set(self.cached)
         assert len(free) == len(self._free), "a page is on the free list twice"
         assert all(c >= 0 for c in self.refcount), "negative reference count"
         assert self.num_swapped >= 0, f"{self.num_swapped} pages in host memory"
@@ -109,6 +148,16 @@ class PagePool:
         assert not free & referenced, (
             f"pages both free and referenced: {sorted(free & referenced)[:8]}"
         )
-        assert len(free) + len(referenced) == self.num_pages, (
-            f"{len(free)} free + {len(referenced)} referenced != {self.num_pages} pages"
+        assert not cached & (free | referenced), (
+            f"cached pages also free or referenced: {sorted(cached & (free | referenced))[:8]}"
+        )
+        assert self.index is not None or not cached, "cached pages without an index"
+        if self.index is not None:
+            assert all(self.index.holds(p) for p in cached), "a cached page is not indexed"
+            free_indexed = sorted(p for p in free if self.index.holds(p))
+            assert not free_indexed, f"free pages still indexed: {free_indexed[:8]}"
+        total = len(free) + len(cached) + len(referenced)
+        assert total == self.num_pages, (
+            f"{len(free)} free + {len(cached)} cached + {len(referenced)} referenced"
+            f" != {self.num_pages} pages"
         )

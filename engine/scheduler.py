@@ -33,6 +33,7 @@ class Call:
     submitted: float
     base: int  # len(seq) when the call runs (the calls before it on its file done): the mask's
     done: int = 0  # tokens already forwarded
+    cached: int = 0  # of them, those taken from the prefix cache (engine.prefix_cache)
     started: float | None = None
     results: list[Result] = field(default_factory=list)
     file: Handle | None = None  # the handle it writes through: it must stay open until it runs

@@ -2,7 +2,9 @@
 
 This is the substrate the KV file system stands on, with the copy-on-write primitives:
 `fork` shares every page (reference +1); the first write into a page someone else also holds
-copies it first; `truncate` rolls back; `hide`/`unhide` take positions out of attention.
+(or the prefix index keeps) copies it first; `truncate` rolls back; `hide`/`unhide` take
+positions out of attention; `take_cached` and `publish` are automatic prefix sharing
+(engine.prefix_cache).
 
 Residency. A sequence is resident (every page of it in the pool) or swapped out: under KV
 pressure the pages only it holds move to host memory (`swap_out`) and come back into fresh pool
@@ -12,12 +14,14 @@ resident; the views (`page_table`, `held_pages`) tell where each page is either 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from torch import Tensor
 
 from engine.page_pool import PagePool
+from engine.prefix_cache import Reuse, Sharing, Stop
 from engine.wire.errors import InvalidArgument
 
 
@@ -39,6 +43,7 @@ class KVSequence:
     pages: list[int] = field(default_factory=list)  # the page table while resident, else empty
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
     swapped: SwappedOut | None = None  # where its pages are while swapped out (see swap_out)
+    sharing: Sharing | None = None  # None: this sequence takes no part in prefix sharing
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -131,7 +136,7 @@ class KVSequence:
         needed = pages_for(n + num_new, ps) - self.num_pages
         if n % ps and num_new:
             last = self.page_table()[-1] if self.swapped is not None else self.pages[-1]
-            if last is not None and pool.refcount[last] > 1:  # (a page from host is private)
+            if last is not None and not pool.writable(last):  # (a page from host is private)
                 needed += 1
         return needed
 
@@ -139,7 +144,7 @@ class KVSequence:
         """Room for num_new tokens; returns their flat slots. Copies a shared partial page first."""
         self._need_resident("write")
         n, ps = len(self.tokens), pool.page_size
-        if n % ps and num_new and pool.refcount[self.pages[-1]] > 1:
+        if n % ps and num_new and not pool.writable(self.pages[-1]):
             (fresh,) = pool.alloc(1)
             pool.copy_page(self.pages[-1], fresh, n % ps)
             pool.release([self.pages[-1]])
@@ -157,8 +162,13 @@ class KVSequence:
         """A copy that shares every page; whichever side writes into a shared page copies it."""
         self._need_resident("fork")
         pool.ref(self.pages)
+        sharing = None if self.sharing is None else self.sharing.copy(self.sharing.source)
         return KVSequence(
-            list(self.tokens), list(self.positions), list(self.pages), set(self.hidden)
+            list(self.tokens),
+            list(self.positions),
+            list(self.pages),
+            set(self.hidden),
+            sharing=sharing,
         )
 
     def truncate(self, pool: PagePool, n: int) -> None:
@@ -170,10 +180,14 @@ class KVSequence:
         pool.release(self.pages[keep:])
         del self.pages[keep:], self.tokens[n:], self.positions[n:]
         self.hidden = {i for i in self.hidden if i < n}
+        if self.sharing is not None:
+            self.sharing.truncated(n, pool.page_size, bool(self.hidden))
 
     def hide(self, indices: list[int]) -> None:
         self._check_indices(indices)
         self.hidden.update(indices)
+        if self.sharing is not None and indices:  # what comes next attends without them
+            self.sharing.mark_dirty(len(self.tokens))
 
     def unhide(self, indices: list[int]) -> None:
         self._check_indices(indices)
@@ -189,6 +203,60 @@ class KVSequence:
     def _need_resident(self, what: str) -> None:
         if self.swapped is not None:  # the kernel and the KVFS bring a sequence back first
             raise RuntimeError(f"cannot {what} a swapped-out sequence; swap_in first")
+
+    # ---- automatic prefix sharing (engine.prefix_cache) ----
+
+    def take_cached(
+        self, pool: PagePool, tokens: list[int], positions: list[int], limit: int
+    ) -> Reuse | None:
+        """Append the cached full pages that hold the first of `tokens` (at `positions`), by
+        reference, without computing them; at most `limit` tokens (the first token whose
+        output is wanted is computed). Returns the lookup (None: sharing is off everywhere)."""
+        s, index = self.sharing, pool.index
+        if s is None or index is None:
+            return None
+        self.publish(pool)
+        n, ps = len(self.tokens), pool.page_size
+        if not s.on:
+            stop = Stop("off", n)
+        elif self.hidden or s.dirty_from is not None or len(s.chain) != n // ps:
+            stop = Stop("hidden", n)
+        elif n % ps:
+            stop = Stop("unaligned", n)
+        else:
+            parent = s.chain[-1] if s.chain else b""
+            match = index.match(s.user, parent, n, tokens, positions, limit)
+            k = len(match.pages) * ps
+            pool.ref(match.pages)
+            self.pages.extend(match.pages)
+            self.append(tokens[:k], positions[:k])
+            s.chain.extend(match.digests)
+            reuse = Reuse(n, k, match.pages, match.sources, match.stop, time.time())
+            s.record(reuse)
+            return reuse
+        reuse = Reuse(n, 0, [], [], stop, time.time())
+        s.record(reuse)
+        return reuse
+
+    def publish(self, pool: PagePool) -> None:
+        """Index this sequence's full pages not indexed yet, so later forwards can take them."""
+        s, index = self.sharing, pool.index
+        if s is None or index is None or not s.on:
+            return
+        ps = pool.page_size
+        full = len(self.tokens) // ps
+        if s.dirty_from is not None:
+            full = min(full, s.dirty_from // ps)
+        if self.swapped is not None:  # published when it is back in the pool
+            return
+        for i in range(len(s.chain), full):
+            page = self.pages[i]
+            parent = s.chain[-1] if s.chain else b""
+            a, b = i * ps, (i + 1) * ps
+            d = index.publish(
+                s.scope, parent, self.tokens[a:b], self.positions[a:b], page, s.source
+            )
+            s.chain.append(d)
 
     def _check_indices(self, indices: list[int]) -> None:
         bad = [i for i in indices if not 0 <= i < len(self.tokens)]

@@ -551,6 +551,10 @@ class EngineServer:
             "pages_free": pool.num_free,
             "pages_used": pool.num_pages - pool.num_free,
             "pages_swapped": k.memory.swapped_pages(),
+            "pages_cached": pool.num_cached,  # held by nobody, kept for prefix sharing
+            "prefix_sharing": pool.index is not None,
+            "prefix_hits": 0 if pool.index is None else pool.index.hits,  # full pages
+            "prefix_misses": 0 if pool.index is None else pool.index.misses,
             "batches": batch.data["batch"] if batch is not None else 0,
             "processes": len(k.live),
             "sessions": len(self.sessions),
@@ -674,7 +678,13 @@ class EngineServer:
 
     def _check_owner(self, session: Session, op: str) -> None:
         if session.cred:
-            raise PermissionDenied(op, "only the engine's owner (its own token) issues credentials")
+            raise PermissionDenied(op, "only the engine's owner (its own token) may do this")
+
+    async def _drop_caches(self, session: Session, req: Request) -> int:
+        """Evict every cached page (as Linux's drop_caches); how many. The engine's owner only:
+        it costs every user their cache."""
+        self._check_owner(session, "drop_caches")
+        return self.kernel.pool.drop_cache()
 
     def _user_add(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""

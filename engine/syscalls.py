@@ -32,6 +32,7 @@ from engine.wire.records import (
     LogProbs,
     Message,
     PageMap,
+    PrefixReport,
     ProcessInfo,
     Returns,
     Sample,
@@ -159,6 +160,17 @@ class KVCalls:
     @never_waits(resident=True)
     def listdir(self, path: str = "/") -> list[str]:
         return self._fs.listdir(self._sys.caller, path)
+
+    @never_waits(resident=False)
+    def explain(self, path: Handle | str) -> PrefixReport:
+        """How automatic prefix sharing went for a file: what each forward took from the cache,
+        and where and why matching stopped (engine.prefix_cache)."""
+        return self._fs.explain(self._sys.caller, path)
+
+    @never_waits(resident=True)
+    def share(self, handle: Handle, on: bool) -> None:
+        """Switch automatic prefix sharing for one file (on by default)."""
+        self._fs.set_sharing(handle, on)
 
     @never_waits(resident=True)
     def chmod(self, path: str, mode: int) -> None:

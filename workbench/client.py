@@ -71,6 +71,7 @@ from engine.wire.records import (
     LogProbs,
     Message,
     PageMap,
+    PrefixReport,
     ProcessInfo,
     Returns,
     Sample,
@@ -307,6 +308,14 @@ class Client:
     async def rename(self, src: str, dst: str) -> None:
         await self.call("kv.rename", {"src": src, "dst": dst})
 
+    async def drop_caches(self) -> int:
+        """Evict every page the prefix cache keeps (the engine's owner only); how many."""
+        return await self.call("drop_caches")
+
+    async def explain(self, path: str) -> PrefixReport:
+        """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
+        return await self.call("kv.explain", {"path": path})
+
     async def unlink(self, path: str) -> None:
         await self.call("kv.unlink", {"path": path})
 
@@ -472,6 +481,14 @@ class KVCalls:
 
     async def listdir(self, path: str = "/") -> list[str]:
         return await self._lip._call("kv.listdir", path=path)
+
+    async def explain(self, path: FileHandle | str) -> PrefixReport:
+        """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
+        return await self._lip._call("kv.explain", path=path)
+
+    async def share(self, handle: FileHandle, on: bool) -> None:
+        """Switch automatic prefix sharing for one file (on by default)."""
+        await self._lip._call("kv.share", handle=handle, on=on)
 
     async def chmod(self, path: str, mode: int) -> None:
         await self._lip._call("kv.chmod", path=path, mode=mode)

@@ -2,12 +2,15 @@
 
 Each workload runs as LIPs on one kernel, beside its baseline, in one process:
 - plain: 16 LIPs x 128-token prompt x 64 new tokens vs transformers batched `generate`;
-- shared-prefix: 16 continuations of one 512-token prompt (one prefill, 16 forks) vs
-  transformers given 16 copies of the prompt;
+- shared-prefix: 16 continuations of one 512-token prompt vs transformers given 16 copies of
+  the prompt; two cases: "fork" (one prefill, 16 forks) and "automatic" (16 separate LIPs each
+  sending the whole prompt, shared by automatic prefix sharing: engine.prefix_cache);
 - api-overhead: the plain workload driven token by token through system calls vs the
   engine's own generation loop (`engine.generate`) on the same runner;
 - agent: 16 ReAct-style agents x 4 rounds of (generate 32, a 100 ms tool call, append 32 tokens
-  of tool output) vs transformers re-sending each agent's whole history every round.
+  of tool output) vs transformers re-sending each agent's whole history every round; the
+  "re-sent" case's agents also send their whole history each round, into a new KV file, as a
+  stateless API client does: automatic prefix sharing finds it in the cache.
 Throughput is generated tokens per second; ratio = engine / baseline.
 """
 
@@ -31,18 +34,20 @@ from engine.syscalls import Syscalls
 
 LIPS = 16
 TOOL_SECONDS = 0.1
-CASES = {
-    "plain": "16x128+64",
-    "shared-prefix": "16x(512)+64",
-    "api-overhead": "16x128+64",
-    "agent": "16x4x(32+32)",
-}
-WORKLOADS = tuple(CASES)
+WORKLOADS = ("plain", "shared-prefix", "api-overhead", "agent")
 
 
-def _kernel(loaded: LoadedModel, tokens_per_lip: int, lips: int = LIPS) -> Kernel:
+def _kernel(
+    loaded: LoadedModel, tokens_per_lip: int, lips: int = LIPS, prefix_sharing: bool = True
+) -> Kernel:
     pages = lips * (tokens_per_lip // 16 + 2) + 64
-    return Kernel(loaded, num_pages=pages, token_budget=4096)
+    return Kernel(loaded, num_pages=pages, token_budget=4096, prefix_sharing=prefix_sharing)
+
+
+def _prompt_length(loaded: LoadedModel, wanted: int, new: int) -> int:
+    """wanted, or less where the model's context cannot hold it and `new` tokens more (the
+    demo model `tiny` has 512 positions)."""
+    return min(wanted, loaded.config.max_position_embeddings - new)
 
 
 def _run_lips(kernel: Kernel, main: Callable, args: list[tuple]) -> list:
@@ -65,6 +70,15 @@ async def decode_lip(sys: Syscalls, prompt: list[int], new: int) -> list[int]:
     return out
 
 
+async def sampling_lip(sys: Syscalls, prompt: list[int], new: int, temperature: float) -> int:
+    f = await sys.kv.create()
+    params = Sample(SamplingParams(temperature=temperature))
+    t = await sys.forward(f, prompt, returns=params)
+    for _ in range(new - 1):
+        t = await sys.forward(f, [t], returns=params)
+    return new
+
+
 async def fork_lip(sys: Syscalls, prompt: list[int], n: int, new: int, temperature: float) -> int:
     root = await sys.kv.create()
     await sys.forward(root, prompt[:-1], outputs=[])
@@ -81,6 +95,24 @@ async def fork_lip(sys: Syscalls, prompt: list[int], n: int, new: int, temperatu
 
     outs = await asyncio.gather(*(branch(i) for i in range(n)))
     return sum(len(o) for o in outs)
+
+
+async def resending_agent_lip(
+    sys: Syscalls, prompt: list[int], rounds: int, gen: int, tool: list[int]
+) -> int:
+    """agent_lip as a stateless client writes it: each round a new file, the whole history."""
+    history = list(prompt)
+    for r in range(rounds):
+        f = await sys.kv.create()
+        t = await sys.forward(f, history, returns=Sample())
+        for _ in range(gen - 1):
+            history.append(t)
+            t = await sys.forward(f, [t], returns=Sample())
+        history.append(t)
+        await sys.kv.close(f)
+        await sys.sleep(TOOL_SECONDS)
+        history.extend(tool if r < rounds - 1 else [])
+    return rounds * gen
 
 
 async def agent_lip(
@@ -127,7 +159,7 @@ def plain(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
 
 
 def shared_prefix(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
-    ids = random_prompts(1, 512, loaded.config.vocab_size)
+    ids = random_prompts(1, _prompt_length(loaded, 512, 64), loaded.config.vocab_size)
     prompt = ids[0].tolist()
 
     def engine() -> None:
@@ -139,9 +171,23 @@ def shared_prefix(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
+def shared_prefix_automatic(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
+    ids = random_prompts(1, _prompt_length(loaded, 512, 64), loaded.config.vocab_size)
+    prompt = ids[0].tolist()
+
+    def engine() -> None:  # a fresh kernel each run: its cache starts empty
+        kernel = _kernel(loaded, 512 + 64, lips=LIPS)
+        _run_lips(kernel, sampling_lip, [(prompt, 64, 0.8)] * LIPS)
+
+    def baseline() -> None:
+        _hf_generate(hf, ids.repeat(LIPS, 1), 64, do_sample=True, temperature=0.8, top_k=0)
+
+    return side_by_side(engine, baseline, runs), LIPS * 64
+
+
 def api_overhead(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     prompts = random_prompts(LIPS, 128, loaded.config.vocab_size).tolist()
-    kernel = _kernel(loaded, 192)
+    kernel = _kernel(loaded, 192, prefix_sharing=False)  # every run computes, like the baseline
 
     def engine() -> None:
         _run_lips(kernel, decode_lip, [(p, 64) for p in prompts])
@@ -152,7 +198,7 @@ def api_overhead(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
-def agent(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
+def agent(loaded: LoadedModel, hf: Any, runs: int, lip: Callable = agent_lip) -> tuple[Timing, int]:
     rounds, gen = 4, 32
     vocab = loaded.config.vocab_size
     ids = random_prompts(LIPS, 128, vocab)
@@ -161,7 +207,7 @@ def agent(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     def engine() -> None:
         _run_lips(
             _kernel(loaded, 128 + rounds * 64),
-            agent_lip,
+            lip,
             [(p, rounds, gen, tool) for p in ids.tolist()],
         )
 
@@ -177,11 +223,19 @@ def agent(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     return side_by_side(engine, baseline, runs), LIPS * rounds * gen
 
 
-BENCHES = {
-    "plain": plain,
-    "shared-prefix": shared_prefix,
-    "api-overhead": api_overhead,
-    "agent": agent,
+def agent_resending(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
+    return agent(loaded, hf, runs, resending_agent_lip)
+
+
+Bench = Callable[[LoadedModel, Any, int], tuple[Timing, int]]
+CASES: dict[str, dict[str, Bench]] = {  # workload -> case -> its bench
+    "plain": {"16x128+64": plain},
+    "shared-prefix": {
+        "16x(512)+64": shared_prefix,
+        "16x(512)+64 automatic": shared_prefix_automatic,
+    },
+    "api-overhead": {"16x128+64": api_overhead},
+    "agent": {"16x4x(32+32)": agent, "16x4x(32+32) re-sent": agent_resending},
 }
 
 
@@ -196,15 +250,17 @@ def run(
     device: str = "cpu",
 ) -> list[Row]:
     rows: list[Row] = []
-    if cases and CASES[workload] not in cases:
+    chosen = {c: b for c, b in CASES[workload].items() if not cases or c in cases}
+    if not chosen:
         return rows
     for name in models:
         loaded, hf = load_pair(
             name, dtype, baseline_dtype, need_baseline=workload != "api-overhead", device=device
         )
-        timing, work = BENCHES[workload](loaded, hf, runs)
         label = dtypes(loaded, hf)
-        row = throughput_row(workload, CASES[workload], name, work, "tok/s", timing, label)
-        report(row)
-        rows.append(row)
+        for case, bench in chosen.items():
+            timing, work = bench(loaded, hf, runs)
+            row = throughput_row(workload, case, name, work, "tok/s", timing, label)
+            report(row)
+            rows.append(row)
     return rows

@@ -31,6 +31,7 @@ from engine.wire.records import (
     FileStat,
     Message,
     PageMap,
+    PrefixReport,
     ProcessInfo,
     Returns,
     SpecialTokens,
@@ -234,6 +235,21 @@ CALLS: tuple[Call, ...] = (
     _call("kv.unlink", EITHER, None, P("path", str), doc="remove a name"),
     _call("kv.stat", EITHER, FileStat, P("path", HandleOrPath), doc="what a file is"),
     _call("kv.listdir", EITHER, list[str], P("path", str, "/"), doc="a directory's names"),
+    _call(
+        "kv.explain",
+        EITHER,
+        PrefixReport,
+        P("path", HandleOrPath),
+        doc="what automatic prefix sharing took for a file, and why matching stopped",
+    ),
+    _call(
+        "kv.share",
+        PROCESS,
+        None,
+        P("handle", FileHandle),
+        P("on", bool),
+        doc="switch automatic prefix sharing for one file",
+    ),
     _call("kv.chmod", EITHER, None, P("path", str), P("mode", int), doc="change a file's mode"),
     _call(
         "kv.save",
@@ -305,6 +321,12 @@ CALLS: tuple[Call, ...] = (
     _call("stat_engine", CLIENT, dict[str, Any], doc="pages, batches, model, device, ..."),
     _call("sessions", CLIENT, list[dict[str, Any]], doc="the connected clients"),
     _call("noop", CLIENT, None, doc="nothing: a round trip"),
+    _call(
+        "drop_caches",
+        CLIENT,
+        int,
+        doc="evict every page the prefix cache keeps (the engine's owner only); how many",
+    ),
     _call("goodbye", CLIENT, None, doc="the client is closing: end its session now"),
     _call("shutdown", CLIENT, None, doc="stop the engine"),
     # --- server runs (engine.workers) ------------------------------------------------------------

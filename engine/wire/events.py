@@ -18,6 +18,7 @@ CALL_FINISHED = "call.finished"
 BATCH = "batch"
 PROCESS = "process"
 PAGES = "pages"
+PREFIX = "prefix"
 
 
 class CallSubmitted(NamedTuple):
@@ -100,7 +101,31 @@ class PagesUsed(NamedTuple):
         return PAGES
 
 
-TraceRecord = CallSubmitted | CallStarted | CallFinished | BatchRan | ProcessChanged | PagesUsed
+class PrefixLookup(NamedTuple):
+    """A forward looked its coming full pages up in the prefix cache (engine.prefix_cache): the
+    tokens it took, the pages, and why matching stopped (a `Stop` kind)."""
+
+    call: int
+    file: str
+    start: int  # the file index where the forward's tokens began
+    tokens: int  # taken from the cache, not computed
+    pages: list[int]
+    stop: str
+
+    @property
+    def kind(self) -> str:
+        return PREFIX
+
+
+TraceRecord = (
+    CallSubmitted
+    | CallStarted
+    | CallFinished
+    | BatchRan
+    | ProcessChanged
+    | PagesUsed
+    | PrefixLookup
+)
 RECORDS: dict[str, type[TraceRecord]] = {
     CALL_SUBMITTED: CallSubmitted,
     CALL_STARTED: CallStarted,
@@ -108,6 +133,7 @@ RECORDS: dict[str, type[TraceRecord]] = {
     BATCH: BatchRan,
     PROCESS: ProcessChanged,
     PAGES: PagesUsed,
+    PREFIX: PrefixLookup,
 }
 
 
@@ -125,6 +151,7 @@ __all__ = [
     "CALL_STARTED",
     "CALL_SUBMITTED",
     "PAGES",
+    "PREFIX",
     "PROCESS",
     "RECORDS",
     "BatchRan",
@@ -132,6 +159,7 @@ __all__ = [
     "CallStarted",
     "CallSubmitted",
     "PagesUsed",
+    "PrefixLookup",
     "ProcessChanged",
     "TraceRecord",
     "record_of",

@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from engine.wire.errors import InvalidArgument
 
@@ -140,6 +140,7 @@ class PageMap(NamedTuple):
     owners: list[list[str]]  # per pool page: a readable name of each file holding it
     swapped: dict[str, int]  # readable file name -> its pages swapped out to host memory
     swapped_total: int  # every file's swapped-out pages, readable or not
+    cached: list[int] = []  # pages nobody holds, kept for automatic prefix sharing (LRU first)
 
 
 class ProcessInfo(NamedTuple):
@@ -199,10 +200,72 @@ class FileHandle(NamedTuple):
     writable: bool
 
 
+# ---- automatic prefix sharing (engine.prefix_cache): kv.explain's report ----
+
+StopKind = Literal[
+    "end",  # every full page matched; only tokens short of a page (or none) are left
+    "floor",  # the tokens left do not fill a page: a partly filled page is never shared
+    "output",  # the page holds a token whose output was asked for: it must be computed
+    "differ",  # a cached page after the same prefix holds other tokens (first at `at`)
+    "positions",  # a cached page after the same prefix holds these tokens at other positions
+    "evicted",  # this very page was cached, and the pool took it back at `when`
+    "other_user",  # this very page is cached, but in another user's private scope
+    "new",  # nothing after this prefix was ever computed (or it was forgotten long ago)
+    "hidden",  # the file hides tokens: its keys and values differ from a plain prefix's
+    "off",  # sharing is off for this file or this engine
+    "unaligned",  # the file does not end at a page boundary, so no full page can be appended
+]
+
+
+class Stop(NamedTuple):
+    """Where and why matching stopped."""
+
+    kind: StopKind
+    at: int  # the token index (in the file) where it stopped
+    ours: int | None = None  # "differ": our token there
+    theirs: int | None = None  # "differ": the cached page's token there
+    when: float | None = None  # "evicted": time.time() of the eviction
+    owner: str | None = None  # "other_user": whose scope holds it
+
+
+class Reuse(NamedTuple):
+    """One forward's lookup in the prefix cache: what it took, and where and why it stopped."""
+
+    start: int  # the file index where the forward's tokens began
+    tokens: int  # how many of them came from the cache
+    pages: list[int]
+    sources: list[str]  # the file that computed each page
+    stop: Stop
+    time: float  # time.time() of the lookup
+
+
+class PrefixReport(NamedTuple):
+    """Automatic prefix sharing as one file saw it (`kv.explain`): each forward's lookup."""
+
+    path: str
+    tokens: int
+    cached_tokens: int  # of its tokens, those taken from the cache (over the lookups kept)
+    published_pages: int  # its first full pages in the prefix index's chain
+    on: bool  # sharing is on for this file (and the engine)
+    dirty_from: int | None  # tokens from here on were computed with tokens hidden or masked
+    reuses: list[Reuse]  # the lookups, oldest first (the last REUSES_KEPT)
+
+
 # Records that cross the wire by name (engine.wire.protocol); tuples come back as tuples.
 RECORDS: dict[str, Any] = {  # name -> NamedTuple class
     cls.__name__: cls
-    for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)
+    for cls in (
+        Distribution,
+        Message,
+        FileStat,
+        ProcessInfo,
+        Event,
+        PageMap,
+        SpecialTokens,
+        PrefixReport,
+        Reuse,
+        Stop,
+    )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {
     "FileStat": ("page_table", "names"),

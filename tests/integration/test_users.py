@@ -88,3 +88,41 @@ def test_a_users_credential_acts_as_that_user_only(engine: EngineProcess, tmp_pa
         await alice.close()
 
     asyncio.run(body())
+
+
+def test_prefix_sharing_over_rpc_keeps_users_apart_and_only_the_owner_drops_caches(
+    engine: EngineProcess, tmp_path: Path
+) -> None:
+    carol_file = tmp_path / "carol.json"
+    assert symphony(engine, "user", "add", "carol", "--out", str(carol_file)).returncode == 0
+    prompt = list(range(10, 10 + 40))  # two full pages of 16, and 8 tokens
+
+    async def body() -> None:
+        alice = await Client.connect(engine.conn, user="alice")  # the owner's token
+        carol = await Client.connect(carol_file)
+        a, c = await alice.attach("a"), await carol.attach("c")
+        first = await a.kv.create("/home/alice/prompt")
+        await a.forward(first, prompt)
+        again = await a.kv.create("/home/alice/again")
+        await a.forward(again, prompt)
+        report = await alice.explain("/home/alice/again")  # a typed record, nested ones in it
+        (reuse,) = report.reuses
+        assert report.cached_tokens == 32 and reuse.sources == ["/home/alice/prompt"] * 2
+        assert reuse.stop.kind == "floor" and reuse.stop.at == 32
+        theirs = await c.kv.create()
+        await c.forward(theirs, prompt)  # alice's private pages: carol computes her own
+        stop = (await c.kv.explain(theirs)).reuses[-1].stop
+        assert (stop.kind, stop.owner) == ("other_user", "alice")
+        with pytest.raises(PermissionDenied, match="only the engine's owner"):
+            await carol.drop_caches()
+        await a.kv.close(first)
+        await a.kv.close(again)
+        await alice.unlink("/home/alice/prompt")
+        await alice.unlink("/home/alice/again")
+        assert (await alice.stat_engine())["pages_cached"] >= 2
+        assert await alice.drop_caches() >= 2
+        assert (await alice.stat_engine())["pages_cached"] == 0
+        await alice.close()
+        await carol.close()
+
+    asyncio.run(body())

@@ -196,7 +196,9 @@ def test_a_cached_prompt_is_computed_once_for_every_user(tiny_loaded) -> None:  
         return first, stat.shared_pages
 
     async def fresh(sys: Syscalls) -> list[float]:
-        return await sys.forward(await sys.kv.create(), system, returns=Logits())
+        f = await sys.kv.create()
+        await sys.kv.share(f, False)  # computed from scratch: no automatic prefix sharing
+        return await sys.forward(f, system, returns=Logits())
 
     async def main() -> tuple:
         async with kernel:

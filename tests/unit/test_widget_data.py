@@ -8,6 +8,7 @@ from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessI
 from workbench.widgets.kv_data import (
     FREE,
     Filter,
+    cell_text,
     common_prefix,
     file_pages,
     fork_graph,
@@ -18,7 +19,7 @@ from workbench.widgets.kv_data import (
     unique_files,
 )
 from workbench.widgets.page_map import COLOURS, code, counts_line
-from workbench.widgets.style import OTHER_COLOUR, shared_colour
+from workbench.widgets.style import CACHED_COLOUR, FREE_COLOUR, OTHER_COLOUR, shared_colour
 from workbench.widgets.token_data import token_steps
 from workbench.widgets.trace_data import TimelineBuilder
 
@@ -141,7 +142,7 @@ def test_page_map_states_counts_swapped_and_filter() -> None:
     assert [c.state for c in data.cells] == [
         "free", "private", "shared", "shared", "private", "swapped", "swapped", "swapped",
     ]  # fmt: skip
-    assert data.counts == {"free": 1, "private": 2, "shared": 2, "swapped": 3}
+    assert data.counts == {"free": 1, "cached": 0, "private": 2, "shared": 2, "swapped": 3}
     assert data.shared_by == {2: 1, 3: 1}
     assert [c.owners for c in data.cells[5:]] == [("/a",), ("/a",), ()]
     kept = page_map(pm, [stat("/a", pid=7), stat("/b", pid=8)], Filter(pid=8))
@@ -166,6 +167,16 @@ def test_page_map_colours_have_keys_and_free_pages_stay_free() -> None:
     assert only_a.cells[0].state == FREE and not only_a.cells[0].kept
     line = counts_line(only_a)
     assert OTHER_COLOUR in line and "outside the filter 2" in line
+
+
+def test_cached_pages_are_drawn_apart_from_free_ones_whatever_the_filter() -> None:
+    pm = PageMap(16, [0, 0, 1], [[], [], ["/a"]], {}, 0, cached=[1])
+    data = page_map(pm, flt=Filter("/b"))
+    assert [c.state for c in data.cells] == ["free", "cached", "private"]
+    assert [COLOURS[code(c)] for c in data.cells] == [FREE_COLOUR, CACHED_COLOUR, OTHER_COLOUR]
+    line = counts_line(data)
+    assert "cached 1" in line and "outside the filter 1" in line
+    assert "prefix sharing" in cell_text(data.cells[1], 16)
 
 
 # ---- timeline ----

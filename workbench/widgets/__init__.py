@@ -4,6 +4,7 @@
     client = await workbench.connect()
     TimelineView(client)                   # live while LIPs run; filter by pid in its header
     ForkGraphView(client, path=home)       # files under a path
+    PrefixView([a, b], client)             # why a prefix was or was not shared
 
 Each view reads the engine through the public client API only (`walk`, `pages`, `read`,
 `trace`, `ps`), as the client's user, or as a process when given a LIP (then it sees that
@@ -19,6 +20,7 @@ from workbench.widgets.fork_graph import ForkGraphView
 from workbench.widgets.kv_tree import KVTreeView
 from workbench.widgets.live import LiveView, Source
 from workbench.widgets.page_map import PageMapView
+from workbench.widgets.prefix_view import PrefixView
 from workbench.widgets.timeline import TimelineView
 from workbench.widgets.token_view import TokenView
 
@@ -27,6 +29,7 @@ __all__ = [
     "KVTreeView",
     "LiveView",
     "PageMapView",
+    "PrefixView",
     "Source",
     "TimelineView",
     "TokenView",

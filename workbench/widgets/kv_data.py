@@ -19,7 +19,8 @@ from engine.wire.records import FileStat, PageMap
 
 ROOTS = ("/proc", "/home", "/shared")
 FREE, PRIVATE, SHARED, SWAPPED = "free", "private", "shared", "swapped"
-STATES = (FREE, PRIVATE, SHARED, SWAPPED)
+CACHED = "cached"  # held by no file, its contents kept for automatic prefix sharing
+STATES = (FREE, CACHED, PRIVATE, SHARED, SWAPPED)
 
 
 class Filter(NamedTuple):
@@ -325,7 +326,7 @@ def sharing(selected: FileStat, graph: ForkGraphData) -> dict[str, int]:
 
 class PageCell(NamedTuple):
     page: int | None  # pool page (None: a page swapped out to host memory)
-    state: str  # free | private | shared | swapped
+    state: str  # free | cached | private | shared | swapped
     holders: int  # files holding it (its reference count)
     owners: tuple[str, ...]  # the readable ones
     kept: bool  # held by a file the filter keeps (always, without a filter)
@@ -346,8 +347,15 @@ def page_map(pm: PageMap, stats: Iterable[FileStat] = (), flt: Filter = EVERYTHI
     def kept(owners: Sequence[str]) -> bool:
         return not filtered or any(flt.keeps(o, pid_of.get(o)) for o in owners)
 
+    cached = set(pm.cached)
     cells = [
-        PageCell(p, _state(n), n, tuple(owners), kept(owners) if n else not filtered)
+        PageCell(
+            p,
+            CACHED if p in cached else _state(n),
+            n,
+            tuple(owners),
+            kept(owners) if n else not filtered,
+        )
         for p, (n, owners) in enumerate(zip(pm.refcount, pm.owners, strict=True))
     ]
     for name, n in sorted(pm.swapped.items()):
@@ -377,6 +385,8 @@ def cell_text(c: PageCell, page_size: int) -> str:
     where = f"page {c.page}" if c.page is not None else "swapped out (host memory)"
     if c.state == FREE:
         return f"{where}: free"
+    if c.state == CACHED:
+        return f"{where}: cached (no file holds it; kept for prefix sharing until needed)"
     who = ", ".join(c.owners) if c.owners else ""
     unseen = c.holders - len(c.owners)
     if unseen > 0:

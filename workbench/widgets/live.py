@@ -18,7 +18,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from engine.wire.errors import EngineError, EngineNotRunning, ProcessExited
-from engine.wire.records import Event, FileStat, PageMap, ProcessInfo
+from engine.wire.records import Event, FileStat, PageMap, PrefixReport, ProcessInfo
 from workbench.client import LIP, Client
 from workbench.widgets.kv_data import Filter
 from workbench.widgets.trace_data import KINDS
@@ -52,6 +52,12 @@ class Source:
 
     async def read(self, path: str) -> list[int]:
         return await (self.lip.kv if self.lip else await self.client()).read(path)
+
+    async def stat(self, path: str) -> FileStat:
+        return await (self.lip.kv if self.lip else await self.client()).stat(path)
+
+    async def explain(self, path: str) -> PrefixReport:
+        return await (self.lip.kv if self.lip else await self.client()).explain(path)
 
     async def trace(self, after_seq: int | None, limit: int) -> list[Event]:
         client = await self.client()

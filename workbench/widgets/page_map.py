@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 from engine.wire.records import FileStat, PageMap
 from workbench.widgets.kv_data import (
+    CACHED,
     FREE,
     PRIVATE,
     SHARED,
@@ -23,6 +24,7 @@ from workbench.widgets.kv_data import (
 )
 from workbench.widgets.live import TOP_MARGIN, LiveView, fit, set_height
 from workbench.widgets.style import (
+    CACHED_COLOUR,
     FONT,
     FREE_COLOUR,
     OTHER_COLOUR,
@@ -33,8 +35,16 @@ from workbench.widgets.style import (
     shared_colour,
 )
 
-# a cell's colour code: free 0, private 1, shared by 2..6+ files 2..6, swapped 7, filtered out 8
-COLOURS = (FREE_COLOUR, PRIVATE_COLOUR, *SHARED_COLOURS, SWAPPED_COLOUR, OTHER_COLOUR)
+# a cell's colour code: free 0, private 1, shared by 2..6+ files 2..6, swapped 7, filtered out 8,
+# cached 9
+COLOURS = (
+    FREE_COLOUR,
+    PRIVATE_COLOUR,
+    *SHARED_COLOURS,
+    SWAPPED_COLOUR,
+    OTHER_COLOUR,
+    CACHED_COLOUR,
+)
 
 
 class PageFetch(NamedTuple):
@@ -45,6 +55,8 @@ class PageFetch(NamedTuple):
 def code(c: PageCell) -> int:
     if c.state == FREE:
         return 0  # free whatever the filter: no file holds it
+    if c.state == CACHED:
+        return 9  # cached whatever the filter: no file holds it
     if not c.kept:
         return 8
     if c.state == SWAPPED:
@@ -53,7 +65,7 @@ def code(c: PageCell) -> int:
 
 
 def colourscale() -> list[tuple[float, str]]:
-    """Nine flat bands over 0..8, one per code."""
+    """One flat band per colour code."""
     n = len(COLOURS)
     scale = []
     for i, colour in enumerate(COLOURS):
@@ -62,7 +74,8 @@ def colourscale() -> list[tuple[float, str]]:
 
 
 class PageMapView(LiveView):
-    """Every page of the pool: free, private, shared by n files, or swapped out to host memory.
+    """Every page of the pool: free, cached (kept for prefix sharing), private, shared by n
+    files, or swapped out to host memory.
 
     With a path or pid filter, the pages of other files are greyed out (free pages stay free).
     """
@@ -114,12 +127,14 @@ def counts_line(data: PageMapData) -> str:
     """
     c = data.counts
     keys = legend([(FREE_COLOUR, f"free {c[FREE]}"), (PRIVATE_COLOUR, f"private {c[PRIVATE]}")])
+    if c[CACHED]:
+        keys += legend([(CACHED_COLOUR, f"cached {c[CACHED]}")])
     if data.shared_by:
         by = [(shared_colour(n), f"by {n} files: {k}") for n, k in data.shared_by.items()]
         keys += f'<span style="margin-left:10px">shared {c[SHARED]}:</span>{legend(by)}'
     else:
         keys += legend([(shared_colour(2), f"shared {c[SHARED]}")])
-    others = sum(1 for cell in data.cells if not cell.kept and cell.state != FREE)
+    others = sum(1 for cell in data.cells if not cell.kept and cell.state not in (FREE, CACHED))
     rest = [(SWAPPED_COLOUR, f"swapped out {c[SWAPPED]}")]
     rest += [(OTHER_COLOUR, f"outside the filter {others}")] if others else []
     return f'<div style="{FONT}">{data.page_size} tokens per page {keys}{legend(rest)}</div>'

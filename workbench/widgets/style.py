@@ -6,6 +6,7 @@ import html
 from collections.abc import Sequence
 
 FREE_COLOUR = "#d9d9d9"
+CACHED_COLOUR = "#a8c8a0"  # free to take back, kept for prefix sharing
 PRIVATE_COLOUR = "#4c78a8"
 SHARED_COLOURS = ("#f2a541", "#e4572e", "#c1272d", "#8c1c13", "#5c0f0a")  # by 2, 3, 4, 5, 6+
 SWAPPED_COLOUR = "#8e6bbf"
