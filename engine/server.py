@@ -193,6 +193,7 @@ class EngineServer:
             "stat_engine": self._stat_engine,
             "sessions": self._sessions,
             "noop": self._noop,
+            "drop_caches": self._drop_caches,
             "shutdown": self._shutdown,
             "goodbye": self._goodbye,
             "run": self._run_worker,
@@ -680,7 +681,7 @@ class EngineServer:
         if session.cred:
             raise PermissionDenied(op, "only the engine's owner (its own token) may do this")
 
-    async def _drop_caches(self, session: Session, req: Request) -> int:
+    def _drop_caches(self, session: Session, req: Request, args: dict[str, Any]) -> int:
         """Evict every cached page (as Linux's drop_caches); how many. The engine's owner only:
         it costs every user their cache."""
         self._check_owner(session, "drop_caches")

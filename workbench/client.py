@@ -312,9 +312,9 @@ class Client:
         """Evict every page the prefix cache keeps (the engine's owner only); how many."""
         return await self.call("drop_caches")
 
-    async def explain(self, path: str) -> PrefixReport:
+    async def explain(self, path: FileHandle | str) -> PrefixReport:
         """How automatic prefix sharing went for a file (see engine.prefix_cache)."""
-        return await self.call("kv.explain", {"path": path})
+        return await self.call("kv.explain", _wire({"path": path}))
 
     async def unlink(self, path: str) -> None:
         await self.call("kv.unlink", {"path": path})

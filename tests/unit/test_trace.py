@@ -10,6 +10,7 @@ from engine.wire.events import (
     CallStarted,
     CallSubmitted,
     PagesUsed,
+    PrefixLookup,
     ProcessChanged,
     record_of,
 )
@@ -18,6 +19,7 @@ from engine.wire.records import Event
 EMITTED = [
     (1, ProcessChanged(None, "ready", "one", "alice")),
     (1, CallSubmitted(7, 5)),
+    (1, PrefixLookup(7, "/proc/1/kv0", 0, 4, [2], "floor")),
     (1, CallStarted(7, 1)),
     (None, BatchRan(1, [1, 2], [7, 8], [5, 1], 6, 0.01, "eager")),
     (None, PagesUsed(3, 5, 0)),

@@ -19,6 +19,7 @@ WIRE = {
     "engine.wire.calls",
     "engine.wire.connection",
     "engine.wire.errors",
+    "engine.wire.events",
     "engine.wire.protocol",
     "engine.wire.records",
     "engine.wire.tables",
