@@ -8,6 +8,7 @@ Forward's `returns=` specs live here too: `TopK(k)`, `Sample(params, generator)`
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -73,6 +74,44 @@ class Sample(NamedTuple):
 
 
 Returns = Logits | TopK | LogProbs | Sample
+
+
+# ---- grammars: what `kv.constrain` attaches to a file ----
+
+GRAMMAR_KINDS = ("regex", "json_schema", "lark", "choice")
+
+
+class Grammar(NamedTuple):
+    """A constraint on the tokens a KV file may hold, compiled in the engine by `llguidance`.
+
+    kind: "regex" (source: the pattern, matched by the whole text), "json_schema" (the schema
+    as JSON text), "lark" (a Lark grammar, llguidance's dialect) or "choice" (a JSON list of
+    strings: the text is exactly one of them). Build one with the constructors below.
+    """
+
+    kind: str
+    source: str
+
+    @classmethod
+    def regex(cls, pattern: str) -> Grammar:
+        return cls("regex", pattern)
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str, whitespace: bool = False) -> Grammar:
+        """JSON that validates against schema; whitespace=False: compact JSON, no whitespace
+        between items (llguidance's `x-guidance` options, where the schema sets none)."""
+        value = json.loads(schema) if isinstance(schema, str) else schema
+        if isinstance(value, dict) and not whitespace and "x-guidance" not in value:
+            value = {**value, "x-guidance": {"whitespace_flexible": False}}
+        return cls("json_schema", json.dumps(value))
+
+    @classmethod
+    def lark(cls, grammar: str) -> Grammar:
+        return cls("lark", grammar)
+
+    @classmethod
+    def choice(cls, options: Sequence[str]) -> Grammar:
+        return cls("choice", json.dumps(list(options)))
 
 
 # ---- results ----
@@ -202,7 +241,16 @@ class FileHandle(NamedTuple):
 # Records that cross the wire by name (engine.protocol); tuples come back as tuples.
 RECORDS: dict[str, Any] = {  # name -> NamedTuple class
     cls.__name__: cls
-    for cls in (Distribution, Message, FileStat, ProcessInfo, Event, PageMap, SpecialTokens)
+    for cls in (
+        Distribution,
+        Message,
+        FileStat,
+        ProcessInfo,
+        Event,
+        PageMap,
+        SpecialTokens,
+        Grammar,
+    )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {
     "FileStat": ("page_table", "names"),

@@ -4,6 +4,8 @@ A segment appends tokens to one sequence: a prefill appends many, a decode one. 
 its own positions (explicit, so a sequence may skip or reuse positions) and an optional mask
 over its keys. New keys and values go into the page pool; results come back only at the
 output indices each segment asks for, in the form it asks for (logits, top-k, log-probs).
+A segment whose sequence has a grammar (`engine.grammar`) has its tokens checked and its
+outputs' logits masked by it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from engine.attention import AttentionBackend, BatchLayout, select_backend
 from engine.errors import ContextTooLong, InvalidArgument, OutOfPages
+from engine.grammar import ConstrainedSegment, MaskJob, apply_masks
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
 from engine.records import Logits, LogProbs, Returns, Sample, SamplingParams, TopK
@@ -72,9 +75,13 @@ class Runner:
         if needed > self.pool.num_free:
             raise OutOfPages(needed, self.pool.num_free)
         before = [len(s.seq) for s in segments]
+        constrained = self._constrained(segments)  # TokenRefused before anything changes
+        masks: MaskJob | None = None
         try:
             layout, ids, positions = self._layout(segments)
             plan = self.backend.plan(layout, self.pool)
+            if constrained:  # the grammars' masks, computed while the model runs
+                masks = MaskJob(constrained, self.vocab_size)
             hidden = self.model(
                 ids, positions, lambda i, q, k, v: self.backend.attend(i, q, k, v, plan, self.pool)
             )
@@ -86,11 +93,30 @@ class Runner:
                 start += n
             out_rows = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             logits = self.model.logits(hidden[out_rows])
+            if masks is not None:
+                apply_masks(logits, masks.result())
             return self._results(segments, logits)
         except BaseException:
+            if masks is not None:
+                masks.settle()  # its grammars advanced: the truncation below rolls them back
             for s, n in zip(segments, before, strict=True):  # a failed forward leaves no trace
                 s.seq.truncate(self.pool, n)
             raise
+
+    @staticmethod
+    def _constrained(segments: list[Segment]) -> list[ConstrainedSegment]:
+        """The segments whose files have a grammar, their tokens checked against it."""
+        found: list[ConstrainedSegment] = []
+        row = 0
+        for i, s in enumerate(segments):
+            outputs = s.outputs if s.outputs is not None else [len(s.tokens) - 1]
+            c = s.seq.constraint
+            if c is not None:
+                base = len(s.seq)
+                c.check(base, s.tokens, f"segment {i}" if len(segments) > 1 else "forward")
+                found.append(ConstrainedSegment(c, base, s.tokens, outputs, row))
+            row += len(outputs)
+        return found
 
     def _layout(self, segments: list[Segment]) -> tuple[BatchLayout, Tensor, Tensor]:
         device = self.model.device

@@ -8,11 +8,15 @@ copies it first; `truncate` rolls back; `hide`/`unhide` take positions out of at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from engine.errors import InvalidArgument
 from engine.page_pool import PagePool
+
+if TYPE_CHECKING:
+    from engine.grammar import Constraint
 
 
 def pages_for(num_tokens: int, page_size: int) -> int:
@@ -27,6 +31,8 @@ class KVSequence:
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
     # page-table index -> (K, V) host copies of pages moved out of the pool (see swap_out)
     swapped: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    # the grammar its new tokens must match (kv.constrain; see engine.grammar), or None
+    constraint: Constraint | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -65,13 +71,19 @@ class KVSequence:
         """A copy that shares every page; whichever side writes into a shared page copies it."""
         pool.ref(self.pages)
         return KVSequence(
-            list(self.tokens), list(self.positions), list(self.pages), set(self.hidden)
+            list(self.tokens),
+            list(self.positions),
+            list(self.pages),
+            set(self.hidden),
+            constraint=None if self.constraint is None else self.constraint.fork(),
         )
 
     def truncate(self, pool: PagePool, n: int) -> None:
-        """Keep the first n tokens; pages past them are released."""
+        """Keep the first n tokens; pages past them are released; a grammar rolls back."""
         if not 0 <= n <= len(self.tokens):
             raise InvalidArgument(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
+        if self.constraint is not None:
+            self.constraint.rollback_to(n)
         keep = pages_for(n, pool.page_size)
         pool.release(self.pages[keep:])
         del self.pages[keep:], self.tokens[n:], self.positions[n:]
@@ -89,7 +101,7 @@ class KVSequence:
         """Give back every page and forget the contents."""
         pool.release([p for p in self.pages if p >= 0])
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
-        self.swapped = {}
+        self.swapped, self.constraint = {}, None
 
     def swap_out(self, pool: PagePool) -> int:
         """Move the pages only this sequence holds to host memory; returns how many were freed."""

@@ -99,7 +99,7 @@ REAP_INTERVAL = 0.1
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 HANDLE_ARGS = ("file", "handle", "src", "path")
 KV_OPS = (
-    "create", "open", "close", "fork", "truncate", "hide", "unhide", "link",
+    "create", "open", "close", "fork", "truncate", "constrain", "hide", "unhide", "link",
     "rename", "unlink", "stat", "listdir", "chmod", "save", "load",
 )  # fmt: skip
 CLIENT_KV_OPS = ("listdir", "stat", "unlink", "link", "rename", "chmod")  # without a process

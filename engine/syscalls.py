@@ -15,11 +15,13 @@ import torch
 
 from engine.arguments import check_arg, int_list
 from engine.errors import InvalidArgument, OutOfPages, ProcessExited
+from engine.grammar import Grammars, attach
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.records import (
     Distribution,
     FileStat,
+    Grammar,
     Logits,
     LogProbs,
     Message,
@@ -84,6 +86,22 @@ class KVCalls:
     async def truncate(self, handle: Handle, n: int) -> None:
         await self._sys._caller()
         self._fs.truncate(handle, n)
+
+    async def constrain(
+        self, handle: Handle, grammar: Grammar | None, start: int | None = None
+    ) -> None:
+        """Attach a grammar to a file: the tokens appended from index `start` on (default: the
+        file's length now) must match it, and forward masks the outputs that predict them (see
+        `engine.grammar`). None detaches the file's grammar."""
+        await self._sys._caller()
+        seq = self._fs.sequence(handle, write=True)
+        if grammar is None:
+            seq.constraint = None
+            return
+        k = self._sys.kernel
+        grammars = Grammars.of(k.tokenizer, k.runner.vocab_size, k.loaded.stop_ids)
+        compiling = asyncio.to_thread(attach, grammars, list(seq.tokens), grammar, start)
+        seq.constraint = await self._sys._waiting(compiling)
 
     async def hide(self, handle: Handle, indices: Sequence[int]) -> None:
         await self._sys._caller()
@@ -340,6 +358,7 @@ def method_of(op: str) -> Callable[..., Any]:
 
 __all__ = [
     "Distribution",
+    "Grammar",
     "KVCalls",
     "Logits",
     "LogProbs",

@@ -14,7 +14,15 @@ import ast
 import inspect
 from typing import Any
 
-from engine.records import Distribution, Logits, LogProbs, Sample, SamplingParams, TopK
+from engine.records import (
+    Distribution,
+    Grammar,
+    Logits,
+    LogProbs,
+    Sample,
+    SamplingParams,
+    TopK,
+)
 from workbench.client import LIP
 
 CALLS = (
@@ -23,6 +31,7 @@ CALLS = (
 )  # fmt: skip
 RECORDS = {
     "Distribution": Distribution,
+    "Grammar": Grammar,
     "Logits": Logits,
     "LogProbs": LogProbs,
     "Sample": Sample,
