@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import llguidance
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -215,10 +216,18 @@ class Constraint:
 
 
 class MaskRows(NamedTuple):
-    """The masks of a forward's constrained outputs: which logits rows, and their bits."""
+    """The masks of a forward's constrained outputs: which logits rows, and what they refuse."""
 
     rows: list[int]  # indices into the forward's output rows
-    bits: Tensor  # int32 [len(rows), words]
+    refused: Tensor  # bool [len(rows), vocab]: True where the grammar refuses the token
+
+    @classmethod
+    def of(cls, rows: list[int], bits: Tensor, vocab_size: int) -> MaskRows:
+        """From llguidance's bits (int32 [len(rows), words], bit k of word w: token 32w + k),
+        unpacked by numpy (a loop in C: some 10 µs for 49k tokens; torch's shifts take ~10x)."""
+        as_bytes = bits.numpy().view(np.uint8)  # little-endian words: token order within each
+        bit = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :vocab_size]
+        return cls(rows, torch.from_numpy(bit == 0))
 
 
 class ConstrainedSegment(NamedTuple):
@@ -259,18 +268,18 @@ def compute_masks(segments: Sequence[ConstrainedSegment], vocab_size: int) -> Ma
             if o in row_of:
                 rows.append(seg.first_row + j)
                 sources.append((c, row_of[o]))
-    return MaskRows(rows, bits[torch.tensor([r for _, r in sources], dtype=torch.long)])
+    return MaskRows.of(rows, bits[[r for _, r in sources]], vocab_size)
 
 
 def apply_masks(logits: Tensor, masks: MaskRows) -> None:
     """Set the refused tokens' logits to -inf, in place, in the masked rows."""
-    if not masks.rows:
+    refused = masks.refused.to(logits.device, non_blocking=True)
+    if len(masks.rows) == len(logits):  # every row constrained: in one go
+        order = torch.tensor(masks.rows, device=logits.device)
+        logits.masked_fill_(refused[order.argsort()], float("-inf"))
         return
-    vocab = logits.shape[-1]
-    shifts = torch.arange(BITS, dtype=torch.int32)
-    allowed = ((masks.bits.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)[:, :vocab]
-    rows = torch.tensor(masks.rows, dtype=torch.long, device=logits.device)
-    logits[rows] = logits[rows].masked_fill(~allowed.to(logits.device), float("-inf"))
+    for i, row in enumerate(masks.rows):  # a few rows: each in place, no gather and scatter
+        logits[row].masked_fill_(refused[i], float("-inf"))
 
 
 class MaskJob:
