@@ -60,7 +60,7 @@ async def logits_lip(sys: Syscalls, prompt: list[int], grammars: Grammars, new: 
     matcher = grammars.constraint(GRAMMAR, 0)
     bits = torch.empty((1, -(-grammars.vocab_size // BITS)), dtype=torch.int32)
     f = await sys.kv.create()
-    fed, out = prompt, []
+    fed, out = prompt, list[int]()
     while len(out) < new:
         logits = torch.tensor(await sys.forward(f, fed, returns=Logits()))
         matcher.fill(bits, 0)
