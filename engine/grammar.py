@@ -223,11 +223,17 @@ class MaskRows(NamedTuple):
 
     @classmethod
     def of(cls, rows: list[int], bits: Tensor, vocab_size: int) -> MaskRows:
-        """From llguidance's bits (int32 [len(rows), words], bit k of word w: token 32w + k),
-        unpacked by numpy (a loop in C: some 10 µs for 49k tokens; torch's shifts take ~10x)."""
-        as_bytes = bits.numpy().view(np.uint8)  # little-endian words: token order within each
-        bit = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :vocab_size]
-        return cls(rows, torch.from_numpy(bit == 0))
+        """From llguidance's bits (int32 [len(rows), words], bit k of word w: token 32w + k)."""
+        return cls(rows, refused_by(bits.numpy().view(np.uint8), vocab_size))
+
+
+def refused_by(bitmask: bytes | np.ndarray, vocab_size: int) -> Tensor:
+    """bool [..., vocab_size], True where a compact bitmask (bit t % 8 of byte t // 8: the
+    layout of llguidance's little-endian int32 words, and of `records.token_bitmask`) has no
+    bit. Unpacked by numpy, a loop in C: some 10 µs for 49k tokens (torch's shifts took 10x)."""
+    raw = np.frombuffer(bitmask, np.uint8) if isinstance(bitmask, bytes) else bitmask
+    bit = np.unpackbits(raw, axis=-1, bitorder="little")[..., :vocab_size]
+    return torch.from_numpy(bit == 0)
 
 
 class ConstrainedSegment(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -50,16 +50,25 @@ class Logits(NamedTuple):
     """Return the float32 logits `[n_out, vocab]`."""
 
 
+# TopK, LogProbs and Sample take a call's own constraint on every output of the call, beside
+# the file's grammar (kv.constrain): `allowed`, a compact bitmask (`token_bitmask`): the tokens
+# outside it get -inf; `bias`, token id -> a number added to its logit (-inf bans it).
+
+
 class TopK(NamedTuple):
     """Return the k most likely next tokens and their probabilities, `[n_out, k]` each."""
 
     k: int = 20
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
 
 
 class LogProbs(NamedTuple):
     """Return the log-probability of given tokens: one list of candidates per output index."""
 
     tokens: Sequence[Sequence[int]]
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
 
 
 class Sample(NamedTuple):
@@ -71,6 +80,19 @@ class Sample(NamedTuple):
 
     params: SamplingParams = SamplingParams()
     generator: Any = None
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
+
+
+def token_bitmask(vocab_size: int, allowed: Iterable[int]) -> bytes:
+    """A returns record's `allowed`: bit t % 8 of byte t // 8 set for each allowed token t, in
+    32-bit words (llguidance's layout: `LLMatcher.compute_bitmask()` gives the same bytes)."""
+    mask = bytearray(-(-vocab_size // 32) * 4)
+    for t in allowed:
+        if not 0 <= t < vocab_size:
+            raise InvalidArgument(f"token ids must be in 0..{vocab_size - 1}, not {t}")
+        mask[t // 8] |= 1 << (t % 8)
+    return bytes(mask)
 
 
 Returns = Logits | TopK | LogProbs | Sample

@@ -255,7 +255,7 @@ class Syscalls:
             returns = TopK(20)
         elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
-            returns = Sample(returns.params, self._generator(returns.generator))
+            returns = returns._replace(generator=self._generator(returns.generator))
         tokens = int_list("tokens", tokens)
         pos = None if positions is None else int_list("positions", positions)
         if mask is not None:

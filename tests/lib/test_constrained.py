@@ -14,10 +14,18 @@ import jsonschema
 import pytest
 from test_library import run
 
-from engine.errors import TokenRefused
+from engine.errors import InvalidArgument, TokenRefused
 from engine.loader import load_model
 from engine.models import TINY_MODEL
-from engine.records import Grammar, Logits, LogProbs, Sample, SamplingParams, TopK
+from engine.records import (
+    Grammar,
+    Logits,
+    LogProbs,
+    Sample,
+    SamplingParams,
+    TopK,
+    token_bitmask,
+)
 from engine.syscalls import Syscalls
 from workbench.lib import choose, constrained, generate, generate_json, generate_regex
 
@@ -194,3 +202,55 @@ def test_a_bad_grammar_is_a_grammar_error_for_its_caller(demo) -> None:  # noqa:
 
     out, _ = run(demo, program)
     assert out == "GrammarError"
+
+
+async def call_masks(sys: Any) -> tuple:
+    """A call's own allowed bitmask and logit bias, beside (and with) a file's grammar."""
+    vocab = await sys.vocab_size()
+    digits = [t for t in range(vocab) if sys.detokenize([t]).isdigit()]
+    few = digits[:3]
+    f = await sys.kv.create()
+    prompt = sys.tokenize("The number")
+    only = await sys.forward(f, prompt, returns=TopK(5, allowed=token_bitmask(vocab, few)))
+    banned = await sys.forward(f, [few[0]], returns=Sample(bias={t: -math.inf for t in digits}))
+    pushed = await sys.forward(f, [banned], returns=Sample(bias={few[2]: 1e4}))
+    g = await sys.kv.create()
+    await sys.kv.constrain(g, Grammar.regex("[0-9]+"), start=len(prompt))
+    letters = [sys.tokenize(c)[0] for c in "abc"]
+    errors = []
+    for bad in (
+        Sample(allowed=token_bitmask(vocab, letters)),  # the grammar allows none of them
+        Sample(allowed=b"\xff"),  # the wrong size
+        Sample(allowed=token_bitmask(vocab, [])),  # nothing at all
+        Sample(bias={vocab: 1.0}),
+        Sample(bias={0: math.nan}),
+    ):
+        try:
+            await sys.forward(g, prompt, returns=bad)
+        except InvalidArgument as e:
+            errors.append(str(e))
+    after = await sys.forward(g, prompt, returns=Sample())
+    return few, digits, only, banned, pushed, errors, after
+
+
+def check_call_masks(out: tuple) -> None:
+    few, digits, only, banned, pushed, errors, after = out
+    assert set(only.ids[:3]) == set(few) and only.probs[3:] == [0.0, 0.0]
+    assert banned not in digits and pushed == few[2]
+    assert len(errors) == 5, errors
+    assert "no token is allowed" in errors[0] and "allowed must be" in errors[1]
+    assert "allows no token" in errors[2] and "bias maps token ids" in errors[3]
+    assert "below +inf" in errors[4]
+    assert after in digits  # the failed calls appended nothing, the grammar is as it was
+
+
+def test_a_call_brings_its_own_mask_and_bias(demo) -> None:  # noqa: ANN001
+    out, _ = run(demo, call_masks)
+    check_call_masks(out)
+
+
+def test_token_bitmask_is_llguidances_layout() -> None:
+    mask = token_bitmask(40, [0, 9, 33])
+    assert len(mask) == 8 and mask[0] == 1 and mask[1] == 2 and mask[4] == 2
+    with pytest.raises(InvalidArgument, match="0..39"):
+        token_bitmask(40, [40])

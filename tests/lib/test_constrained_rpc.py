@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from engine_process import EngineProcess, engine_process
-from test_constrained import DATE, SCHEMA
+from test_constrained import DATE, SCHEMA, call_masks, check_call_masks
 from test_library import run
 
 from engine.errors import GrammarError, TokenRefused
@@ -56,3 +56,15 @@ def test_constrained_generation_gives_the_same_results_over_rpc(engine: EnginePr
     assert there == here
     assert there[3] == ["GrammarError", "TokenRefused"]
     assert "Traceback" not in engine.log
+
+
+def test_a_calls_own_mask_and_bias_cross_the_wire(engine: EngineProcess) -> None:
+    async def remote() -> tuple:
+        client = await Client.connect(engine.conn, user="alice")
+        async with client, await client.attach("call-masks") as lip:
+            return await call_masks(lip)
+
+    there = asyncio.run(remote())
+    check_call_masks(there)
+    here, _ = run(load_model(TINY_MODEL, dtype="float32", show_progress=False), call_masks)
+    assert there[2:] == here[2:]
