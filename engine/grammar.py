@@ -186,6 +186,19 @@ class Constraint:
                 f" match the file's {self.grammar.kind} grammar, which {state}"
             )
 
+    def follow(self, before: Sequence[int], now: Sequence[int], where: str) -> None:
+        """The file held `before` when this state was made and holds `now`: roll back to
+        what they share, then match what is new (TokenRefused, changing nothing, if refused)."""
+        same = next((i for i, (a, b) in enumerate(zip(before, now, strict=False)) if a != b), None)
+        same = min(len(before), len(now)) if same is None else same
+        if same == len(before) == len(now):
+            return
+        fork = self.fork()
+        fork.rollback_to(same)
+        fork.check(same, now[same:], where)
+        self.rollback_to(same)
+        self.consume(self.matched(same, now[same:]))
+
     def consume(self, tokens: Sequence[int]) -> None:
         if tokens:
             if not self.matcher.consume_tokens(list(tokens)):
@@ -249,20 +262,17 @@ class ConstrainedSegment(NamedTuple):
 def compute_masks(segments: Sequence[ConstrainedSegment], vocab_size: int) -> MaskRows:
     """Advance each grammar through its segment's tokens, filling a mask at each output that
     predicts a matched token (output index i with base + i + 1 >= start)."""
-    rows: list[int] = []
-    sources: list[tuple[Constraint, int]] = []  # per mask row to fill: (its grammar, its index)
-    plans: list[tuple[ConstrainedSegment, list[int]]] = []
-    for seg in segments:
-        at = [o for o in sorted(set(seg.outputs)) if seg.base + o + 1 >= seg.constraint.start]
-        plans.append((seg, at))
-    words = -(-vocab_size // BITS)
-    total = sum(len(at) for _, at in plans)
-    bits = torch.empty((total, words), dtype=torch.int32)
+    plans = [
+        (seg, [o for o in sorted(set(seg.outputs)) if seg.base + o + 1 >= seg.constraint.start])
+        for seg in segments
+    ]
+    bits = torch.empty((sum(len(at) for _, at in plans), -(-vocab_size // BITS)), dtype=torch.int32)
+    rows: list[int] = []  # the logits rows masked
+    picks: list[int] = []  # for each, its row of bits (outputs at one index share a mask)
     filled = 0
     for seg, at in plans:
         c, row_of = seg.constraint, {}
-        done = c.end - seg.base  # tokens of this segment already matched (or not matched at all)
-        done = max(done, 0)
+        done = max(c.end - seg.base, 0)  # tokens of the segment before the grammar's end
         for o in at:
             c.consume(seg.tokens[done : o + 1])
             done = max(done, o + 1)
@@ -273,8 +283,8 @@ def compute_masks(segments: Sequence[ConstrainedSegment], vocab_size: int) -> Ma
         for j, o in enumerate(seg.outputs):
             if o in row_of:
                 rows.append(seg.first_row + j)
-                sources.append((c, row_of[o]))
-    return MaskRows.of(rows, bits[[r for _, r in sources]], vocab_size)
+                picks.append(row_of[o])
+    return MaskRows.of(rows, bits[picks], vocab_size)
 
 
 def apply_masks(logits: Tensor, masks: MaskRows) -> None:

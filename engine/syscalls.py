@@ -100,8 +100,10 @@ class KVCalls:
             return
         k = self._sys.kernel
         grammars = Grammars.of(k.tokenizer, k.runner.vocab_size, k.loaded.stop_ids)
-        compiling = asyncio.to_thread(attach, grammars, list(seq.tokens), grammar, start)
-        seq.constraint = await self._sys._waiting(compiling)
+        held = list(seq.tokens)
+        c = await self._sys._waiting(asyncio.to_thread(attach, grammars, held, grammar, start))
+        c.follow(held, seq.tokens, "kv.constrain")  # a forward or truncate while it compiled
+        seq.constraint = c
 
     async def hide(self, handle: Handle, indices: Sequence[int]) -> None:
         await self._sys._caller()

@@ -170,3 +170,16 @@ def test_the_bench_masks_the_same_tokens_both_ways() -> None:
     measured = bench.measure(loaded, runs=1, lips=2, new=6)
     assert set(measured) == set(bench.CASES)
     assert all(tokens == 12 and timing.engine > 0 for timing, tokens in measured.values())
+
+
+def test_follow_catches_up_with_a_file_that_changed(grammars) -> None:  # noqa: ANN001
+    tok = grammars.tokenizer
+    one, two, x = tok.encode("1"), tok.encode("2"), tok.encode("x")
+    c = attach(grammars, one + two, DIGITS, start=0)
+    c.follow(one + two, one + two + two, "kv.constrain")  # appended meanwhile
+    assert c.end == 3
+    c.follow(one + two + two, one + x, "kv.constrain")  # truncated, then appended
+    assert c.end == 2 and c.matcher.is_stopped()
+    with pytest.raises(TokenRefused, match="kv.constrain"):
+        c.follow(one + x, x, "kv.constrain")
+    assert c.end == 2  # refused: unchanged
