@@ -254,3 +254,21 @@ def test_token_bitmask_is_llguidances_layout() -> None:
     assert len(mask) == 8 and mask[0] == 1 and mask[1] == 2 and mask[4] == 2
     with pytest.raises(InvalidArgument, match="0..39"):
         token_bitmask(40, [40])
+
+
+def test_several_outputs_of_one_forward_each_follow_their_prefix(demo) -> None:  # noqa: ANN001
+    """Speculative verification on a constrained file: output i is masked by the grammar after
+    tokens 0..i of the call (three digits, then only an x may follow)."""
+
+    async def program(sys: Syscalls) -> list[str]:
+        one = sys.tokenize("1")
+        f = await sys.kv.create()
+        await sys.kv.constrain(f, Grammar.regex("[0-9]{3}x"))
+        drafted = one * 3
+        out = await sys.forward(f, drafted, outputs=[0, 1, 2], returns=Sample())
+        return [sys.detokenize([t]) for t in out]
+
+    texts, _ = run(demo, program)
+    assert re.fullmatch("[0-9]{1,2}x?", texts[0])  # after "1": two digits more at most
+    assert re.fullmatch("[0-9]x?", texts[1])  # after "11": one
+    assert texts[2] == "x"  # after "111": the x
