@@ -12,7 +12,16 @@ from engine import cli_client
 if TYPE_CHECKING:
     from engine.bench.runtime import Pair
 
-WORKLOADS = ("decode", "prefill", "plain", "shared-prefix", "api-overhead", "agent", "rpc")
+WORKLOADS = (
+    "decode",
+    "prefill",
+    "plain",
+    "shared-prefix",
+    "api-overhead",
+    "agent",
+    "rpc",
+    "constrained",
+)
 DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
 
@@ -78,11 +87,12 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import programs, rpc, runtime
+    from engine.bench import constrained, programs, rpc, runtime
     from engine.bench.common import print_table, ratio_text, write_json
 
     bench = programs if args.workload in programs.WORKLOADS else runtime
     bench = rpc if args.workload in rpc.WORKLOADS else bench
+    bench = constrained if args.workload in constrained.WORKLOADS else bench
     rows = []
     for name in args.models.split(","):
         for pair in _pairs(args, name):
@@ -122,7 +132,7 @@ def _pairs(args: argparse.Namespace, model: str) -> list[Pair]:
 
     if args.dtype is not None or args.baseline_dtype != "auto":
         return [Pair(args.dtype, args.baseline_dtype, "as asked")]
-    if args.workload in ("api-overhead", "rpc"):  # the engine on both sides: one dtype
+    if args.workload in ("api-overhead", "rpc", "constrained"):  # the engine on both sides
         return [Pair(None, "auto", "defaults")]
     return comparisons(model, args.device, args.compare.split(","))
 

@@ -4,10 +4,14 @@ A segment appends tokens to one sequence: a prefill appends many, a decode one. 
 its own positions (explicit, so a sequence may skip or reuse positions) and an optional mask
 over its keys. New keys and values go into the page pool; results come back only at the
 output indices each segment asks for, in the form it asks for (logits, top-k, log-probs).
+A segment whose sequence has a grammar (`engine.grammar`) has its tokens checked and its
+outputs' logits masked by it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 from engine.attention import AttentionBackend, BatchLayout, select_backend
+from engine.grammar import ConstrainedSegment, MaskJob, apply_masks, refused_by
 from engine.model import LlamaModel
 from engine.page_pool import PagePool
 from engine.sampler import sample
@@ -72,9 +77,13 @@ class Runner:
         if needed > self.pool.num_free:
             raise OutOfPages(needed, self.pool.num_free)
         before = [len(s.seq) for s in segments]
+        constrained = self._constrained(segments)  # TokenRefused before anything changes
+        masks: MaskJob | None = None
         try:
             layout, ids, positions = self._layout(segments)
             plan = self.backend.plan(layout, self.pool)
+            if constrained:  # the grammars' masks, computed while the model runs
+                masks = MaskJob(constrained, self.vocab_size)
             hidden = self.model(
                 ids, positions, lambda i, q, k, v: self.backend.attend(i, q, k, v, plan, self.pool)
             )
@@ -86,11 +95,30 @@ class Runner:
                 start += n
             out_rows = torch.tensor(rows, dtype=torch.long, device=hidden.device)
             logits = self.model.logits(hidden[out_rows])
+            if masks is not None:
+                apply_masks(logits, masks.result())
             return self._results(segments, logits)
         except BaseException:
+            if masks is not None:
+                masks.settle()  # its grammars advanced: the truncation below rolls them back
             for s, n in zip(segments, before, strict=True):  # a failed forward leaves no trace
                 s.seq.truncate(self.pool, n)
             raise
+
+    @staticmethod
+    def _constrained(segments: list[Segment]) -> list[ConstrainedSegment]:
+        """The segments whose files have a grammar, their tokens checked against it."""
+        found: list[ConstrainedSegment] = []
+        row = 0
+        for i, s in enumerate(segments):
+            outputs = s.outputs if s.outputs is not None else [len(s.tokens) - 1]
+            c = s.seq.constraint
+            if c is not None:
+                base = len(s.seq)
+                c.check(base, s.tokens, f"segment {i}" if len(segments) > 1 else "forward")
+                found.append(ConstrainedSegment(c, base, s.tokens, outputs, row))
+            row += len(outputs)
+        return found
 
     def _layout(self, segments: list[Segment]) -> tuple[BatchLayout, Tensor, Tensor]:
         device = self.model.device
@@ -135,6 +163,7 @@ class Runner:
 
     def _results(self, segments: list[Segment], logits: Tensor) -> list[Result]:
         counts = [len(s.outputs) if s.outputs is not None else 1 for s in segments]
+        self._call_masks(segments, counts, logits)
         sampled = self._sample_all(segments, counts, logits)
         out: list[Result] = []
         start = taken = 0
@@ -157,6 +186,30 @@ class Runner:
             else:
                 out.append(rows)
         return out
+
+    def _call_masks(self, segments: list[Segment], counts: list[int], logits: Tensor) -> None:
+        """Each call's own `allowed` bitmask and `bias` (on TopK, LogProbs, Sample), in place on
+        its rows, after the file's grammar; InvalidArgument if together they allow nothing."""
+        start = 0
+        for i, (s, n) in enumerate(zip(segments, counts, strict=True)):
+            allowed, bias = getattr(s.returns, "allowed", None), getattr(s.returns, "bias", None)
+            if n and (allowed is not None or bias):
+                rows = logits[start : start + n]
+                if allowed is not None:
+                    refused = refused_by(allowed, self.vocab_size).to(rows.device)
+                    rows.masked_fill_(refused, float("-inf"))
+                if bias:
+                    ids = torch.tensor(list(bias), dtype=torch.long, device=rows.device)
+                    rows[:, ids] += torch.tensor(
+                        list(bias.values()), dtype=rows.dtype, device=rows.device
+                    )
+                if not torch.isfinite(rows).any(-1).all():
+                    where = f"segment {i}" if len(segments) > 1 else "forward"
+                    raise InvalidArgument(
+                        f"{where}: no token is allowed: the call's allowed mask and bias leave"
+                        " none (with the file's grammar, if it has one)"
+                    )
+            start += n
 
     @staticmethod
     def _sample_all(segments: list[Segment], counts: list[int], logits: Tensor) -> list[int]:
@@ -220,6 +273,7 @@ class Runner:
                 f"{where}: SamplingParams.top_k must be in 0..{self.vocab_size} (0 is off),"
                 f" got {s.returns.params.top_k}"
             )
+        self._validate_constraint(where, s.returns)
         if isinstance(s.returns, LogProbs):
             rows = s.returns.tokens
             if len(rows) != n_out or len({len(r) for r in rows}) > 1:
@@ -230,3 +284,25 @@ class Runner:
                 raise InvalidArgument(
                     f"{where}: log-prob token ids must be in 0..{self.vocab_size - 1}"
                 )
+
+    def _validate_constraint(self, where: str, returns: Returns) -> None:
+        """A call's own `allowed` bitmask and `bias`, checked before anything runs."""
+        allowed, bias = getattr(returns, "allowed", None), getattr(returns, "bias", None)
+        if allowed is not None:
+            size = -(-self.vocab_size // 32) * 4
+            if not isinstance(allowed, bytes) or len(allowed) != size:
+                raise InvalidArgument(
+                    f"{where}: allowed must be {size} bytes (records.token_bitmask), not"
+                    f" {len(allowed) if isinstance(allowed, bytes) else type(allowed).__name__}"
+                )
+            if refused_by(allowed, self.vocab_size).all():
+                raise InvalidArgument(f"{where}: the allowed mask allows no token")
+        if bias is not None:
+            if not isinstance(bias, Mapping) or not all(
+                type(t) is int and 0 <= t < self.vocab_size for t in bias
+            ):
+                raise InvalidArgument(
+                    f"{where}: bias maps token ids in 0..{self.vocab_size - 1} to numbers"
+                )
+            if not all(isinstance(v, (int, float)) and v < math.inf for v in bias.values()):
+                raise InvalidArgument(f"{where}: a bias is a number below +inf (-inf bans)")

@@ -57,7 +57,7 @@ class Call:
         picked = [i for i, o in enumerate(outputs) if a <= o < b]
         returns = s.returns
         if isinstance(returns, LogProbs):
-            returns = LogProbs([returns.tokens[i] for i in picked])
+            returns = returns._replace(tokens=[returns.tokens[i] for i in picked])
         outs = [outputs[i] - a for i in picked]
         positions = None if s.positions is None else s.positions[a:b]
         return Segment(s.seq, s.tokens[a:b], positions, mask, outs, returns)

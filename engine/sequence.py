@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import Tensor
 
 from engine.page_pool import PagePool
 from engine.prefix_cache import Reuse, Sharing, Stop
 from engine.wire.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from engine.grammar import Constraint
 
 
 def pages_for(num_tokens: int, page_size: int) -> int:
@@ -44,6 +47,8 @@ class KVSequence:
     hidden: set[int] = field(default_factory=set)  # token indices attention skips
     swapped: SwappedOut | None = None  # where its pages are while swapped out (see swap_out)
     sharing: Sharing | None = None  # None: this sequence takes no part in prefix sharing
+    # the grammar its new tokens must match (kv.constrain; see engine.grammar), or None
+    constraint: Constraint | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -169,13 +174,16 @@ class KVSequence:
             list(self.pages),
             set(self.hidden),
             sharing=sharing,
+            constraint=None if self.constraint is None else self.constraint.fork(),
         )
 
     def truncate(self, pool: PagePool, n: int) -> None:
-        """Keep the first n tokens; pages past them are released."""
+        """Keep the first n tokens; pages past them are released; a grammar rolls back."""
         if not 0 <= n <= len(self.tokens):
             raise InvalidArgument(f"cannot truncate a {len(self.tokens)}-token sequence to {n}")
         self._need_resident("truncate")
+        if self.constraint is not None:
+            self.constraint.rollback_to(n)
         keep = pages_for(n, pool.page_size)
         pool.release(self.pages[keep:])
         del self.pages[keep:], self.tokens[n:], self.positions[n:]
@@ -198,7 +206,7 @@ class KVSequence:
         pool.release(self.held_pages())
         pool.num_swapped -= self.swapped_pages
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
-        self.swapped = None
+        self.swapped, self.constraint = None, None
 
     def _need_resident(self, what: str) -> None:
         if self.swapped is not None:  # the kernel and the KVFS bring a sequence back first
@@ -219,6 +227,8 @@ class KVSequence:
         n, ps = len(self.tokens), pool.page_size
         if not s.on:
             stop = Stop("off", n)
+        elif self.constraint is not None:  # its tokens are checked by the grammar as they run
+            stop = Stop("constrained", n)
         elif self.hidden or s.dirty_from is not None or len(s.chain) != n // ps:
             stop = Stop("hidden", n)
         elif n % ps:

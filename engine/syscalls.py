@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeV
 
 import torch
 
+from engine.grammar import Grammars, attach
 from engine.kvfs import Caller, Handle
 from engine.process import EXITED, READY, SUSPENDED, Process
 from engine.runner import Segment, TopKResult
@@ -28,6 +29,7 @@ from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.wire.records import (
     Distribution,
     FileStat,
+    Grammar,
     Logits,
     LogProbs,
     Message,
@@ -132,6 +134,24 @@ class KVCalls:
     @never_waits(resident=True)
     def truncate(self, handle: Handle, n: int) -> None:
         self._fs.truncate(handle, n)
+
+    async def constrain(
+        self, handle: Handle, grammar: Grammar | None, start: int | None = None
+    ) -> None:
+        """Attach a grammar to a file: the tokens appended from index `start` on (default: the
+        file's length now) must match it, and forward masks the outputs that predict them (see
+        `engine.grammar`). None detaches the file's grammar."""
+        await self._sys._caller()
+        seq = self._fs.sequence(handle, write=True)
+        if grammar is None:
+            seq.constraint = None
+            return
+        k = self._sys.kernel
+        grammars = Grammars.of(k.tokenizer, k.runner.vocab_size, k.loaded.stop_ids)
+        held = list(seq.tokens)
+        c = await self._sys._waiting(asyncio.to_thread(attach, grammars, held, grammar, start))
+        c.follow(held, seq.tokens, "kv.constrain")  # a forward or truncate while it compiled
+        seq.constraint = c
 
     @never_waits(resident=True)
     def hide(self, handle: Handle, indices: Sequence[int]) -> None:
@@ -315,7 +335,7 @@ class Syscalls:
             returns = TopK(20)
         elif isinstance(returns, Sample) and type(returns.generator) is not torch.Generator:
             # (type, not isinstance: torch.Generator's isinstance runs Python code, every call)
-            returns = Sample(returns.params, self._generator(returns.generator))
+            returns = returns._replace(generator=self._generator(returns.generator))
         tokens = int_list("tokens", tokens)
         pos = None if positions is None else int_list("positions", positions)
         if mask is not None:
@@ -416,6 +436,7 @@ class Syscalls:
 
 __all__ = [
     "Distribution",
+    "Grammar",
     "KVCalls",
     "Logits",
     "LogProbs",

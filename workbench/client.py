@@ -67,6 +67,7 @@ from engine.wire.records import (
     Event,
     FileHandle,
     FileStat,
+    Grammar,
     Logits,
     LogProbs,
     Message,
@@ -461,6 +462,13 @@ class KVCalls:
     async def truncate(self, handle: FileHandle, n: int) -> None:
         await self._lip._call("kv.truncate", handle=handle, n=n)
 
+    async def constrain(
+        self, handle: FileHandle, grammar: Grammar | None, start: int | None = None
+    ) -> None:
+        """Attach a grammar to a file (None detaches it), as `engine.syscalls.KVCalls.constrain`:
+        the engine masks and checks every token from index `start` on; no mask crosses the wire."""
+        await self._lip._call("kv.constrain", handle=handle, grammar=grammar, start=start)
+
     async def hide(self, handle: FileHandle, indices: Sequence[int]) -> None:
         await self._lip._call("kv.hide", handle=handle, indices=[int(i) for i in indices])
 
@@ -743,6 +751,7 @@ __all__ = [
     "FileHandle",
     "FileStat",
     "Logits",
+    "Grammar",
     "LogProbs",
     "Message",
     "PageMap",

@@ -15,12 +15,21 @@ import inspect
 from typing import Any
 
 from engine.wire.calls import PROCESS_CALLS
-from engine.wire.records import Distribution, Logits, LogProbs, Sample, SamplingParams, TopK
+from engine.wire.records import (
+    Distribution,
+    Grammar,
+    Logits,
+    LogProbs,
+    Sample,
+    SamplingParams,
+    TopK,
+)
 from workbench.client import LIP
 
 CALLS = tuple(call.name for call in PROCESS_CALLS)  # a process's calls (its `kv.*` are in kv)
 RECORDS = {
     "Distribution": Distribution,
+    "Grammar": Grammar,
     "Logits": Logits,
     "LogProbs": LogProbs,
     "Sample": Sample,

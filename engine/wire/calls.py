@@ -29,6 +29,7 @@ from engine.wire.records import (
     Event,
     FileHandle,
     FileStat,
+    Grammar,
     Message,
     PageMap,
     PrefixReport,
@@ -213,6 +214,16 @@ CALLS: tuple[Call, ...] = (
         P("handle", FileHandle),
         P("n", int),
         doc="keep the first n tokens",
+    ),
+    _call(
+        "kv.constrain",
+        PROCESS,
+        None,
+        P("handle", FileHandle),
+        P("grammar", Grammar | None),
+        P("start", int | None, None),
+        waits=True,  # while the grammar compiles, off the event loop
+        doc="attach a grammar the file's new tokens must match (None detaches it)",
     ),
     _call(
         "kv.hide",

@@ -75,6 +75,17 @@ class ContextTooLong(InvalidArgument):
         self.context_length = context_length
 
 
+class GrammarError(InvalidArgument):
+    """A grammar `kv.constrain` cannot compile: names its kind and llguidance's reason."""
+
+
+class TokenRefused(InvalidArgument):
+    """A forward appends a token that the file's grammar refuses (see `kv.constrain`).
+
+    Nothing was appended; the message names the token, its index in the call and its text.
+    """
+
+
 class _PathProblem(EngineError):
     """Something about one KV file path; the message names the path and the reason."""
 

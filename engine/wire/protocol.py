@@ -524,6 +524,16 @@ def is_wire_handle(value: Any) -> bool:
 
 
 def returns_to_wire(returns: Returns | None) -> dict[str, Any] | None:
+    spec = _returns_to_wire(returns)
+    allowed, bias = getattr(returns, "allowed", None), getattr(returns, "bias", None)
+    if spec is not None and allowed is not None:  # a call's own constraint (engine.wire.records)
+        spec["allowed"] = allowed
+    if spec is not None and bias is not None:  # pairs: msgpack maps take str keys only
+        spec["bias"] = [[t, v] for t, v in dict(bias).items()]
+    return spec
+
+
+def _returns_to_wire(returns: Returns | None) -> dict[str, Any] | None:
     if returns is None:
         return None
     if isinstance(returns, TopK):
@@ -550,6 +560,23 @@ def returns_to_wire(returns: Returns | None) -> dict[str, Any] | None:
 
 def returns_from_wire(spec: Any) -> Returns | None:
     """forward's returns= from its wire map; InvalidArgument naming a missing or mistyped field."""
+    returns = _returns_from_wire(spec)
+    if returns is None or isinstance(returns, Logits):
+        return returns
+    allowed, bias = spec.get("allowed"), spec.get("bias")
+    if allowed is not None and type(allowed) is not bytes:
+        raise InvalidArgument(f"returns: allowed must be bytes or None, not {allowed!r:.40}")
+    if bias is not None:
+        if not (
+            isinstance(bias, list)
+            and all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int for p in bias)
+        ):
+            raise InvalidArgument("returns: bias must be a list of [token id, number] pairs")
+        bias = {t: v for t, v in bias}
+    return returns._replace(allowed=allowed, bias=bias)
+
+
+def _returns_from_wire(spec: Any) -> Returns | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):

@@ -8,9 +8,10 @@ Forward's `returns=` specs live here too: `TopK(k)`, `Sample(params, generator)`
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -49,16 +50,25 @@ class Logits(NamedTuple):
     """Return the float32 logits `[n_out, vocab]`."""
 
 
+# TopK, LogProbs and Sample take a call's own constraint on every output of the call, beside
+# the file's grammar (kv.constrain): `allowed`, a compact bitmask (`token_bitmask`): the tokens
+# outside it get -inf; `bias`, token id -> a number added to its logit (-inf bans it).
+
+
 class TopK(NamedTuple):
     """Return the k most likely next tokens and their probabilities, `[n_out, k]` each."""
 
     k: int = 20
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
 
 
 class LogProbs(NamedTuple):
     """Return the log-probability of given tokens: one list of candidates per output index."""
 
     tokens: Sequence[Sequence[int]]
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
 
 
 class Sample(NamedTuple):
@@ -70,9 +80,60 @@ class Sample(NamedTuple):
 
     params: SamplingParams = SamplingParams()
     generator: Any = None
+    allowed: bytes | None = None
+    bias: Mapping[int, float] | None = None
+
+
+def token_bitmask(vocab_size: int, allowed: Iterable[int]) -> bytes:
+    """A returns record's `allowed`: bit t % 8 of byte t // 8 set for each allowed token t, in
+    32-bit words (llguidance's layout: `LLMatcher.compute_bitmask()` gives the same bytes)."""
+    mask = bytearray(-(-vocab_size // 32) * 4)
+    for t in allowed:
+        if not 0 <= t < vocab_size:
+            raise InvalidArgument(f"token ids must be in 0..{vocab_size - 1}, not {t}")
+        mask[t // 8] |= 1 << (t % 8)
+    return bytes(mask)
 
 
 Returns = Logits | TopK | LogProbs | Sample
+
+
+# ---- grammars: what `kv.constrain` attaches to a file ----
+
+GRAMMAR_KINDS = ("regex", "json_schema", "lark", "choice")
+
+
+class Grammar(NamedTuple):
+    """A constraint on the tokens a KV file may hold, compiled in the engine by `llguidance`.
+
+    kind: "regex" (source: the pattern, matched by the whole text), "json_schema" (the schema
+    as JSON text), "lark" (a Lark grammar, llguidance's dialect) or "choice" (a JSON list of
+    strings: the text is exactly one of them). Build one with the constructors below.
+    """
+
+    kind: str
+    source: str
+
+    @classmethod
+    def regex(cls, pattern: str) -> Grammar:
+        return cls("regex", pattern)
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str, whitespace: bool = False) -> Grammar:
+        """JSON that validates against schema; whitespace=False: compact JSON, no whitespace
+        between items (llguidance's `x-guidance` options, where the schema sets none)."""
+        value = json.loads(schema) if isinstance(schema, str) else schema
+        if isinstance(value, dict) and not whitespace and "x-guidance" not in value:
+            value = {**value, "x-guidance": {"whitespace_flexible": False}}
+        return cls("json_schema", json.dumps(value))
+
+    @classmethod
+    def lark(cls, grammar: str) -> Grammar:
+        return cls("lark", grammar)
+
+    @classmethod
+    def choice(cls, options: Sequence[str]) -> Grammar:
+        return cls("choice", json.dumps(list(options)))
 
 
 # ---- results ----
@@ -213,6 +274,7 @@ StopKind = Literal[
     "new",  # nothing after this prefix was ever computed (or it was forgotten long ago)
     "hidden",  # the file hides tokens: its keys and values differ from a plain prefix's
     "off",  # sharing is off for this file or this engine
+    "constrained",  # the file has a grammar (kv.constrain): its new tokens are checked as computed
     "unaligned",  # the file does not end at a page boundary, so no full page can be appended
 ]
 
@@ -265,6 +327,7 @@ RECORDS: dict[str, Any] = {  # name -> NamedTuple class
         PrefixReport,
         Reuse,
         Stop,
+        Grammar,
     )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {

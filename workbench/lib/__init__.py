@@ -13,8 +13,18 @@ engine batches the calls of every program that runs at once.
 | `speculative_decode` | greedy decoding with prompt-lookup drafts verified in one forward |
 | `score` | each candidate continuation's log-probability under the model |
 | `cached_prompt` | a prompt computed once into a named file, forked by every process after |
+| `generate_regex`, `generate_json` | text a regex matches, JSON a schema validates |
+| `choose`, `constrained` | one of some strings; any grammar (masked in the engine) |
 """
 
+from workbench.lib.constrained import (
+    Constrained,
+    Incomplete,
+    choose,
+    constrained,
+    generate_json,
+    generate_regex,
+)
 from workbench.lib.decoding import Generation, generate
 from workbench.lib.prompt_cache import CachedPrompt, cached_prompt
 from workbench.lib.sampling import Vote, parallel_samples, self_consistency
@@ -25,12 +35,18 @@ from workbench.lib.speculative import Speculation, speculative_decode
 __all__ = [
     "Beam",
     "CachedPrompt",
+    "Constrained",
     "Generation",
+    "Incomplete",
     "Speculation",
     "Vote",
     "beam_search",
     "cached_prompt",
+    "choose",
+    "constrained",
     "generate",
+    "generate_json",
+    "generate_regex",
     "parallel_samples",
     "score",
     "self_consistency",

@@ -82,6 +82,11 @@ def reason(stop: Stop, page_size: int, detokenize: Detokenize) -> str:
             )
         case "off":
             return "prefix sharing is off for this file"
+        case "constrained":
+            return (
+                f"{at} the file has a grammar (kv.constrain): its tokens are checked as they are"
+                " computed, so none is taken from the cache"
+            )
         case "unaligned":
             return f"{at} the forward did not start at a page boundary"
         case _:  # "new"
