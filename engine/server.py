@@ -549,8 +549,8 @@ class EngineServer:
             "attention": k.runner.backend.name,
             "page_size": pool.page_size,
             "pages_total": pool.num_pages,
-            "pages_free": pool.num_free,
-            "pages_used": pool.num_pages - pool.num_free,
+            "pages_free": pool.num_free - pool.num_cached,  # held by nobody, kept by nobody
+            "pages_used": pool.num_pages - pool.num_free,  # held by files
             "pages_swapped": k.memory.swapped_pages(),
             "pages_cached": pool.num_cached,  # held by nobody, kept for prefix sharing
             "prefix_sharing": pool.index is not None,

@@ -229,6 +229,7 @@ def test_page_map_counts_match_the_engine(seen: Seen) -> None:
     e = seen.engine
     assert len(data.cells) == e["pages_total"] + e["pages_swapped"]
     assert data.counts["free"] == e["pages_free"]
+    assert data.counts["cached"] == e["pages_cached"]
     assert data.counts["private"] + data.counts["shared"] == e["pages_used"]
     assert data.counts["swapped"] == e["pages_swapped"] == 0
     assert data.counts["shared"] == sum(1 for n in seen.pages.refcount if n > 1)
