@@ -169,9 +169,7 @@ class Kernel:
             started=self.trace.now(),
         )
         self.procs[pid] = self.live[pid] = p
-        self.trace.emit(
-            ev.PROCESS, pid, {"old": None, "new": p.state.value, "name": p.name, "owner": owner}
-        )
+        self._emit_created(p)
         p.task = asyncio.create_task(self._run(p, main, Syscalls(self, p), args), name=f"lip-{pid}")
         return pid
 
@@ -180,10 +178,12 @@ class Kernel:
         pid = next(self._pids)
         p = Process(pid, name, owner, priority, parent, started=self.trace.now())
         self.procs[pid] = self.live[pid] = p
-        self.trace.emit(
-            ev.PROCESS, pid, {"old": None, "new": p.state.value, "name": name, "owner": owner}
-        )
+        self._emit_created(p)
         return pid
+
+    def _emit_created(self, p: Process) -> None:
+        data = {"old": None, "new": p.state.value, "name": p.name, "owner": p.owner}
+        self.trace.emit(ev.PROCESS, p.pid, {**data, "parent": p.parent})
 
     def detach(self, pid: int, error: str | None = None) -> None:
         """An attached process ended (its cell finished, raised, was interrupted, or vanished)."""
@@ -504,9 +504,11 @@ class Kernel:
         )
 
     def _resume(self, p: Process) -> None:
+        back = 0
         for f in self._private_files(p):
+            back += len(f.seq.swapped)
             f.seq.swap_in(self.pool)
-        self._set_state(p, WAITING if p.blocked else READY)
+        self._set_state(p, WAITING if p.blocked else READY, pages_swapped_in=back)
 
     async def ensure_resident(self, p: Process) -> None:
         """Wait until a suspended process's files are back in the pool (before it touches them)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine import trace as ev
 from engine.arguments import check_arg, int_list
 from engine.errors import InvalidArgument, OutOfPages, ProcessExited
 from engine.kvfs import Caller, Handle
@@ -321,7 +322,17 @@ class Syscalls:
     async def tool(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call a tool registered on the engine (see `engine.tools`); it runs beside the engine."""
         await self._caller()
-        return await self._waiting(self.kernel.tools.call(name, list(args), kwargs))
+        k, pid = self.kernel, self.pid
+        call = k.new_call_id()
+        k.trace.emit(ev.TOOL_STARTED, pid, {"call": call, "tool": name})
+        error = None
+        try:
+            return await self._waiting(k.tools.call(name, list(args), kwargs))
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            k.trace.emit(ev.TOOL_FINISHED, pid, {"call": call, "tool": name, "error": error})
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process

@@ -20,6 +20,8 @@ CALL_FINISHED = "call.finished"
 BATCH = "batch"
 PROCESS = "process"  # a state change: data has old and new
 PAGES = "pages"
+TOOL_STARTED = "tool.started"  # a process called a tool and waits for it: data has call, tool
+TOOL_FINISHED = "tool.finished"  # its result (or error) came back
 
 
 class Trace:

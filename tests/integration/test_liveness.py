@@ -23,7 +23,7 @@ from checkpoints import write_checkpoint
 from engine_process import engine_process
 
 from engine import connection
-from engine.bench.rpc import EngineThread
+from engine.engine_thread import EngineThread
 from engine.errors import EngineNotRunning
 from engine.loader import load_model
 from workbench import client as client_module

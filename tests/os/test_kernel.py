@@ -116,6 +116,8 @@ def test_a_process_suspended_holding_all_but_one_page_with_a_call_queued_resumes
         assert len(await asyncio.wait_for(k.wait(a), 30)) == 3
         suspended = k.trace.query(pid=a, kinds=[ev.PROCESS])
         assert any(e.data["new"] == "suspended" and e.data["pages_swapped"] == 3 for e in suspended)
+        back = [e.data["pages_swapped_in"] for e in suspended if e.data["old"] == "suspended"]
+        assert back == [3]  # the resumption brought every swapped page back
 
     run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
 

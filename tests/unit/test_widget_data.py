@@ -20,7 +20,7 @@ from workbench.widgets.kv_data import (
 from workbench.widgets.page_map import COLOURS, code, counts_line
 from workbench.widgets.style import OTHER_COLOUR, shared_colour
 from workbench.widgets.token_data import token_steps
-from workbench.widgets.trace_data import TimelineBuilder
+from workbench.widgets.trace_data import Swap, TimelineBuilder, summary, window
 
 
 def stat(path: str, pages: tuple[int, ...] = (), **kw: object) -> FileStat:
@@ -225,6 +225,87 @@ def test_timeline_pages_on_and_names_processes_it_saw_late() -> None:
     assert b.data().lanes[0][:3] == (1, "late", "carol")
     b.add(EVENTS[8:])
     assert len(b.calls) == 2  # the oldest forgotten
+
+
+FAMILY = [
+    ev(0, 0.0, "process", 1, old=None, new="ready", name="main", owner="al", parent=None),
+    ev(1, 0.1, "process", 2, old=None, new="ready", name="other", owner="al", parent=None),
+    ev(2, 0.2, "process", 3, old=None, new="ready", name="child", owner="al", parent=1),
+    ev(3, 0.3, "process", 4, old=None, new="ready", name="grandchild", owner="al", parent=3),
+    ev(4, 0.4, "process", 5, old=None, new="ready", name="late", owner="al", parent=1),
+    ev(5, 1.0, "tool.started", 3, call=7, tool="search"),
+    ev(6, 1.5, "tool.finished", 3, call=7, tool="search", error=None),
+    ev(7, 1.6, "tool.started", 4, call=8, tool="search"),
+    ev(8, 2.0, "process", 2, old="waiting", new="suspended", pages_swapped=4),
+    ev(9, 2.5, "process", 2, old="suspended", new="waiting", pages_swapped_in=4),
+    ev(10, 2.6, "process", 5, old="ready", new="suspended", pages_swapped=2),
+    ev(11, 2.8, "process", 4, old="waiting", new="exited", error="killed"),
+]  # fmt: skip
+
+
+def test_timeline_puts_spawned_children_under_their_parent() -> None:
+    b = TimelineBuilder()
+    b.add(FAMILY)
+    lanes = b.data().lanes
+    assert [(lane.pid, lane.depth, lane.parent) for lane in lanes] == [
+        (1, 0, None),
+        (3, 1, 1),
+        (4, 2, 3),
+        (5, 1, 1),
+        (2, 0, None),
+    ]
+    assert lanes[2].label == "↳ ↳ 4 grandchild" and lanes[4].label == "2 other"
+    assert [(lane.pid, lane.depth) for lane in b.data(pid=4).lanes] == [(4, 0)]  # no parent shown
+
+
+def test_timeline_shows_tool_waits_suspensions_and_swaps() -> None:
+    b = TimelineBuilder()
+    b.add(FAMILY)
+    d = b.data()
+    assert [(t.pid, t.tool, t.start, t.end, t.error) for t in d.tools] == [
+        (3, "search", 1.0, 1.5, None),
+        (4, "search", 1.6, 2.8, "process exited"),  # its process ended while it waited
+    ]
+    assert [(s.pid, s.start, s.end, s.pages, s.pages_in) for s in d.suspensions] == [
+        (2, 2.0, 2.5, 4, 4),
+        (5, 2.6, None, 2, None),
+    ]
+    assert d.swaps == [Swap(2, 2.0, 4, True), Swap(2, 2.5, 4, False), Swap(5, 2.6, 2, True)]
+    assert b.data(pid=3).tools == d.tools[:1] and b.data(pid=3).swaps == []
+
+
+def test_window_cuts_one_run_out_on_its_own_clock() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS)  # pids 1 and 2, from 0.0 to 0.9
+    later = [e._replace(seq=e.seq + 100, t=e.t + 10, pid=e.pid and e.pid + 10) for e in EVENTS]
+    for i, e in enumerate(later):  # the same run again, ten seconds on, as pids 11 and 12
+        if e.kind == "batch":
+            later[i] = e._replace(data={**e.data, "pids": [11, 12], "batch": 2})
+        elif "call" in e.data:
+            later[i] = e._replace(data={**e.data, "call": e.data["call"] + 10})
+    b.add(later)
+    first, again = window(b.data(), [1, 2]), window(b.data(), [11, 12])
+    assert [lane.pid for lane in again.lanes] == [11, 12] and len(again.batches) == 1
+    assert again.now == pytest.approx(0.9) and again.lanes[1].end == pytest.approx(0.9)
+    assert [c.submitted for c in again.calls] == pytest.approx([c.submitted for c in first.calls])
+    ((start, end),) = [(s.start, s.end) for s in again.suspensions]
+    assert (start, end) == (pytest.approx(0.5), pytest.approx(0.7))
+    assert window(b.data(), [1]).batches == first.batches  # a batch of both is in each's run
+    assert window(b.data(), [99]).lanes == [] and summary(window(b.data(), [99])).batches == 0
+
+
+def test_summary_counts_what_the_scheduler_did() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS + FAMILY[1:2])
+    s = summary(b.data())
+    assert (s.processes, s.batches, s.calls, s.tokens, s.calls_per_batch) == (2, 1, 2, 6, 2.0)
+    assert s.seconds == pytest.approx(0.2)  # from the first submission (0.2) to the last result
+    assert s.waited == pytest.approx(0.1 + 0.05)
+    assert (s.suspensions, s.pages_swapped, s.tool_seconds) == (1, 3, 0.0)
+    f = TimelineBuilder()
+    f.add(FAMILY)
+    assert summary(f.data()).tool_seconds == pytest.approx(0.5 + 1.2)
+    assert summary(f.data()).pages_swapped == 4 + 4 + 2
 
 
 # ---- tokens ----

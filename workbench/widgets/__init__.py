@@ -19,7 +19,7 @@ from workbench.widgets.fork_graph import ForkGraphView
 from workbench.widgets.kv_tree import KVTreeView
 from workbench.widgets.live import LiveView, Source
 from workbench.widgets.page_map import PageMapView
-from workbench.widgets.timeline import TimelineView
+from workbench.widgets.timeline import TimelineComparison, TimelineView
 from workbench.widgets.token_view import TokenView
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "LiveView",
     "PageMapView",
     "Source",
+    "TimelineComparison",
     "TimelineView",
     "TokenView",
 ]
