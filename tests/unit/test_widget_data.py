@@ -20,7 +20,7 @@ from workbench.widgets.kv_data import (
 from workbench.widgets.page_map import COLOURS, code, counts_line
 from workbench.widgets.style import OTHER_COLOUR, shared_colour
 from workbench.widgets.token_data import token_steps
-from workbench.widgets.trace_data import Swap, TimelineBuilder, summary, window
+from workbench.widgets.trace_data import Swap, TimelineBuilder, family, summary, window
 
 
 def stat(path: str, pages: tuple[int, ...] = (), **kw: object) -> FileStat:
@@ -183,7 +183,7 @@ EVENTS = [
     ev(4, 0.3, "call.started", 1, call=1, batch=1),
     ev(5, 0.3, "call.started", 2, call=2, batch=1),
     ev(6, 0.4, "batch", None, batch=1, pids=[1, 2], calls=[1, 2], sizes=[5, 1], tokens=6,
-       seconds=0.1),
+       seconds=0.1, policy="eager"),
     ev(7, 0.4, "call.finished", 1, call=1, tokens=5, waited=0.1, error=None),
     ev(8, 0.4, "call.finished", 2, call=2, tokens=1, waited=0.05, error=None),
     ev(9, 0.5, "process", 2, old="ready", new="suspended", pages_swapped=3),
@@ -209,6 +209,7 @@ def test_timeline_folds_calls_batches_and_suspensions() -> None:
     assert [(s.pid, s.start, s.end, s.pages) for s in d.suspensions] == [(2, 0.5, 0.7, 3)]
     (batch,) = d.batches
     assert (batch.start, batch.end, batch.size, batch.tokens) == (pytest.approx(0.3), 0.4, 2, 6)
+    assert batch.policy == "eager"
     assert d.now == 0.9
     only = b.data(pid=1)
     assert [lane.pid for lane in only.lanes] == [1] and {c.pid for c in only.calls} == {1}
@@ -256,6 +257,8 @@ def test_timeline_puts_spawned_children_under_their_parent() -> None:
     ]
     assert lanes[2].label == "↳ ↳ 4 grandchild" and lanes[4].label == "2 other"
     assert [(lane.pid, lane.depth) for lane in b.data(pid=4).lanes] == [(4, 0)]  # no parent shown
+    assert family(b.data(), 1) == {1, 3, 4, 5} and family(b.data(), 3) == {3, 4}
+    assert family(b.data(), 2) == {2}
 
 
 def test_timeline_shows_tool_waits_suspensions_and_swaps() -> None:

@@ -320,9 +320,9 @@ def _batches(batches: list[BatchBar]) -> tuple[list, list, list, list]:
 
 def _batch_text(b: BatchBar) -> str:
     pids = ", ".join(map(str, sorted(set(b.pids))))
-    return (
-        f"batch {b.batch}: {b.size} calls, {b.tokens} tokens, {_ms(b.end - b.start)}; pids {pids}"
-    )
+    by = f" ({b.policy})" if b.policy else ""
+    took = _ms(b.end - b.start)
+    return f"batch {b.batch}{by}: {b.size} calls, {b.tokens} tokens, {took}; pids {pids}"
 
 
 def _ms(seconds: float) -> str:

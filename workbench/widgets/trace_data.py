@@ -92,6 +92,7 @@ class BatchBar(NamedTuple):
     pids: tuple[int, ...]
     sizes: tuple[int, ...]  # tokens of each call in it
     tokens: int
+    policy: str = ""  # the batch policy that ran it
 
     @property
     def size(self) -> int:
@@ -122,6 +123,15 @@ class TimelineSummary(NamedTuple):
     suspensions: int
     pages_swapped: int  # out and back in
     tool_seconds: float  # seconds processes spent waiting on tools, summed
+
+
+def family(data: TimelineData, pid: int) -> set[int]:
+    """pid and every process it spawned, and they spawned, that has a lane in data."""
+    pids = {pid}
+    for lane in data.lanes:  # parents come before their children
+        if lane.parent in pids:
+            pids.add(lane.pid)
+    return pids
 
 
 def window(data: TimelineData, pids: Collection[int]) -> TimelineData:
@@ -254,7 +264,8 @@ class TimelineBuilder:
             start = e.t - float(d.get("seconds", 0.0))
             sizes = tuple(d.get("sizes", ()))
             pids = tuple(d.get("pids", ()))
-            self.batches.append(BatchBar(d["batch"], start, e.t, pids, sizes, d.get("tokens", 0)))
+            tokens, policy = d.get("tokens", 0), str(d.get("policy", ""))
+            self.batches.append(BatchBar(d["batch"], start, e.t, pids, sizes, tokens, policy))
             return
         if e.pid is None:
             return
