@@ -323,8 +323,9 @@ class Syscalls:
         """Call a tool registered on the engine (see `engine.tools`); it runs beside the engine."""
         await self._caller()
         k, pid = self.kernel, self.pid
-        call = k.new_call_id()
-        k.trace.emit(ev.TOOL_STARTED, pid, {"call": call, "tool": name})
+        call = k.new_call_id()  # pairs the two events; the trace holds only plain values
+        shown = name if isinstance(name, str) else repr(name)
+        k.trace.emit(ev.TOOL_STARTED, pid, {"call": call, "tool": shown})
         error = None
         try:
             return await self._waiting(k.tools.call(name, list(args), kwargs))
@@ -332,7 +333,7 @@ class Syscalls:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            k.trace.emit(ev.TOOL_FINISHED, pid, {"call": call, "tool": name, "error": error})
+            k.trace.emit(ev.TOOL_FINISHED, pid, {"call": call, "tool": shown, "error": error})
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process

@@ -26,6 +26,9 @@ def test_scheduler_lab_notebook(run_notebook) -> None:  # type: ignore[no-untype
     assert not nb.started_engine  # the lab runs engines of its own, in its kernel
 
     assert "lab engine: smollm2-135m-instruct, 256 pages of 16 tokens" in nb.text("lab")
+    code = [c for c in nb.nb.cells if c.cell_type == "code"]
+    stderr = [c.source[:40] for c in code for o in c.outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr  # loading the model and running engines print nothing unasked
 
     policies = nb.text("policies")
     assert "every policy, the same texts: True" in policies, policies

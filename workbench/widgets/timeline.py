@@ -198,7 +198,18 @@ class TimelineComparison(widgets.VBox):
         with self.figure.batch_update():
             for col, data in enumerate(self.runs.values(), 1):
                 lanes = max(lanes, fill(self.figure, col, data))
-        self.figure.update_yaxes(title_text="calls", matches="y2", row=2)  # one scale of sizes
+            for kind in range(TRACES):  # in the legend once, from the first column that has it
+                traces = self.figure.data[kind::TRACES]
+                first = next((t for t in traces if t.x is not None and len(t.x)), traces[0])
+                for t in traces:
+                    t.showlegend = t is first
+            # the legend under the plots: the columns' titles are above them
+            self.figure.update_layout(
+                legend=dict(orientation="h", x=0, xanchor="left", y=-0.12, yanchor="top"),
+                margin=dict(t=TOP + 16, b=30 + LEGEND + 16),
+            )
+        for col in range(2, cols + 1):  # one scale of batch sizes: row 2's axes are y{cols+1}...
+            self.figure.update_yaxes(matches=f"y{cols + 1}", row=2, col=col)
         set_height(self.figure, height(lanes))
         self.table = widgets.HTML(summary_table(self.summaries))
         super().__init__([self.figure, self.table], layout=widgets.Layout(width="100%"))
