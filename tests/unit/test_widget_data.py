@@ -19,6 +19,7 @@ from workbench.widgets.kv_data import (
 )
 from workbench.widgets.page_map import COLOURS, code, counts_line
 from workbench.widgets.style import OTHER_COLOUR, shared_colour
+from workbench.widgets.timeline import summary_table
 from workbench.widgets.token_data import token_steps
 from workbench.widgets.trace_data import Swap, TimelineBuilder, family, summary, window
 
@@ -309,6 +310,16 @@ def test_summary_counts_what_the_scheduler_did() -> None:
     f.add(FAMILY)
     assert summary(f.data()).tool_seconds == pytest.approx(0.5 + 1.2)
     assert summary(f.data()).pages_swapped == 4 + 4 + 2
+
+
+def test_summary_table_has_a_column_per_run() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS)
+    one = summary(b.data())
+    html = summary_table({"eager": one, "<mine>": one._replace(batches=7, calls_per_batch=0.5)})
+    assert html.count("<tr>") == 8 and "&lt;mine&gt;" in html  # a header, then a row per number
+    assert "<td>batches (forward passes)</td><td>1</td><td>7</td>" in html
+    assert "<td>calls per batch</td><td>2.00</td><td>0.50</td>" in html
 
 
 # ---- tokens ----
