@@ -164,6 +164,8 @@ class MemoryManager:
         )
 
     def _resume(self, p: Process) -> None:
+        back = 0
         for f in self._private_files(p):
+            back += f.seq.swapped_pages
             f.seq.swap_in(self.pool)
-        self.processes.set_state(p, WAITING if p.blocked else READY)
+        self.processes.set_state(p, WAITING if p.blocked else READY, pages_swapped_in=back)

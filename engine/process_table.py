@@ -33,7 +33,8 @@ class ProcessTable:
         """A new process, ready."""
         p = Process(next(self._pids), name, owner, priority, parent, started=self.trace.now())
         self.procs[p.pid] = self.live[p.pid] = p
-        self.trace.emit(p.pid, ProcessChanged(None, p.state._value_, name, owner))
+        created = ProcessChanged(None, p.state._value_, name, owner, parent=parent)
+        self.trace.emit(p.pid, created)
         return p
 
     def exit(self, p: Process, pages_freed: int) -> None:
@@ -81,14 +82,17 @@ class ProcessTable:
         pages_swapped: int | None = None,
         error: str | None = None,
         pages_freed: int | None = None,
+        pages_swapped_in: int | None = None,
     ) -> None:
-        """p's new state, traced (suspended: with the pages swapped; exited: why, and the
-        pages freed)."""
+        """p's new state, traced (suspended: with the pages swapped; back: with the pages
+        swapped in; exited: why, and the pages freed)."""
         if p.state is not state:
             # _value_, not .value: the enum property costs more than the rest of this call
             change = ProcessChanged(p.state._value_, state._value_, None, None, pages_swapped)
             if state is EXITED:
                 change = change._replace(error=error, pages_freed=pages_freed)
+            elif pages_swapped_in is not None:
+                change = change._replace(pages_swapped_in=pages_swapped_in)
             self.trace.emit(p.pid, change)
             p.state = state
             if state is READY:

@@ -26,6 +26,7 @@ from engine.scheduler import Call
 from engine.sequence import pages_for
 from engine.wire.arguments import check_arg, int_list
 from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
+from engine.wire.events import ToolFinished, ToolStarted
 from engine.wire.records import (
     Distribution,
     FileStat,
@@ -423,7 +424,18 @@ class Syscalls:
     async def tool(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call a tool registered on the engine (see `engine.tools`); it runs beside the engine."""
         await self._caller()
-        return await self._waiting(self.kernel.tools.call(name, list(args), kwargs))
+        k, pid = self.kernel, self.pid
+        call = k.new_call_id()  # pairs the two events; the trace holds only plain values
+        shown = name if isinstance(name, str) else repr(name)
+        k.trace.emit(pid, ToolStarted(call, shown))
+        error = None
+        try:
+            return await self._waiting(k.tools.call(name, list(args), kwargs))
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            k.trace.emit(pid, ToolFinished(call, shown, error))
 
     async def _waiting(self, aw: Any) -> Any:
         k, p = self.kernel, self.process

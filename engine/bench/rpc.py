@@ -22,7 +22,6 @@ such rows "(lower is better)".
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import statistics
@@ -30,17 +29,16 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import zmq
 
 from engine.bench.common import Row, timed_calls
 from engine.bench.models import bench_model
+from engine.engine_thread import EngineThread
 from engine.kernel import Kernel
 from engine.loader import LoadedModel, load_model
-from engine.server import EngineServer
 from engine.syscalls import Syscalls
 from engine.wire import connection
 from engine.wire.records import Sample
@@ -49,31 +47,6 @@ WORKLOADS = ("rpc",)
 CASES = tuple(f"{c} p{q}" for c in ("noop", "forward-1", "transport") for q in (50, 99))
 BLOCK = 100
 PROMPT = 64
-
-
-class EngineThread:
-    """A kernel and its RPC server running in a thread: `call` runs a coroutine there."""
-
-    def __init__(
-        self, loaded: LoadedModel, pages: int = 64, heartbeat_timeout: float = 3600
-    ) -> None:
-        self.kernel = Kernel(loaded, num_pages=pages)
-        self.loop = asyncio.new_event_loop()
-        self.server = EngineServer(self.kernel, heartbeat_timeout=heartbeat_timeout)
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.call(self.kernel.start())
-        self.call(self.server.start())
-
-    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def close(self) -> None:
-        self.call(self.server.stop())
-        self.call(self.kernel.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
 
 
 class EchoThread:

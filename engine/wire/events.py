@@ -19,6 +19,8 @@ BATCH = "batch"
 PROCESS = "process"
 PAGES = "pages"
 PREFIX = "prefix"
+TOOL_STARTED = "tool.started"
+TOOL_FINISHED = "tool.finished"
 
 
 class CallSubmitted(NamedTuple):
@@ -73,8 +75,9 @@ class BatchRan(NamedTuple):
 
 
 class ProcessChanged(NamedTuple):
-    """A process changed state: old None when it was created (with its name and owner);
-    pages_swapped when it was suspended; error and pages_freed when it exited."""
+    """A process changed state: old None when it was created (with its name, owner and parent);
+    pages_swapped when it was suspended, pages_swapped_in when it came back; error and
+    pages_freed when it exited."""
 
     old: str | None
     new: str
@@ -83,6 +86,8 @@ class ProcessChanged(NamedTuple):
     pages_swapped: int | None = None
     error: str | None = None
     pages_freed: int | None = None
+    parent: int | None = None
+    pages_swapped_in: int | None = None
 
     @property
     def kind(self) -> str:
@@ -99,6 +104,29 @@ class PagesUsed(NamedTuple):
     @property
     def kind(self) -> str:
         return PAGES
+
+
+class ToolStarted(NamedTuple):
+    """A process called an engine-side tool and waits for it (call pairs it with its end)."""
+
+    call: int
+    tool: str
+
+    @property
+    def kind(self) -> str:
+        return TOOL_STARTED
+
+
+class ToolFinished(NamedTuple):
+    """A tool's result (or error) came back to the process that called it."""
+
+    call: int
+    tool: str
+    error: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return TOOL_FINISHED
 
 
 class PrefixLookup(NamedTuple):
@@ -125,6 +153,8 @@ TraceRecord = (
     | ProcessChanged
     | PagesUsed
     | PrefixLookup
+    | ToolStarted
+    | ToolFinished
 )
 RECORDS: dict[str, type[TraceRecord]] = {
     CALL_SUBMITTED: CallSubmitted,
@@ -134,6 +164,8 @@ RECORDS: dict[str, type[TraceRecord]] = {
     PROCESS: ProcessChanged,
     PAGES: PagesUsed,
     PREFIX: PrefixLookup,
+    TOOL_STARTED: ToolStarted,
+    TOOL_FINISHED: ToolFinished,
 }
 
 
@@ -153,6 +185,8 @@ __all__ = [
     "PAGES",
     "PREFIX",
     "PROCESS",
+    "TOOL_FINISHED",
+    "TOOL_STARTED",
     "RECORDS",
     "BatchRan",
     "CallFinished",
@@ -161,6 +195,8 @@ __all__ = [
     "PagesUsed",
     "PrefixLookup",
     "ProcessChanged",
+    "ToolFinished",
+    "ToolStarted",
     "TraceRecord",
     "record_of",
 ]

@@ -37,6 +37,7 @@ from lab_harness import D_OF, ROOT, TEXTS, USER, Lab, open_notebook, settle
 
 from engine.cli_client import SyncClient
 from workbench.widgets.style import piece
+from workbench.widgets.timeline import BATCHES, COMPUTING, SIZES
 
 DEMO = f"/home/{USER}/fork-demo"
 PROMPT = f"{DEMO}/prompt"
@@ -221,7 +222,8 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         fig = settle(
             "the timeline", lambda box=box: timeline_matches(box, [f"{pid} {ran[0]['name']}"])
         )
-        _, computing, _, batches, sizes = fig["traces"]
+        traces = fig["traces"]
+        computing, batches, sizes = (traces[i] for i in (COMPUTING, BATCHES, SIZES))
         assert len(batches["x"]) == len(mine)  # a bar per batch the LIP was in
         assert sizes["y"] == [len(d["sizes"]) for d in mine]
         assert max(sizes["y"]) > 1  # the forks' decodes ran in the same forward passes

@@ -30,6 +30,8 @@ from fork_and_share import (
 )
 from lab_harness import D_OF, ROOT, TEXTS, Lab, open_notebook, settle
 
+from workbench.widgets.timeline import BATCHES, COMPUTING, SIZES
+
 FILES = ["prompt", *(f"sample-{i}" for i in range(N))]
 PANEL_ID = "symphony-workbench-sidebar"  # the labextension's sidebar
 
@@ -121,11 +123,12 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     timelines = [view(page, TIMELINE_CELL), view(page, TIMELINE_AGAIN_CELL)]
 
     def timeline_drawn(box: Any) -> None:
-        fig = figure(box, "bar", "bar", "bar", "bar", "scatter")
+        fig = figure(box, *["bar"] * 5, "scatter", "scatter")
         assert fig["categories"] == lanes, fig["categories"]
         ticks = box.evaluate(TEXTS, ".subplot.xy .yaxislayer-above .ytick text")
         assert sorted(ticks) == sorted(lanes), ticks
-        _, computing, _, batches, sizes = fig["traces"]
+        traces = fig["traces"]
+        computing, batches, sizes = (traces[i] for i in (COMPUTING, BATCHES, SIZES))
         assert computing["x"] and batches["x"] and max(sizes["y"]) > 1, fig
 
     for box in timelines:

@@ -22,7 +22,7 @@ import pytest
 from checkpoints import write_checkpoint
 from engine_process import engine_process
 
-from engine.bench.rpc import EngineThread
+from engine.engine_thread import EngineThread
 from engine.loader import load_model
 from engine.wire import connection
 from engine.wire.errors import EngineNotRunning

@@ -18,6 +18,7 @@ from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessI
 from workbench.client import LIP, Client, Sample
 from workbench.widgets import ForkGraphView, KVTreeView, PageMapView, TimelineView, TokenView
 from workbench.widgets.kv_data import SHARED, unique_files
+from workbench.widgets.timeline import BATCHES, COMPUTING, SIZES, SUSPENDED, SWAPS, TOOLS, TRACES
 
 PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]  # 10 tokens: pages of 4 + 4 + 2
 DECODERS = 3
@@ -291,7 +292,10 @@ def test_figures_hold_the_expected_marks(seen: Seen) -> None:
     z = [v for row in pages.figure.data[0].z for v in row if v is not None]
     assert len(z) == seen.engine["pages_total"]
     data = timeline.data
-    waiting, computing, suspended, batches, sizes = timeline.figure.data
+    traces = timeline.figure.data
+    computing, suspended = traces[COMPUTING], traces[SUSPENDED]
+    batches, sizes = traces[BATCHES], traces[SIZES]
+    assert len(traces) == TRACES and len(traces[TOOLS].x) == len(traces[SWAPS].x) == 0
     assert len(computing.x) == sum(1 for c in data.calls if c.started is not None)
     assert len(batches.x) == len(sizes.y) == len(data.batches)
     assert list(sizes.y) == [b.size for b in data.batches]

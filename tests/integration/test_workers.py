@@ -284,11 +284,31 @@ def test_syscalls_tool_in_process(tiny_loaded) -> None:  # noqa: ANN001
     async def main(sys: Any) -> Any:
         return await sys.tool("mul", 6, b=7)
 
+    async def parent(sys: Any) -> Any:
+        child = sys.spawn(main, name="child")
+        with contextlib.suppress(ToolFailed):
+            await sys.tool("mul", "six")  # fails in the tool: the trace says so
+        return child, await sys.wait(child)
+
     async def body() -> None:
         async with Kernel(tiny_loaded, num_pages=16) as kernel:
             await kernel.tools.register("mul", "def mul(a, b):\n    return a * b\n")
-            assert await kernel.wait(kernel.spawn(main)) == 42
+            pid = kernel.spawn(parent)
+            child, result = await kernel.wait(pid)
+            assert result == 42
             host = kernel.tools.hosts["mul"]
+            created = kernel.trace.query(pid=child, kinds=["process"])[0]
+            assert created.data["old"] is None and created.data["parent"] == pid
+            waits = kernel.trace.query(kinds=["tool.started", "tool.finished"])
+            by_call: dict[int, list[Any]] = {}
+            for e in waits:
+                by_call.setdefault(e.data["call"], []).append(e)
+            assert sorted((e[0].pid, [x.kind for x in e]) for e in by_call.values()) == [
+                (pid, ["tool.started", "tool.finished"]),
+                (child, ["tool.started", "tool.finished"]),
+            ]
+            errors = {e[1].pid: e[1].data["error"] for e in by_call.values()}
+            assert errors[child] is None and "ToolFailed" in errors[pid]
         assert host.proc is not None and host.proc.returncode is not None  # ended with the kernel
 
     run(body())

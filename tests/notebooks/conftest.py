@@ -28,7 +28,8 @@ def run_notebook(
             cwd=str(GALLERY)
         )  # raises CellExecutionError, naming the cell, when one fails
         executed = Executed(nb, runtime)
-        started.append(executed.engine_pid())
+        if executed.started_engine:  # (a lab notebook may run engines of its own instead)
+            started.append(executed.engine_pid())
         return executed
 
     yield run

@@ -35,6 +35,11 @@ class Executed:
                 parts.append(f"{out.ename}: {out.evalue}\n")
         return "".join(parts)
 
+    @property
+    def started_engine(self) -> bool:
+        """Whether the notebook started the shared engine (its connection file is there)."""
+        return (self.runtime / "symphony-engine.json").is_file()
+
     def engine_pid(self) -> int:
         return json.loads((self.runtime / "symphony-engine.json").read_text())["pid"]
 

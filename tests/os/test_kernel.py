@@ -117,6 +117,8 @@ def test_a_process_suspended_holding_all_but_one_page_with_a_call_queued_resumes
         suspended = k.trace.query(pid=a, kinds=[ev.PROCESS])
         changes = [ev.record_of(e) for e in suspended]
         assert any(c.new == "suspended" and c.pages_swapped == 3 for c in changes)
+        back = [c.pages_swapped_in for c in changes if c.old == "suspended"]
+        assert back == [3]  # the resumption brought every swapped page back
 
     run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
 

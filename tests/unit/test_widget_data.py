@@ -20,8 +20,9 @@ from workbench.widgets.kv_data import (
 )
 from workbench.widgets.page_map import COLOURS, code, counts_line
 from workbench.widgets.style import CACHED_COLOUR, FREE_COLOUR, OTHER_COLOUR, shared_colour
+from workbench.widgets.timeline import summary_table
 from workbench.widgets.token_data import token_steps
-from workbench.widgets.trace_data import TimelineBuilder
+from workbench.widgets.trace_data import Swap, TimelineBuilder, family, summary, window
 
 
 def stat(path: str, pages: tuple[int, ...] = (), **kw: object) -> FileStat:
@@ -194,7 +195,7 @@ EVENTS = [
     ev(4, 0.3, "call.started", 1, call=1, batch=1),
     ev(5, 0.3, "call.started", 2, call=2, batch=1),
     ev(6, 0.4, "batch", None, batch=1, pids=[1, 2], calls=[1, 2], sizes=[5, 1], tokens=6,
-       seconds=0.1),
+       seconds=0.1, policy="eager"),
     ev(7, 0.4, "call.finished", 1, call=1, tokens=5, waited=0.1, error=None),
     ev(8, 0.4, "call.finished", 2, call=2, tokens=1, waited=0.05, error=None),
     ev(9, 0.5, "process", 2, old="ready", new="suspended", pages_swapped=3),
@@ -220,6 +221,7 @@ def test_timeline_folds_calls_batches_and_suspensions() -> None:
     assert [(s.pid, s.start, s.end, s.pages) for s in d.suspensions] == [(2, 0.5, 0.7, 3)]
     (batch,) = d.batches
     assert (batch.start, batch.end, batch.size, batch.tokens) == (pytest.approx(0.3), 0.4, 2, 6)
+    assert batch.policy == "eager"
     assert d.now == 0.9
     only = b.data(pid=1)
     assert [lane.pid for lane in only.lanes] == [1] and {c.pid for c in only.calls} == {1}
@@ -236,6 +238,99 @@ def test_timeline_pages_on_and_names_processes_it_saw_late() -> None:
     assert b.data().lanes[0][:3] == (1, "late", "carol")
     b.add(EVENTS[8:])
     assert len(b.calls) == 2  # the oldest forgotten
+
+
+FAMILY = [
+    ev(0, 0.0, "process", 1, old=None, new="ready", name="main", owner="al", parent=None),
+    ev(1, 0.1, "process", 2, old=None, new="ready", name="other", owner="al", parent=None),
+    ev(2, 0.2, "process", 3, old=None, new="ready", name="child", owner="al", parent=1),
+    ev(3, 0.3, "process", 4, old=None, new="ready", name="grandchild", owner="al", parent=3),
+    ev(4, 0.4, "process", 5, old=None, new="ready", name="late", owner="al", parent=1),
+    ev(5, 1.0, "tool.started", 3, call=7, tool="search"),
+    ev(6, 1.5, "tool.finished", 3, call=7, tool="search", error=None),
+    ev(7, 1.6, "tool.started", 4, call=8, tool="search"),
+    ev(8, 2.0, "process", 2, old="waiting", new="suspended", pages_swapped=4),
+    ev(9, 2.5, "process", 2, old="suspended", new="waiting", pages_swapped_in=4),
+    ev(10, 2.6, "process", 5, old="ready", new="suspended", pages_swapped=2),
+    ev(11, 2.8, "process", 4, old="waiting", new="exited", error="killed"),
+]  # fmt: skip
+
+
+def test_timeline_puts_spawned_children_under_their_parent() -> None:
+    b = TimelineBuilder()
+    b.add(FAMILY)
+    lanes = b.data().lanes
+    assert [(lane.pid, lane.depth, lane.parent) for lane in lanes] == [
+        (1, 0, None),
+        (3, 1, 1),
+        (4, 2, 3),
+        (5, 1, 1),
+        (2, 0, None),
+    ]
+    assert lanes[2].label == "↳ ↳ 4 grandchild" and lanes[4].label == "2 other"
+    assert [(lane.pid, lane.depth) for lane in b.data(pid=4).lanes] == [(4, 0)]  # no parent shown
+    assert family(b.data(), 1) == {1, 3, 4, 5} and family(b.data(), 3) == {3, 4}
+    assert family(b.data(), 2) == {2}
+
+
+def test_timeline_shows_tool_waits_suspensions_and_swaps() -> None:
+    b = TimelineBuilder()
+    b.add(FAMILY)
+    d = b.data()
+    assert [(t.pid, t.tool, t.start, t.end, t.error) for t in d.tools] == [
+        (3, "search", 1.0, 1.5, None),
+        (4, "search", 1.6, 2.8, "process exited"),  # its process ended while it waited
+    ]
+    assert [(s.pid, s.start, s.end, s.pages, s.pages_in) for s in d.suspensions] == [
+        (2, 2.0, 2.5, 4, 4),
+        (5, 2.6, None, 2, None),
+    ]
+    assert d.swaps == [Swap(2, 2.0, 4, True), Swap(2, 2.5, 4, False), Swap(5, 2.6, 2, True)]
+    assert b.data(pid=3).tools == d.tools[:1] and b.data(pid=3).swaps == []
+
+
+def test_window_cuts_one_run_out_on_its_own_clock() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS)  # pids 1 and 2, from 0.0 to 0.9
+    later = [e._replace(seq=e.seq + 100, t=e.t + 10, pid=e.pid and e.pid + 10) for e in EVENTS]
+    for i, e in enumerate(later):  # the same run again, ten seconds on, as pids 11 and 12
+        if e.kind == "batch":
+            later[i] = e._replace(data={**e.data, "pids": [11, 12], "batch": 2})
+        elif "call" in e.data:
+            later[i] = e._replace(data={**e.data, "call": e.data["call"] + 10})
+    b.add(later)
+    first, again = window(b.data(), [1, 2]), window(b.data(), [11, 12])
+    assert [lane.pid for lane in again.lanes] == [11, 12] and len(again.batches) == 1
+    assert again.now == pytest.approx(0.9) and again.lanes[1].end == pytest.approx(0.9)
+    assert [c.submitted for c in again.calls] == pytest.approx([c.submitted for c in first.calls])
+    ((start, end),) = [(s.start, s.end) for s in again.suspensions]
+    assert (start, end) == (pytest.approx(0.5), pytest.approx(0.7))
+    assert window(b.data(), [1]).batches == first.batches  # a batch of both is in each's run
+    assert window(b.data(), [99]).lanes == [] and summary(window(b.data(), [99])).batches == 0
+
+
+def test_summary_counts_what_the_scheduler_did() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS + FAMILY[1:2])
+    s = summary(b.data())
+    assert (s.processes, s.batches, s.calls, s.tokens, s.calls_per_batch) == (2, 1, 2, 6, 2.0)
+    assert s.seconds == pytest.approx(0.2)  # from the first submission (0.2) to the last result
+    assert s.waited == pytest.approx(0.1 + 0.05)
+    assert (s.suspensions, s.pages_swapped, s.tool_seconds) == (1, 3, 0.0)
+    f = TimelineBuilder()
+    f.add(FAMILY)
+    assert summary(f.data()).tool_seconds == pytest.approx(0.5 + 1.2)
+    assert summary(f.data()).pages_swapped == 4 + 4 + 2
+
+
+def test_summary_table_has_a_column_per_run() -> None:
+    b = TimelineBuilder()
+    b.add(EVENTS)
+    one = summary(b.data())
+    html = summary_table({"eager": one, "<mine>": one._replace(batches=7, calls_per_batch=0.5)})
+    assert html.count("<tr>") == 8 and "&lt;mine&gt;" in html  # a header, then a row per number
+    assert "<td>batches (forward passes)</td><td>1</td><td>7</td>" in html
+    assert "<td>calls per batch</td><td>2.00</td><td>0.50</td>" in html
 
 
 # ---- tokens ----

@@ -21,7 +21,7 @@ from workbench.widgets.kv_tree import KVTreeView
 from workbench.widgets.live import LiveView, Source
 from workbench.widgets.page_map import PageMapView
 from workbench.widgets.prefix_view import PrefixView
-from workbench.widgets.timeline import TimelineView
+from workbench.widgets.timeline import TimelineComparison, TimelineView
 from workbench.widgets.token_view import TokenView
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "PageMapView",
     "PrefixView",
     "Source",
+    "TimelineComparison",
     "TimelineView",
     "TokenView",
 ]

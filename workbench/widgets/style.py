@@ -14,6 +14,7 @@ OTHER_COLOUR = "#f0f0f0"  # pages of files a filter leaves out
 WAITING_COLOUR = "#f2c14e"
 COMPUTING_COLOUR = "#4c78a8"
 SUSPENDED_COLOUR = "#8e6bbf"
+TOOL_COLOUR = "#72b7b2"  # a process waiting on a tool
 GONE_COLOUR = "#bbbbbb"
 BATCH_COLOUR = "#54a24b"  # the batch lane: apart from waiting (yellow) and computing (blue)
 PALETTE = (
