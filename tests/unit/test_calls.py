@@ -165,7 +165,7 @@ class Recorder:
     """Stands in for the engine behind a CLI command: each call is checked against its
     declaration, and answered with a value of the declared result's shape."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self) -> None:
         self.calls: list[str] = []
         self.engine = {"engine_pid": 1}
         from engine.wire.connection import ConnectionInfo
@@ -202,7 +202,7 @@ def test_cli_commands_make_declared_calls_with_declared_arguments(
 ) -> None:
     parser = argparse.ArgumentParser()
     cli_client.add_parsers(parser.add_subparsers(dest="command"))
-    recorder = Recorder(tmp_path)
+    recorder = Recorder()
     for line in COMMAND_LINES:
         args = parser.parse_args(
             line + (["--out", str(tmp_path / "bo.json")] * (line[1:2] == ["add"]))
