@@ -12,6 +12,8 @@ from engine.wire.events import (
     PagesUsed,
     PrefixLookup,
     ProcessChanged,
+    ToolFinished,
+    ToolStarted,
     record_of,
 )
 from engine.wire.records import Event
@@ -24,6 +26,8 @@ EMITTED = [
     (None, BatchRan(1, [1, 2], [7, 8], [5, 1], 6, 0.01, "eager")),
     (None, PagesUsed(3, 5, 0)),
     (1, CallFinished(7, 5, 0.002, None)),
+    (1, ToolStarted(9, "search")),
+    (1, ToolFinished(9, "search", "TimeoutError: 1 s")),
     (2, ProcessChanged("ready", "suspended", pages_swapped=3)),
     (2, ProcessChanged("suspended", "exited", error="killed", pages_freed=4)),
 ]
