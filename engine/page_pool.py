@@ -3,6 +3,9 @@
 A page holds `page_size` consecutive tokens' keys and values for every layer. Pages are shared
 between KV sequences by reference count (fork); a page returns to the free list when its
 count drops to zero. Invariant: free pages + referenced pages = all pages.
+
+Each page carries a version: the pool's clock when its contents last changed (allocated, copied
+into, written). Copies of the pool kept elsewhere (`engine.attention.resident`) check it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class PagePool:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.refcount = [0] * num_pages
+        self.clock = 0  # counts changes to pages' contents
+        self.version = [0] * num_pages  # the clock of each page's latest change
+        # the pages of the latest `mark_written`, and their version before it
+        self.before_write: dict[int, int] = {}
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low numbers first
 
     @classmethod
@@ -62,8 +69,10 @@ class PagePool:
         if n > len(self._free):
             raise OutOfPages(n, len(self._free))
         pages = [self._free.pop() for _ in range(n)]
+        self.clock += 1
         for p in pages:
             self.refcount[p] = 1
+            self.version[p] = self.clock
         return pages
 
     def ref(self, pages: list[int]) -> None:
@@ -87,6 +96,22 @@ class PagePool:
         n = self.page_size if num_tokens is None else num_tokens
         self.k[:, dst, :n] = self.k[:, src, :n]
         self.v[:, dst, :n] = self.v[:, src, :n]
+        self.clock += 1
+        self.version[dst] = self.clock
+
+    def mark_written(self, slots: list[int]) -> None:
+        """Record that a forward is about to write these flat slots (every layer).
+
+        The runner calls it once per forward, before planning attention; `write` itself does
+        not track (it runs per layer, on device tensors).
+        """
+        self.clock += 1
+        self.before_write = {}
+        for s in slots:
+            p = s // self.page_size
+            if p not in self.before_write:
+                self.before_write[p] = self.version[p]
+                self.version[p] = self.clock
 
     def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """Store new keys/values `[T, Hkv, D]` at flat slot indices `page * page_size + offset`."""

@@ -2,7 +2,10 @@
 
 Runs everywhere (CPU and CUDA). Grouped-query attention is done by folding each KV head's
 query heads into the query length, so keys and values are never repeated in memory. Decodes
-that share a prefix of full pages (forks) attend to it once, together (`engine.attention.cascade`).
+that share a prefix of full pages (forks) attend to it once, together (`engine.attention.cascade`);
+other decode batches attend a contiguous copy of their files kept across steps, which each step
+only appends to (`engine.attention.resident`). `TorchBackend(cascade=False, resident=False)` is
+the plain reference both are tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import Tensor
 
 from engine.attention.base import AttentionBackend, BatchLayout
 from engine.attention.cascade import CascadePlan, attend_cascade, cascade_plan, shared_prefixes
+from engine.attention.resident import Resident, ResidentPlan
 from engine.page_pool import PagePool
 
 
@@ -33,10 +37,12 @@ class TorchPlan:
 class TorchBackend(AttentionBackend):
     name = "torch-sdpa"
 
-    def __init__(self, cascade: bool = True) -> None:
-        self.cascade = cascade  # attend shared prefixes once (False: the plain reference)
+    def __init__(self, cascade: bool = True, resident: bool = True) -> None:
+        self.cascade = cascade  # attend shared prefixes once
+        self.resident: Resident | None = None  # decode over resident copies (None: gather)
+        self.use_resident = resident
 
-    def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan:
+    def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
         device = pool.k.device
         q_lens, kv_lens = layout.q_lens, layout.kv_lens
         b, lq = layout.num_segments, max(q_lens)
@@ -47,6 +53,12 @@ class TorchBackend(AttentionBackend):
             groups = shared_prefixes(layout)
             if groups:
                 return cascade_plan(layout, groups, device)
+        if self.use_resident and lq == 1 and not layout.has_masks:
+            if self.resident is None:  # as large as the pool at most
+                self.resident = Resident(budget=pool.k.nbytes + pool.v.nbytes)
+            resident = self.resident.plan(layout, pool)
+            if resident is not None:
+                return resident
         pages = layout.block_table(device)
         width = pages.shape[1] * layout.page_size
         if lq == 1 and not layout.has_masks and min(kv_lens) == max(kv_lens):
@@ -74,12 +86,15 @@ class TorchBackend(AttentionBackend):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        plan: TorchPlan | CascadePlan,
+        plan: TorchPlan | CascadePlan | ResidentPlan,
         pool: PagePool,
     ) -> Tensor:
         pool.write(layer, plan.slots, k, v)
         if isinstance(plan, CascadePlan):
             return attend_cascade(layer, q, plan, pool)
+        if isinstance(plan, ResidentPlan):
+            assert self.resident is not None
+            return self.resident.attend(layer, q, k, v, plan)
         t, h, d = q.shape
         b, lq = plan.batch, plan.max_q
         if plan.fresh:
