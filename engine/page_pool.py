@@ -57,6 +57,12 @@ class PagePool:
         )
 
     @property
+    def bytes_per_token(self) -> int:
+        """One token's keys and values, all layers."""
+        layers, _, _, hkv, d = self.k.shape
+        return 2 * layers * hkv * d * self.k.element_size()
+
+    @property
     def num_free(self) -> int:
         return len(self._free)
 

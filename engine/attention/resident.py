@@ -138,12 +138,14 @@ class Resident:
         layers, _, _, hkv, d = pool.k.shape
         count = len(self.rows)
         capacity = self.k.shape[3] if self.k is not None else 0
-        if keys > capacity:
-            capacity = -(-max(keys, 2 * capacity) // pool.page_size) * pool.page_size
+        if keys > capacity:  # grow by doubling, as far as the budget allows
+            ps, per_token = pool.page_size, pool.bytes_per_token
+            most = self.budget // (per_token * max(count, 1)) // ps * ps
+            capacity = max(-(-keys // ps) * ps, min(2 * capacity, most))
         if count > 2 * len(rows) + 8:  # idle rows: keep only the batch's, in batch order
             self._reorder(rows, capacity)
             return self._bytes() <= self.budget
-        if 2 * layers * count * hkv * capacity * d * pool.k.element_size() > self.budget:
+        if count * capacity * pool.bytes_per_token > self.budget:
             return False
         if (
             self.k is None

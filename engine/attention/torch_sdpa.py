@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.attention.base import AttentionBackend, BatchLayout
+from engine.attention.base import AttentionBackend, BatchLayout, Traffic, distinct_tokens
 from engine.attention.cascade import CascadePlan, attend_cascade, cascade_plan, shared_prefixes
 from engine.attention.resident import Resident, ResidentPlan
 from engine.page_pool import PagePool
@@ -43,6 +43,11 @@ class TorchBackend(AttentionBackend):
         self.use_resident = resident
 
     def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
+        plan = self._plan(layout, pool)
+        self.traffic = traffic(layout, plan)
+        return plan
+
+    def _plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
         device = pool.k.device
         q_lens, kv_lens = layout.q_lens, layout.kv_lens
         b, lq = layout.num_segments, max(q_lens)
@@ -123,3 +128,18 @@ class TorchBackend(AttentionBackend):
         out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)
         out = out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
         return out.reshape(t, h, d) if plan.rows is None else out[plan.rows]
+
+
+def traffic(layout: BatchLayout, plan: TorchPlan | CascadePlan | ResidentPlan) -> Traffic:
+    """What attending by this plan copies and reads, in tokens of K/V per layer."""
+    needed = distinct_tokens(layout)
+    ps = layout.page_size
+    if isinstance(plan, ResidentPlan):  # the missing tokens and the new ones into their rows
+        return Traffic(plan.copied + len(layout.q_lens), plan.span * plan.keys, needed)
+    if isinstance(plan, CascadePlan):  # suffixes and each group's shared pages, once
+        gathered = plan.suffix_pages.numel() * ps + sum(p.numel() * ps for _, p in plan.groups)
+        return Traffic(gathered, gathered, needed)
+    if plan.pages is None:  # whole prompts: the new keys are attended where they are
+        return Traffic(0, sum(layout.q_lens), needed)
+    gathered = plan.pages.numel() * ps
+    return Traffic(gathered, gathered if plan.keys is None else plan.batch * plan.keys, needed)
