@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.attention.base import AttentionBackend, BatchLayout, Traffic, distinct_tokens
-from engine.attention.cascade import CascadePlan, attend_cascade, cascade_plan, shared_prefixes
+from engine.attention.cascade import (
+    CascadePlan,
+    SharedCopies,
+    attend_cascade,
+    cascade_plan,
+    shared_prefixes,
+)
 from engine.attention.resident import Resident, ResidentPlan
 from engine.page_pool import PagePool
 
@@ -39,6 +45,7 @@ class TorchBackend(AttentionBackend):
 
     def __init__(self, cascade: bool = True, resident: bool = True) -> None:
         self.cascade = cascade  # attend shared prefixes once
+        self.shared = SharedCopies()  # the shared prefixes' keys, kept across steps
         self.resident: Resident | None = None  # decode over resident copies (None: gather)
         self.use_resident = resident
 
@@ -57,7 +64,7 @@ class TorchBackend(AttentionBackend):
         if self.cascade and lq == 1 and not layout.has_masks:
             groups = shared_prefixes(layout)
             if groups:
-                return cascade_plan(layout, groups, device)
+                return cascade_plan(layout, groups, pool, self.shared)
         if self.use_resident and lq == 1 and not layout.has_masks:
             if self.resident is None:  # as large as the pool at most
                 self.resident = Resident(budget=pool.k.nbytes + pool.v.nbytes)
@@ -137,8 +144,9 @@ def traffic(layout: BatchLayout, plan: TorchPlan | CascadePlan | ResidentPlan) -
     if isinstance(plan, ResidentPlan):  # the missing tokens and the new ones into their rows
         return Traffic(plan.copied + len(layout.q_lens), plan.span * plan.keys, needed)
     if isinstance(plan, CascadePlan):  # suffixes and each group's shared pages, once
-        gathered = plan.suffix_pages.numel() * ps + sum(p.numel() * ps for _, p in plan.groups)
-        return Traffic(gathered, gathered, needed)
+        gathered = plan.suffix_pages.numel() * ps
+        shared = sum(s.k.shape[2] for _, s in plan.groups)
+        return Traffic(gathered + plan.copied, gathered + shared, needed)
     if plan.pages is None:  # whole prompts: the new keys are attended where they are
         return Traffic(0, sum(layout.q_lens), needed)
     gathered = plan.pages.numel() * ps
