@@ -191,3 +191,25 @@ def test_a_decode_batch_copies_only_its_new_tokens_once_resident(tiny_loaded) ->
     assert plan([1]).copied == 5 + 2 + 1
     for f in files:
         f.release(pool)
+
+
+def test_a_groups_shared_pages_are_copied_once_while_they_are_unchanged(tiny_loaded) -> None:  # noqa: ANN001
+    pool = PagePool.for_model(tiny_loaded.config, 64, 4)
+    backend = TorchBackend()
+    runner = Runner(tiny_loaded.model, pool, backend)
+    root = KVSequence()
+    runner.forward([Segment(root, list(range(30)))])
+    files = [root.fork(pool) for _ in range(3)]
+    runner.forward([Segment(f, [1]) for f in files])
+    (first,) = backend.shared.copies.values()
+    assert first.k.shape[2] == 28  # the 7 full pages before the new tokens
+    runner.forward([Segment(f, [2]) for f in files])
+    (kept,) = backend.shared.copies.values()
+    assert kept is first
+    pool.mark_written([root.pages[0] * 4])  # were a shared page to change, it is copied again
+    layout, _, _ = runner._layout([Segment(f, [3]) for f in files])
+    assert isinstance(backend.plan(layout, pool), CascadePlan)
+    (fresh,) = backend.shared.copies.values()
+    assert fresh is not first
+    for f in [root, *files]:
+        f.release(pool)
