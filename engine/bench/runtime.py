@@ -9,7 +9,8 @@ Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole gen
 (prefill excluded) beside the memory-bandwidth bound: the bytes of weights a step reads, over
 the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`). The
 "bytes per step" rows count (not time) what a batch-16 decode step moves, weights and keys and
-values, beside the least it must read: each weight and each distinct key and value once.
+values, beside the least it must read: each weight and each distinct key and value once; the
+"resident vs gathering" row times batch-16 decode steps with the two ways of attending.
 Prefill: forward of the prompts keeping the KV cache and the last logits, against a
 `transformers` forward with `logits_to_keep=1`.
 """
@@ -228,6 +229,31 @@ def traffic_row(loaded: LoadedModel, backend: TorchBackend, label: str, batch: i
     )
 
 
+def attention_row(loaded: LoadedModel, runs: int, batch: int = 16, steps: int = 32) -> Row:
+    """Decode steps (after PROMPT-token prompts) attending resident copies, beside the same
+    steps gathering every file's pages every step: the speed-up `engine.attention.resident`
+    exists for, measured side by side in one process."""
+    prompts = random_prompts(batch, PROMPT, loaded.config.vocab_size).tolist()
+
+    def side(backend: TorchBackend) -> Callable[[], None]:
+        runner = _runner(loaded, batch, PROMPT + steps)
+        runner.backend = backend
+        seqs = [KVSequence() for _ in range(batch)]
+        runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
+
+        def decode() -> None:
+            for _ in range(steps):
+                runner.forward([Segment(s, [1], returns=Sample()) for s in seqs])
+            for s in seqs:  # back to the prompts (rows keep the prefix the files still have)
+                s.truncate(runner.pool, PROMPT)
+
+        return decode
+
+    timing = side_by_side(side(TorchBackend()), side(TorchBackend(resident=False)), runs)
+    case = f"batch {batch} attention: resident vs gathering"
+    return throughput_row("decode", case, "", batch * steps, "tok/s", timing, dtypes(loaded, None))
+
+
 def prefill_case(loaded: LoadedModel, hf: Any, batch: int, length: int, runs: int) -> Timing:
     ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
@@ -279,6 +305,11 @@ def run(
             rows.append(row)
         if workload == "decode" and (not cases or "batch 1 vs bound" in cases):
             row = bound_row(loaded, runs)
+            row.model = name
+            report(row)
+            rows.append(row)
+        if workload == "decode" and (not cases or "resident vs gathering" in cases):
+            row = attention_row(loaded, runs)
             row.model = name
             report(row)
             rows.append(row)
