@@ -8,6 +8,9 @@ needs it back (least recently cached first).
 
 Invariant: free pages + cached pages + referenced pages = all pages, no page in two of them,
 and every cached page is indexed.
+
+Each page carries a version: the pool's clock when its contents last changed (allocated, copied
+into, written). Copies of the pool kept elsewhere (`engine.attention.resident`) check it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class PagePool:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.refcount = [0] * num_pages
         self.num_swapped = 0  # pages its sequences moved to host memory (KVSequence.swap_out)
+        self.clock = 0  # counts changes to pages' contents
+        self.version = [0] * num_pages  # the clock of each page's latest change
+        # the pages of the latest `mark_written`, and their version before it
+        self.before_write: dict[int, int] = {}
         self._free = list(range(num_pages - 1, -1, -1))  # pop() hands out low numbers first
         self.index: PrefixIndex | None = None  # set by the KV file system when sharing is on
         self.cached: collections.OrderedDict[int, None] = collections.OrderedDict()  # LRU first
@@ -59,6 +66,12 @@ class PagePool:
         return cls(
             cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, num_pages, page_size, dtype, device
         )
+
+    @property
+    def bytes_per_token(self) -> int:
+        """One token's keys and values, all layers."""
+        layers, _, _, hkv, d = self.k.shape
+        return 2 * layers * hkv * d * self.k.element_size()
 
     @property
     def num_free(self) -> int:
@@ -78,8 +91,10 @@ class PagePool:
         if n > self.num_free:
             raise OutOfPages(n, self.num_free)
         pages = [self._free.pop() if self._free else self._evict() for _ in range(n)]
+        self.clock += 1
         for p in pages:
             self.refcount[p] = 1
+            self.version[p] = self.clock
         return pages
 
     def _evict(self) -> int:
@@ -126,6 +141,22 @@ class PagePool:
         n = self.page_size if num_tokens is None else num_tokens
         self.k[:, dst, :n] = self.k[:, src, :n]
         self.v[:, dst, :n] = self.v[:, src, :n]
+        self.clock += 1
+        self.version[dst] = self.clock
+
+    def mark_written(self, slots: list[int]) -> None:
+        """Record that a forward is about to write these flat slots (every layer).
+
+        The runner calls it once per forward, before planning attention; `write` itself does
+        not track (it runs per layer, on device tensors).
+        """
+        self.clock += 1
+        self.before_write = {}
+        for s in slots:
+            p = s // self.page_size
+            if p not in self.before_write:
+                self.before_write[p] = self.version[p]
+                self.version[p] = self.clock
 
     def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """Store new keys/values `[T, Hkv, D]` at flat slot indices `page * page_size + offset`."""

@@ -136,6 +136,7 @@ class Runner:
             )
             slots.extend(seq.reserve(self.pool, n))
             tokens.extend(s.tokens)
+        self.pool.mark_written(slots)
         layout = BatchLayout(
             q_lens=[len(s.tokens) for s in segments],
             kv_lens=[len(s.seq) + len(s.tokens) for s in segments],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,6 +61,24 @@ class BatchLayout:
         return mask
 
 
+def distinct_tokens(layout: BatchLayout) -> int:
+    """Keys the batch attends to, each page's counted once however many segments share it."""
+    used: dict[int, int] = {}
+    ps = layout.page_size
+    for table, kv in zip(layout.page_tables, layout.kv_lens, strict=True):
+        for i, page in enumerate(table):
+            used[page] = max(used.get(page, 0), min(ps, kv - i * ps))
+    return sum(used.values())
+
+
+class Traffic(NamedTuple):
+    """Tokens of keys and values (per layer, each of K and V) one forward's attention moves."""
+
+    copied: int  # copied into other tensors before attending (gathers, resident rows)
+    read: int  # read by the attention itself
+    needed: int  # the batch's distinct keys (`distinct_tokens`): the least attention must read
+
+
 class AttentionBackend(ABC):
     """Computes attention for a whole batch of segments over the page pool.
 
@@ -71,6 +89,7 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
+    traffic: Traffic | None = None  # the latest plan's, where the backend counts it
 
     @abstractmethod
     def plan(self, layout: BatchLayout, pool: PagePool) -> Any:

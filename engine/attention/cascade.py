@@ -11,7 +11,9 @@ outputs and log-sum-exps:
 
 `shared_prefixes` finds the groups from a batch's page tables (pure, no tensors);
 `attend_with_lse` and `merge` are the two halves of the arithmetic; `cascade_plan` and
-`attend_cascade` are what the torch backend runs for such a batch.
+`attend_cascade` are what the torch backend runs for such a batch. A group decodes over the same
+shared pages step after step, so `SharedCopies` keeps them as float32 keys and values from one
+step to the next instead of gathering and converting them in every layer of every step.
 """
 
 from __future__ import annotations
@@ -81,6 +83,51 @@ def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
     return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
 
 
+class SharedCopy(NamedTuple):
+    """A group's shared pages as float32 keys and values, [layers, Hkv, tokens, D] each."""
+
+    k: Tensor
+    v: Tensor
+    stamp: int  # the pool's clock when copied
+
+
+class SharedCopies:
+    """The shared pages of the latest batch's groups, copied once and kept while unchanged.
+
+    Full shared pages do not change (a write into a page someone else holds copies it first);
+    a copy is still checked against the pages' versions (`PagePool.version`), and copies that
+    no group of the latest batch uses are dropped.
+    """
+
+    def __init__(self) -> None:
+        self.copies: dict[tuple[int, ...], SharedCopy] = {}
+
+    def for_groups(self, groups: list[Group], pool: PagePool) -> tuple[list[SharedCopy], int]:
+        """Each group's copy, and how many tokens had to be copied (the others were kept)."""
+        kept: dict[tuple[int, ...], SharedCopy] = {}
+        copied = 0
+        for g in groups:
+            key = tuple(g.pages)
+            copy = kept.get(key) or self.copies.get(key)
+            if copy is None or any(pool.version[p] > copy.stamp for p in g.pages):
+                copy = self._copy(g.pages, pool)
+                copied += copy.k.shape[2]
+            kept[key] = copy
+        self.copies = kept
+        return [kept[tuple(g.pages)] for g in groups], copied
+
+    @staticmethod
+    def _copy(pages: list[int], pool: PagePool) -> SharedCopy:
+        index = torch.tensor(pages, dtype=torch.long, device=pool.k.device)
+        layers, _, ps, hkv, d = pool.k.shape
+
+        def one(x: Tensor) -> Tensor:
+            x = x.index_select(1, index).view(layers, len(pages) * ps, hkv, d)
+            return x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+
+        return SharedCopy(one(pool.k), one(pool.v), pool.clock)
+
+
 @dataclass
 class CascadePlan:
     """A decode batch in which groups of segments share their first pages (see cascade.py)."""
@@ -88,11 +135,15 @@ class CascadePlan:
     slots: Tensor  # [T] where each new token's K/V goes
     suffix_pages: Tensor  # [B, max_pages] each segment's pages after its group's shared ones
     suffix_visible: Tensor  # [B, 1, 1, max_pages * page_size] bool: the suffix's real keys
-    groups: list[tuple[Tensor, Tensor]]  # (segments [n], shared pages [P]) per group
+    groups: list[tuple[Tensor, SharedCopy]]  # (segments [n], their shared keys) per group
+    copied: int  # tokens of shared pages this plan copied (0 when every copy was kept)
 
 
-def cascade_plan(layout: BatchLayout, groups: list[Group], device: torch.device) -> CascadePlan:
+def cascade_plan(
+    layout: BatchLayout, groups: list[Group], pool: PagePool, shared: SharedCopies
+) -> CascadePlan:
     """Each segment's suffix (its pages after its group's shared ones) and the groups."""
+    device = pool.k.device
     ps = layout.page_size
     skip = [0] * layout.num_segments
     for g in groups:
@@ -104,11 +155,13 @@ def cascade_plan(layout: BatchLayout, groups: list[Group], device: torch.device)
     lens = torch.tensor([kv - n * ps for kv, n in zip(layout.kv_lens, skip, strict=True)])
     visible = torch.arange(width * ps)[None, :] < lens[:, None]
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    copies, copied = shared.for_groups(groups, pool)
     return CascadePlan(
         layout.slot_mapping,
         suffix.to(device),
         visible[:, None, None, :].to(device),
-        [(as_long(g.segments), as_long(g.pages)) for g in groups],
+        [(as_long(g.segments), c) for g, c in zip(groups, copies, strict=True)],
+        copied,
     )
 
 
@@ -120,18 +173,16 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
     qg = q.view(t, hkv, g, d)
     width = plan.suffix_pages.shape[1] * pool.page_size
 
-    def keys(pages: Tensor, rows: int, n: int) -> tuple[Tensor, Tensor]:
-        """[rows, hkv, n, d] keys and values of these pages, read from the pool once."""
-        kk = pool.k[layer].index_select(0, pages.view(-1)).view(rows, n, hkv, d).transpose(1, 2)
-        vv = pool.v[layer].index_select(0, pages.view(-1)).view(rows, n, hkv, d).transpose(1, 2)
-        return kk, vv
+    def suffix(pool_kv: Tensor) -> Tensor:
+        """[t, hkv, width, d]: each segment's own pages, gathered."""
+        gathered = pool_kv[layer].index_select(0, plan.suffix_pages.view(-1))
+        return gathered.view(t, width, hkv, d).transpose(1, 2)
 
-    out, lse = attend_with_lse(qg, *keys(plan.suffix_pages, t, width), plan.suffix_visible)
-    for rows, pages in plan.groups:
+    out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
+    for rows, shared in plan.groups:
         n = len(rows)
-        shared = pages.numel() * pool.page_size
         qs = qg[rows].transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
-        prefix_out, prefix_lse = attend_with_lse(qs, *keys(pages, 1, shared), None)
+        prefix_out, prefix_lse = attend_with_lse(qs, shared.k[layer], shared.v[layer], None)
         prefix_out = prefix_out.view(hkv, n, g, d).transpose(0, 1)
         prefix_lse = prefix_lse.view(hkv, n, g, 1).transpose(0, 1)
         out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])

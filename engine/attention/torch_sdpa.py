@@ -2,7 +2,10 @@
 
 Runs everywhere (CPU and CUDA). Grouped-query attention is done by folding each KV head's
 query heads into the query length, so keys and values are never repeated in memory. Decodes
-that share a prefix of full pages (forks) attend to it once, together (`engine.attention.cascade`).
+that share a prefix of full pages (forks) attend to it once, together (`engine.attention.cascade`);
+other decode batches attend a contiguous copy of their files kept across steps, which each step
+only appends to (`engine.attention.resident`). `TorchBackend(cascade=False, resident=False)` is
+the plain reference both are tested against.
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.attention.base import AttentionBackend, BatchLayout
-from engine.attention.cascade import CascadePlan, attend_cascade, cascade_plan, shared_prefixes
+from engine.attention.base import AttentionBackend, BatchLayout, Traffic, distinct_tokens
+from engine.attention.cascade import (
+    CascadePlan,
+    SharedCopies,
+    attend_cascade,
+    cascade_plan,
+    shared_prefixes,
+)
+from engine.attention.resident import Resident, ResidentPlan
 from engine.page_pool import PagePool
 
 
@@ -33,10 +43,18 @@ class TorchPlan:
 class TorchBackend(AttentionBackend):
     name = "torch-sdpa"
 
-    def __init__(self, cascade: bool = True) -> None:
-        self.cascade = cascade  # attend shared prefixes once (False: the plain reference)
+    def __init__(self, cascade: bool = True, resident: bool = True) -> None:
+        self.cascade = cascade  # attend shared prefixes once
+        self.shared = SharedCopies()  # the shared prefixes' keys, kept across steps
+        self.resident: Resident | None = None  # decode over resident copies (None: gather)
+        self.use_resident = resident
 
-    def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan:
+    def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
+        plan = self._plan(layout, pool)
+        self.traffic = traffic(layout, plan)
+        return plan
+
+    def _plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
         device = pool.k.device
         q_lens, kv_lens = layout.q_lens, layout.kv_lens
         b, lq = layout.num_segments, max(q_lens)
@@ -46,7 +64,13 @@ class TorchBackend(AttentionBackend):
         if self.cascade and lq == 1 and not layout.has_masks:
             groups = shared_prefixes(layout)
             if groups:
-                return cascade_plan(layout, groups, device)
+                return cascade_plan(layout, groups, pool, self.shared)
+        if self.use_resident and lq == 1 and not layout.has_masks:
+            if self.resident is None:  # as large as the pool at most
+                self.resident = Resident(budget=pool.k.nbytes + pool.v.nbytes)
+            resident = self.resident.plan(layout, pool)
+            if resident is not None:
+                return resident
         pages = layout.block_table(device)
         width = pages.shape[1] * layout.page_size
         if lq == 1 and not layout.has_masks and min(kv_lens) == max(kv_lens):
@@ -74,12 +98,15 @@ class TorchBackend(AttentionBackend):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        plan: TorchPlan | CascadePlan,
+        plan: TorchPlan | CascadePlan | ResidentPlan,
         pool: PagePool,
     ) -> Tensor:
         pool.write(layer, plan.slots, k, v)
         if isinstance(plan, CascadePlan):
             return attend_cascade(layer, q, plan, pool)
+        if isinstance(plan, ResidentPlan):
+            assert self.resident is not None
+            return self.resident.attend(layer, q, k, v, plan)
         t, h, d = q.shape
         b, lq = plan.batch, plan.max_q
         if plan.fresh:
@@ -108,3 +135,19 @@ class TorchBackend(AttentionBackend):
         out = F.scaled_dot_product_attention(qg, kb, vb, attn_mask=mask)
         out = out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
         return out.reshape(t, h, d) if plan.rows is None else out[plan.rows]
+
+
+def traffic(layout: BatchLayout, plan: TorchPlan | CascadePlan | ResidentPlan) -> Traffic:
+    """What attending by this plan copies and reads, in tokens of K/V per layer."""
+    needed = distinct_tokens(layout)
+    ps = layout.page_size
+    if isinstance(plan, ResidentPlan):  # the missing tokens and the new ones into their rows
+        return Traffic(plan.copied + len(layout.q_lens), plan.span * plan.keys, needed)
+    if isinstance(plan, CascadePlan):  # suffixes and each group's shared pages, once
+        gathered = plan.suffix_pages.numel() * ps
+        shared = sum(s.k.shape[2] for _, s in plan.groups)
+        return Traffic(gathered + plan.copied, gathered + shared, needed)
+    if plan.pages is None:  # whole prompts: the new keys are attended where they are
+        return Traffic(0, sum(layout.q_lens), needed)
+    gathered = plan.pages.numel() * ps
+    return Traffic(gathered, gathered if plan.keys is None else plan.batch * plan.keys, needed)

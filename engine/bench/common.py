@@ -31,10 +31,11 @@ class Row:
 
 
 LATENCY_UNITS = ("s", "ms", "µs")
+LOWER_IS_BETTER = (*LATENCY_UNITS, "MB/step")  # latencies, and bytes moved
 
 
 def lower_is_better(row: Row) -> bool:
-    return row.unit in LATENCY_UNITS
+    return row.unit in LOWER_IS_BETTER
 
 
 def timed(fn: Callable[[], object]) -> float:

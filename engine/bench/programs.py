@@ -3,8 +3,10 @@
 Each workload runs as LIPs on one kernel, beside its baseline, in one process:
 - plain: 16 LIPs x 128-token prompt x 64 new tokens vs transformers batched `generate`;
 - shared-prefix: 16 continuations of one 512-token prompt vs transformers given 16 copies of
-  the prompt; two cases: "fork" (one prefill, 16 forks) and "automatic" (16 separate LIPs each
-  sending the whole prompt, shared by automatic prefix sharing: engine.prefix_cache);
+  the prompt (shorter where the model's context is: the demo model `tiny` has 512 positions, so
+  its prompt is 448 tokens, and the case says so); two cases: "fork" (one prefill, 16 forks) and
+  "automatic" (16 separate LIPs each sending the whole prompt, shared by automatic prefix
+  sharing: engine.prefix_cache);
 - api-overhead: the plain workload driven token by token through system calls vs the
   engine's own generation loop (`engine.generate`) on the same runner;
 - agent: 16 ReAct-style agents x 4 rounds of (generate 32, a 100 ms tool call, append 32 tokens
@@ -42,12 +44,6 @@ def _kernel(
 ) -> Kernel:
     pages = lips * (tokens_per_lip // 16 + 2) + 64
     return Kernel(loaded, num_pages=pages, token_budget=4096, prefix_sharing=prefix_sharing)
-
-
-def _prompt_length(loaded: LoadedModel, wanted: int, new: int) -> int:
-    """wanted, or less where the model's context cannot hold it and `new` tokens more (the
-    demo model `tiny` has 512 positions)."""
-    return min(wanted, loaded.config.max_position_embeddings - new)
 
 
 def _run_lips(kernel: Kernel, main: Callable, args: list[tuple]) -> list:
@@ -158,8 +154,13 @@ def plain(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
     return side_by_side(engine, baseline, runs), LIPS * 64
 
 
+def shared_prompt_length(loaded: LoadedModel, new: int = 64) -> int:
+    """512, or less where the model's context cannot hold 512 + `new` positions."""
+    return min(512, loaded.config.max_position_embeddings - new)
+
+
 def shared_prefix(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
-    ids = random_prompts(1, _prompt_length(loaded, 512, 64), loaded.config.vocab_size)
+    ids = random_prompts(1, shared_prompt_length(loaded), loaded.config.vocab_size)
     prompt = ids[0].tolist()
 
     def engine() -> None:
@@ -172,7 +173,7 @@ def shared_prefix(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]
 
 
 def shared_prefix_automatic(loaded: LoadedModel, hf: Any, runs: int) -> tuple[Timing, int]:
-    ids = random_prompts(1, _prompt_length(loaded, 512, 64), loaded.config.vocab_size)
+    ids = random_prompts(1, shared_prompt_length(loaded), loaded.config.vocab_size)
     prompt = ids[0].tolist()
 
     def engine() -> None:  # a fresh kernel each run: its cache starts empty
@@ -260,6 +261,8 @@ def run(
         label = dtypes(loaded, hf)
         for case, bench in chosen.items():
             timing, work = bench(loaded, hf, runs)
+            if workload == "shared-prefix":
+                case = case.replace("512", str(shared_prompt_length(loaded)))
             row = throughput_row(workload, case, name, work, "tok/s", timing, label)
             report(row)
             rows.append(row)

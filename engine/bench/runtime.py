@@ -7,7 +7,10 @@ device synchronize, so a side's time includes all of its GPU work.
 Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
 (prefill included), against `transformers` `generate`. Its last row sets batch-1 decode steps
 (prefill excluded) beside the memory-bandwidth bound: the bytes of weights a step reads, over
-the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`).
+the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`). The
+"bytes per step" rows count (not time) what a batch-16 decode step moves, weights and keys and
+values, beside the least it must read: each weight and each distinct key and value once; the
+"resident vs gathering" row times batch-16 decode steps with the two ways of attending.
 Prefill: forward of the prompts keeping the KV cache and the last logits, against a
 `transformers` forward with `logits_to_keep=1`.
 """
@@ -21,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from engine.attention import TorchBackend
 from engine.bench.common import Row, Timing, side_by_side, throughput_row, timed
 from engine.bench.models import bench_model, checkpoint_dtype, load_transformers
 from engine.generate import generate
@@ -30,6 +34,11 @@ from engine.runner import Runner, Sample, Segment
 from engine.sequence import KVSequence, pages_for
 
 DECODE_CASES = {"batch 1": 1, "batch 16": 16, "batch 64": 64}
+# the "bytes per step" rows: the engine's attention, and gathering every step (the reference)
+TRAFFIC_BACKENDS: dict[str, Callable[[], TorchBackend]] = {
+    "resident": TorchBackend,
+    "gathering": lambda: TorchBackend(resident=False),
+}
 PREFILL_CASES = {"1x512": (1, 512), "16x128": (16, 128)}
 PROMPT, NEW = 128, 128
 
@@ -185,6 +194,66 @@ def bound_row(loaded: LoadedModel, runs: int, steps: int = 64) -> Row:
     )
 
 
+def traffic_row(loaded: LoadedModel, backend: TorchBackend, label: str, batch: int = 16) -> Row:
+    """Bytes a decode step moves (weights, K/V copied and written, K/V read), averaged over
+    NEW steps after PROMPT-token prompts, beside the least it must read."""
+    runner = _runner(loaded, batch, PROMPT + NEW)
+    runner.backend = backend
+    seqs = [KVSequence() for _ in range(batch)]
+    prompts = random_prompts(batch, PROMPT, loaded.config.vocab_size).tolist()
+    runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
+    moved = needed = 0
+    for _ in range(NEW):
+        runner.forward([Segment(s, [1], returns=Sample()) for s in seqs])
+        assert backend.traffic is not None
+        copied, read, least = backend.traffic
+        moved += 2 * copied + read  # a copy reads and writes
+        needed += least
+    for s in seqs:
+        s.release(runner.pool)
+    per_token, weights = runner.pool.bytes_per_token, weight_bytes(loaded)
+    engine = (weights + per_token * moved / NEW) / 1e6
+    bound = (weights + per_token * needed / NEW) / 1e6
+    case = f"batch {batch} bytes per step ({label})"
+    kind = dtype_name(loaded.model.dtype)
+    return Row(
+        "decode",
+        case,
+        "",
+        "MB/step",
+        round(engine, 1),
+        round(bound, 1),
+        round(engine / bound, 3),
+        None,
+        kind,
+    )
+
+
+def attention_row(loaded: LoadedModel, runs: int, batch: int = 16, steps: int = 32) -> Row:
+    """Decode steps (after PROMPT-token prompts) attending resident copies, beside the same
+    steps gathering every file's pages every step: the speed-up `engine.attention.resident`
+    exists for, measured side by side in one process."""
+    prompts = random_prompts(batch, PROMPT, loaded.config.vocab_size).tolist()
+
+    def side(backend: TorchBackend) -> Callable[[], None]:
+        runner = _runner(loaded, batch, PROMPT + steps)
+        runner.backend = backend
+        seqs = [KVSequence() for _ in range(batch)]
+        runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
+
+        def decode() -> None:
+            for _ in range(steps):
+                runner.forward([Segment(s, [1], returns=Sample()) for s in seqs])
+            for s in seqs:  # back to the prompts (rows keep the prefix the files still have)
+                s.truncate(runner.pool, PROMPT)
+
+        return decode
+
+    timing = side_by_side(side(TorchBackend()), side(TorchBackend(resident=False)), runs)
+    case = f"batch {batch} attention: resident vs gathering"
+    return throughput_row("decode", case, "", batch * steps, "tok/s", timing, dtypes(loaded, None))
+
+
 def prefill_case(loaded: LoadedModel, hf: Any, batch: int, length: int, runs: int) -> Timing:
     ids = random_prompts(batch, length, loaded.config.vocab_size)
     runner = _runner(loaded, batch, length)
@@ -239,4 +308,15 @@ def run(
             row.model = name
             report(row)
             rows.append(row)
+        if workload == "decode" and (not cases or "resident vs gathering" in cases):
+            row = attention_row(loaded, runs)
+            row.model = name
+            report(row)
+            rows.append(row)
+        if workload == "decode" and (not cases or "bytes per step" in cases):
+            for label, backend in TRAFFIC_BACKENDS.items():
+                row = traffic_row(loaded, backend(), label)
+                row.model = name
+                report(row)
+                rows.append(row)
     return rows

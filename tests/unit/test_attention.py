@@ -8,7 +8,9 @@ import sys
 import torch
 
 from engine.attention import BatchLayout, TorchBackend, select_backend
+from engine.attention.base import Traffic, distinct_tokens
 from engine.attention.xformers_paged import import_fmha, key_slots, paged_bias
+from engine.page_pool import PagePool
 
 
 def physical_visibility(layout: BatchLayout, num_slots: int) -> torch.Tensor:
@@ -107,3 +109,26 @@ def test_xformers_gathered_plan_sees_what_the_torch_backend_sees() -> None:
     theirs = torch.zeros(10, 7 * 4, dtype=torch.bool)  # pages 0..6
     theirs[:, keys] = visible
     assert torch.equal(theirs, physical_visibility(layout, theirs.shape[1]))
+
+
+def test_distinct_tokens_counts_shared_pages_once() -> None:
+    # two forks sharing pages 0 and 1 (4 tokens each), then their own partial pages
+    layout = BatchLayout(
+        [1, 1], [10, 11], [[0, 1, 2], [0, 1, 3]], torch.zeros(2, dtype=torch.long), [None] * 2, 4
+    )
+    assert distinct_tokens(layout) == 8 + 2 + 3
+    assert distinct_tokens(MIXED) == 5 + 8 + 7
+
+
+def test_the_torch_backend_counts_what_its_plans_copy_and_read() -> None:
+    pool = PagePool(1, 1, 8, num_pages=8, page_size=4)
+    decode = BatchLayout(
+        [1, 1], [6, 3], [[3, 1], [6]], torch.tensor([5, 26]), [None] * 2, page_size=4
+    )
+    gathering = TorchBackend(resident=False)
+    gathering.plan(decode, pool)
+    assert gathering.traffic == Traffic(copied=2 * 8, read=2 * 8, needed=9)  # padded to 2 pages
+    resident = TorchBackend()
+    pool.mark_written([5, 26])
+    resident.plan(decode, pool)
+    assert resident.traffic == Traffic(copied=5 + 2 + 2, read=2 * 6, needed=9)

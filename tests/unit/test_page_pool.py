@@ -67,3 +67,17 @@ def test_check_catches_a_corrupted_free_list() -> None:
     pool._free.append(p)  # simulate a bug: a held page on the free list
     with pytest.raises(AssertionError, match="both free and referenced"):
         pool.check()
+
+
+def test_every_change_to_a_page_moves_its_version_past_the_clock_before() -> None:
+    pool = small_pool()
+    a, b = pool.alloc(2)
+    before = pool.clock
+    pool.copy_page(a, b, 2)  # copy-on-write copies into b
+    assert pool.version[b] > before and pool.version[a] <= before
+    was = pool.version[a]
+    pool.mark_written([a * 4 + 1, a * 4 + 2])  # one forward writes two slots of a
+    assert pool.version[a] == pool.clock > was and pool.before_write == {a: was}
+    pool.release([a])
+    (c,) = pool.alloc(1)  # the same page again, new contents
+    assert c == a and pool.version[c] == pool.clock
