@@ -72,13 +72,15 @@ class MemoryManager:
             self.suspend(victim)
         while size and self.need(head, size) > self.pool.num_free:
             size -= 1
-        if size == 0:  # its own process's other files hold the rest of the pool
+        if size == 0:  # the rest of the pool is held by files no suspension frees
             held = self.pool.num_pages - self.pool.num_free
+            own = sum(len(f.seq.held_pages()) for f in self._private_files(head.process))
             refused = OutOfPages(
                 self.need(head, 1),
                 self.pool.num_free,
-                f"process {head.process.pid}'s files hold {held} of the pool's"
-                f" {self.pool.num_pages} pages, and its call needs one more",
+                f"{held} of the pool's {self.pool.num_pages} pages are held ({own} by process"
+                f" {head.process.pid}'s own files, the rest by files no suspension frees), and"
+                f" its call needs {self.need(head, 1)} more",
             )
             return Fitted(Batch([], []), [(head, refused)])
         return Fitted(Batch([head], [size]), [])

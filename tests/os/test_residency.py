@@ -85,7 +85,13 @@ def test_a_home_file_of_a_process_killed_while_suspended_comes_back_when_it_exit
         await kill(k, keep)
         assert swapped_counts(k) == (0, 0)
         assert None not in k.kvfs.stat(LOCAL, KEPT).page_table
-        return await k.wait(k.spawn(use_kept)), alone
+        kept = await k.wait(k.spawn(use_kept))
+        # the kept file's 3 pages belong to no process: nothing can be suspended to free them
+        with pytest.raises(ProcessFailed) as failed:
+            await k.wait(k.spawn(from_scratch))
+        assert isinstance(failed.value.__cause__, OutOfPages)
+        assert "4 of the pool's 4 pages are held (1 by process" in str(failed.value)
+        return kept, alone
 
     kept, alone = run(Kernel(tiny_loaded, num_pages=4, page_size=4), body)
     assert kept == pytest.approx(alone, abs=1e-4)
