@@ -328,12 +328,12 @@ class KVFS:
                 seen.add(h.file)
                 yield f"{h.path} (deleted)", h.file
 
-    def page_owners(self) -> dict[int, list[str]]:
-        owners: dict[int, list[str]] = {}
+    def page_files(self) -> dict[int, list[str]]:
+        files: dict[int, list[str]] = {}
         for path, f in self.files():
             for p in f.seq.held_pages():
-                owners.setdefault(p, []).append(path)
-        return owners
+                files.setdefault(p, []).append(path)
+        return files
 
     # ---- views: what the workbench's widgets read (walk and pages touch no file) ----
 
@@ -355,21 +355,21 @@ class KVFS:
     def pages(self, caller: Caller) -> PageMap:
         """The page pool as the caller sees it: per page its holders, named where readable.
 
-        `owners[p]` has one readable name of each file holding page p (its first readable name
-        in sorted order), so `refcount[p] - len(owners[p])` files hold it unseen. Swapped-out
+        `files[p]` has one readable name of each file holding page p (its first readable name
+        in sorted order), so `refcount[p] - len(files[p])` files hold it unseen. Swapped-out
         pages (in host memory, see `KVSequence.swap_out`) are counted per readable file.
         """
-        owners: list[list[str]] = [[] for _ in range(self.pool.num_pages)]
+        files: list[list[str]] = [[] for _ in range(self.pool.num_pages)]
         swapped: dict[str, int] = {}
         for name, f in self._first_readable_names(caller):
             for p in sorted(set(f.seq.held_pages())):
-                owners[p].append(name)
+                files[p].append(name)
             if f.seq.swapped_pages:
                 swapped[name] = f.seq.swapped_pages
         return PageMap(
             page_size=self.pool.page_size,
             refcount=list(self.pool.refcount),
-            owners=owners,
+            files=files,
             swapped=swapped,
             swapped_total=self.pool.num_swapped,
             cached=list(self.pool.cached),

@@ -198,7 +198,7 @@ class PageMap(NamedTuple):
 
     page_size: int
     refcount: list[int]  # per pool page: files holding it (0: free)
-    owners: list[list[str]]  # per pool page: a readable name of each file holding it
+    files: list[list[str]]  # per pool page: a readable name of each file holding it
     swapped: dict[str, int]  # readable file name -> its pages swapped out to host memory
     swapped_total: int  # every file's swapped-out pages, readable or not
     cached: list[int] = []  # pages nobody holds, kept for automatic prefix sharing (LRU first)

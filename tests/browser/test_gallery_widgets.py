@@ -125,8 +125,8 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         # cells: the filter (our directory) keeps pages one of its files holds; free pages stay
         # free (0), the other files' pages are grey (8)
         want = [
-            0 if not n else min(n, 6) if any(o.startswith(DEMO + "/") for o in owners) else 8
-            for n, owners in zip(pm.refcount, pm.owners, strict=True)
+            0 if not n else min(n, 6) if any(o.startswith(DEMO + "/") for o in files) else 8
+            for n, files in zip(pm.refcount, pm.files, strict=True)
         ]
         (heat,) = figure(pages)["traces"]
         drawn = [c for row in heat["z"] for c in row if c is not None]

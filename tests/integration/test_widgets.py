@@ -237,7 +237,7 @@ def test_page_map_counts_match_the_engine(seen: Seen) -> None:
     assert sum(data.shared_by.values()) == data.counts["shared"]
     for s in seen.stats:
         cells = [data.cells[p] for p in s.page_table]
-        assert all(set(c.owners) & set(s.names) for c in cells)
+        assert all(set(c.files) & set(s.names) for c in cells)
         assert sum(c.state == SHARED for c in cells) == s.shared_pages
 
 

@@ -233,7 +233,7 @@ def test_fork_shares_pages_and_records_its_parent(fs: KVFS, pool: PagePool) -> N
     assert st.shared_pages == 2 and st.shared_with == {"/home/alice/a": 2}
     fill(fs, b, 1)  # copies the shared partial page
     assert fs.stat(A, "/home/alice/a").shared_with == {"/home/alice/b": 1}
-    assert fs.page_owners()[a.file.seq.pages[0]] == ["/home/alice/a", "/home/alice/b"]
+    assert fs.page_files()[a.file.seq.pages[0]] == ["/home/alice/a", "/home/alice/b"]
     with pytest.raises(PermissionDenied):
         fs.fork(B, "/home/alice/a", "/home/bob/c")
 

@@ -89,14 +89,14 @@ def test_pages_names_each_readable_holder_once(world: KVFS, pool: PagePool) -> N
     assert pm.page_size == 4 and pm.refcount == pool.refcount
     assert sum(c == 0 for c in pm.refcount) == pool.num_free
     for s in world.walk(A):
-        assert all(s.names[0] in pm.owners[p] for p in s.page_table)
-    assert all(len(o) <= c for o, c in zip(pm.owners, pm.refcount, strict=True))
+        assert all(s.names[0] in pm.files[p] for p in s.page_table)
+    assert all(len(o) <= c for o, c in zip(pm.files, pm.refcount, strict=True))
     prompt_pages = world.stat(A, "/home/alice/prompt").page_table
-    assert pm.owners[prompt_pages[0]] == ["/home/alice/a", "/home/alice/b", "/home/alice/prompt"]
+    assert pm.files[prompt_pages[0]] == ["/home/alice/a", "/home/alice/b", "/home/alice/prompt"]
     secret = world.stat(B, "/home/bob/secret").page_table
-    assert all(pm.owners[p] == [] and pm.refcount[p] == 1 for p in secret)  # held unseen
-    assert world.pages(B).owners[secret[0]] == ["/home/bob/secret"]
-    assert world.pages(B).owners[prompt_pages[1]] == ["/home/alice/b"]  # b once, not prompt
+    assert all(pm.files[p] == [] and pm.refcount[p] == 1 for p in secret)  # held unseen
+    assert world.pages(B).files[secret[0]] == ["/home/bob/secret"]
+    assert world.pages(B).files[prompt_pages[1]] == ["/home/alice/b"]  # b once, not prompt
 
 
 def test_pages_count_swapped_out_pages(world: KVFS, pool: PagePool) -> None:

@@ -145,7 +145,7 @@ def test_page_map_states_counts_swapped_and_filter() -> None:
     ]  # fmt: skip
     assert data.counts == {"free": 1, "cached": 0, "private": 2, "shared": 2, "swapped": 3}
     assert data.shared_by == {2: 1, 3: 1}
-    assert [c.owners for c in data.cells[5:]] == [("/a",), ("/a",), ()]
+    assert [c.files for c in data.cells[5:]] == [("/a",), ("/a",), ()]
     kept = page_map(pm, [stat("/a", pid=7), stat("/b", pid=8)], Filter(pid=8))
     assert [c.kept for c in kept.cells] == [False, False, True, False, False, False, False, False]
     assert [c.kept for c in page_map(pm, flt=Filter("/a")).cells][:6] == [

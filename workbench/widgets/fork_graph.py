@@ -186,9 +186,9 @@ def page_strip(st: FileStat, pm: PageMap) -> str:
     for i, p in enumerate(st.page_table):
         n = pm.refcount[p] if p is not None else 1
         counts.add(n)
-        owners = [o for o in pm.owners[p] if o not in st.names] if p is not None else []
+        files = [o for o in pm.files[p] if o not in st.names] if p is not None else []
         colour = PRIVATE_COLOUR if n <= 1 else shared_colour(n)
-        tip = f"page {i} (pool page {p}): " + (", ".join(owners) or "private")
+        tip = f"page {i} (pool page {p}): " + (", ".join(files) or "private")
         cells.append(
             f'<span title="{html.escape(tip)}" style="display:inline-block;width:14px;'
             f'height:14px;margin:1px;background:{colour}"></span>'

@@ -143,9 +143,9 @@ def file_pages(
     runs = []
     for i, page in enumerate(st.page_table):
         a, b = i * size, min((i + 1) * size, len(tokens))
-        owners = pm.owners[page] if page is not None else []
-        sharers = tuple(o for o in owners if o not in own)
-        unseen = pm.refcount[page] - len(owners) if page is not None else 0
+        files = pm.files[page] if page is not None else []
+        sharers = tuple(o for o in files if o not in own)
+        unseen = pm.refcount[page] - len(files) if page is not None else 0
         runs.append(PageRun(i, page, a, list(tokens[a:b]), list(pieces[a:b]), sharers, unseen))
     return runs
 
@@ -328,7 +328,7 @@ class PageCell(NamedTuple):
     page: int | None  # pool page (None: a page swapped out to host memory)
     state: str  # free | cached | private | shared | swapped
     holders: int  # files holding it (its reference count)
-    owners: tuple[str, ...]  # the readable ones
+    files: tuple[str, ...]  # the readable ones
     kept: bool  # held by a file the filter keeps (always, without a filter)
 
 
@@ -344,8 +344,8 @@ def page_map(pm: PageMap, stats: Iterable[FileStat] = (), flt: Filter = EVERYTHI
     pid_of = {st.path: st.pid for st in stats}
     filtered = flt != EVERYTHING
 
-    def kept(owners: Sequence[str]) -> bool:
-        return not filtered or any(flt.keeps(o, pid_of.get(o)) for o in owners)
+    def kept(files: Sequence[str]) -> bool:
+        return not filtered or any(flt.keeps(o, pid_of.get(o)) for o in files)
 
     cached = set(pm.cached)
     cells = [
@@ -353,10 +353,10 @@ def page_map(pm: PageMap, stats: Iterable[FileStat] = (), flt: Filter = EVERYTHI
             p,
             CACHED if p in cached else _state(n),
             n,
-            tuple(owners),
-            kept(owners) if n else not filtered,
+            tuple(files),
+            kept(files) if n else not filtered,
         )
-        for p, (n, owners) in enumerate(zip(pm.refcount, pm.owners, strict=True))
+        for p, (n, files) in enumerate(zip(pm.refcount, pm.files, strict=True))
     ]
     for name, n in sorted(pm.swapped.items()):
         cells += [PageCell(None, SWAPPED, 1, (name,), kept([name]))] * n
@@ -387,8 +387,8 @@ def cell_text(c: PageCell, page_size: int) -> str:
         return f"{where}: free"
     if c.state == CACHED:
         return f"{where}: cached (no file holds it; kept for prefix sharing until needed)"
-    who = ", ".join(c.owners) if c.owners else ""
-    unseen = c.holders - len(c.owners)
+    who = ", ".join(c.files) if c.files else ""
+    unseen = c.holders - len(c.files)
     if unseen > 0:
         who += (", " if who else "") + f"{unseen} file(s) you may not read"
     what = "private" if c.state == PRIVATE else f"shared by {c.holders} files"
