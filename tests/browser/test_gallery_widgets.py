@@ -123,10 +123,15 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         st = engine("stat_engine")
         assert pm.swapped_total == 0 and st["pages_total"] == len(pm.refcount)
         # cells: the filter (our directory) keeps pages one of its files holds; free pages stay
-        # free (0), the other files' pages are grey (8)
+        # free (0) and cached ones cached (9), the other files' pages are grey (8)
+        cached = set(pm.cached)
         want = [
-            0 if not n else min(n, 6) if any(o.startswith(DEMO + "/") for o in files) else 8
-            for n, files in zip(pm.refcount, pm.files, strict=True)
+            (9 if p in cached else 0)
+            if not n
+            else min(n, 6)
+            if any(o.startswith(DEMO + "/") for o in files)
+            else 8
+            for p, (n, files) in enumerate(zip(pm.refcount, pm.files, strict=True))
         ]
         (heat,) = figure(pages)["traces"]
         drawn = [c for row in heat["z"] for c in row if c is not None]
@@ -136,10 +141,11 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         assert Counter(drawn)[6] == full
         # the counts line above the grid
         line = pages.locator(".widget-html-content", has_text="tokens per page").inner_text()
-        counts = {k: int(v) for k, v in re.findall(r"(free|private|shared|out) (\d+)", line)}
+        counts = {k: int(v) for k, v in re.findall(r"(free|cached|private|shared|out) (\d+)", line)}
         shared_by = Counter(n for n in pm.refcount if n > 1)
         assert counts == {
             "free": st["pages_free"],
+            **({"cached": st["pages_cached"]} if st["pages_cached"] else {}),
             "private": sum(n == 1 for n in pm.refcount),
             "shared": sum(shared_by.values()),
             "out": st["pages_swapped"],
