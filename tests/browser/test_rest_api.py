@@ -36,7 +36,7 @@ def test_status_names_the_engine_the_server_started(lab: Lab) -> None:
     doc = lab.status()
     assert doc["state"] == "running" and doc["started_by_server"] is True
     assert doc["model"] == "tiny" and doc["device"] == "cpu"
-    assert doc["pages_total"] == 256 == doc["pages_used"] + doc["pages_free"]
+    assert doc["pages_total"] == 256 == doc["pages_used"] + doc["pages_free"] + doc["pages_cached"]
     assert doc["batches_per_second"] >= 0
     # the same engine the kernels find: the connection file in the server's runtime dir
     assert doc["connection_file"] == str(lab.runtime / "symphony-engine.json")
