@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from engine.wire import connection
+from engine.wire.engine_config import EngineConfig
 from engine.wire.errors import EngineNotRunning, SessionEnded, UnknownSession
 from engine.wire.protocol import REPLY, REQUEST, Wire, rebuild_error, request_body
 from engine.wire.tables import ps_table, stat_table
@@ -193,70 +194,42 @@ async def _serve(model: str, args: argparse.Namespace) -> int:
     from engine.wire.errors import ModelLoadError
 
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    config = EngineConfig.from_args(args)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
-        loaded = load_model(model, device=args.device, dtype=args.dtype, show_progress=False)
+        loaded = load_model(model, device=config.device, dtype=config.dtype, show_progress=False)
     except ModelLoadError as e:
         print(f"symphony serve: {e}", file=sys.stderr)
         return 2
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    kernel = Kernel(
-        loaded,
-        num_pages=args.pages,
-        page_size=args.page_size,
-        data_dir=data_dir,
-        prefix_sharing=not args.no_prefix_sharing,
-    )
+    kernel = Kernel.from_config(loaded, config)
     dtype = str(loaded.model.dtype).removeprefix("torch.")
 
     def ready(server: EngineServer, path: str) -> None:
         print(
-            f"symphony engine: {loaded.name} on {args.device} in {dtype} "
-            f"({loaded.dtype_reason}), {args.pages} pages, "
+            f"symphony engine: {loaded.name} on {config.device} in {dtype} "
+            f"({loaded.dtype_reason}), {config.pages} pages, "
             f"listening on tcp://{server.host}:{server.port}; connection file {path}",
             file=sys.stderr,
             flush=True,
         )
 
-    await serve(kernel, args.ip, args.port, args.connection_file, ready, args.idle_exit)
+    await serve(
+        kernel,
+        args.ip,
+        args.port,
+        args.connection_file,
+        ready,
+        config.idle_exit,
+        config.heartbeat_timeout,
+    )
     return 0
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the engine as a shared service")
-    p.add_argument(
-        "--model",
-        help="a model name (`symphony models`), a local HF-layout directory, a .gguf file or an "
-        "HF model id in the local cache (default: smollm2-135m-instruct)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16"],
-        help="default: the machine's choice (bfloat16 on GPUs and on CPUs with bf16 arithmetic "
-        "for bfloat16 checkpoints, else float32)",
-    )
-    p.add_argument("--pages", type=int, default=1024, help="KV pages in the pool")
-    p.add_argument("--page-size", type=int, default=16, help="tokens per KV page")
-    p.add_argument(
-        "--no-prefix-sharing",
-        action="store_true",
-        help="compute every forward's tokens: no automatic prefix sharing between files",
-    )
-    p.add_argument(
-        "--data-dir",
-        help="where saved KV files are kept, per user ($SYMPHONY_DATA_DIR, else"
-        " ~/.local/share/symphony)",
-    )
+    EngineConfig.add_arguments(p)  # the engine's settings, each with its one default
     p.add_argument("--ip", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=0, help="the port (default: any free one)")
     p.add_argument("--connection-file", help="where to write the connection file")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
-    p.add_argument(
-        "--idle-exit",
-        type=float,
-        metavar="SECONDS",
-        help="stop after this long without clients or processes (default: never)",
-    )
     p.set_defaults(func=serve)

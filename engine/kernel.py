@@ -24,15 +24,16 @@ from torch import Tensor
 from engine.kvfs import KVFS
 from engine.loader import LoadedModel
 from engine.memory import MemoryManager
-from engine.page_pool import DEFAULT_PAGE_SIZE, PagePool
+from engine.page_pool import PagePool
 from engine.prefix_cache import chain
 from engine.process import Process, ProcessInfo
 from engine.process_table import ProcessTable
 from engine.runner import Runner
 from engine.saved import SavedFiles, default_data_dir
-from engine.scheduler import Batch, BatchPolicy, Call, Scheduler, join_results
+from engine.scheduler import Adaptive, Batch, BatchPolicy, Call, Eager, Scheduler, join_results
 from engine.tools import Tools
 from engine.trace import Trace
+from engine.wire.engine_config import EngineConfig
 from engine.wire.errors import InvalidArgument, ProcessFailed
 from engine.wire.events import (
     BatchRan,
@@ -86,17 +87,17 @@ class Kernel:
     def __init__(
         self,
         loaded: LoadedModel,
-        num_pages: int = 1024,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        num_pages: int = EngineConfig.pages,
+        page_size: int = EngineConfig.page_size,
         policy: BatchPolicy | None = None,
-        token_budget: int = 2048,
-        trace_capacity: int = 200_000,
+        token_budget: int = EngineConfig.token_budget,
+        trace_capacity: int = EngineConfig.trace_capacity,
         data_dir: Path | None = None,
-        prefix_sharing: bool = True,
+        prefix_sharing: bool = EngineConfig.prefix_sharing,
     ) -> None:
-        """data_dir: where saved KV files are kept (default: engine.saved.default_data_dir());
-        prefix_sharing: forwards take full pages other files computed for the same prefix
-        (engine.prefix_cache)."""
+        """The defaults are `EngineConfig`'s (`from_config` takes one whole). data_dir: where
+        saved KV files are kept (default: engine.saved.default_data_dir()); prefix_sharing:
+        forwards take full pages other files computed for the same prefix (prefix_cache)."""
         self.loaded = loaded
         model = loaded.model
         self.pool = PagePool.for_model(
@@ -116,6 +117,21 @@ class Kernel:
         self._batch_ids = itertools.count(1)
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+
+    @classmethod
+    def from_config(cls, loaded: LoadedModel, config: EngineConfig) -> Kernel:
+        """A kernel set up as config says (the server's settings are the server's)."""
+        policy = {"adaptive": Adaptive, "eager": Eager}[config.policy]()
+        return cls(
+            loaded,
+            num_pages=config.pages,
+            page_size=config.page_size,
+            policy=policy,
+            token_budget=config.token_budget,
+            trace_capacity=config.trace_capacity,
+            data_dir=Path(config.data_dir) if config.data_dir else None,
+            prefix_sharing=config.prefix_sharing,
+        )
 
     @property
     def procs(self) -> dict[int, Process]:

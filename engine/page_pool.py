@@ -22,9 +22,10 @@ from torch import Tensor
 
 from engine.config import ModelConfig
 from engine.prefix_cache import PrefixIndex
+from engine.wire.engine_config import EngineConfig
 from engine.wire.errors import OutOfPages
 
-DEFAULT_PAGE_SIZE = 16
+DEFAULT_PAGE_SIZE = EngineConfig.page_size
 
 
 class PagePool:

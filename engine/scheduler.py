@@ -20,6 +20,7 @@ from engine.kvfs import Handle
 from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
+from engine.wire.engine_config import EngineConfig
 
 
 @dataclass(eq=False, slots=True)
@@ -166,7 +167,9 @@ class Plan(NamedTuple):
 
 
 class Scheduler:
-    def __init__(self, policy: BatchPolicy | None = None, token_budget: int = 2048) -> None:
+    def __init__(
+        self, policy: BatchPolicy | None = None, token_budget: int = EngineConfig.token_budget
+    ) -> None:
         self.policy = policy or Adaptive()
         self.token_budget = token_budget
         self.queue: list[Call] = []

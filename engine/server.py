@@ -80,6 +80,7 @@ from engine.wire.errors import (
 )
 from engine.wire.protocol import (
     HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
     MAX_MESSAGE,
     PING,
     PONG,
@@ -104,7 +105,6 @@ from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
 
-HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which a session's processes are detached
 DISCONNECT_GRACE = 2 * HEARTBEAT_INTERVAL  # after a dropped connection: two heartbeats overdue
 REAP_INTERVAL = 0.1
 # A client killed with -9 has its processes ended within this long: the grace and one reap
@@ -846,12 +846,16 @@ async def serve(
     connection_file: str | None = None,
     ready: Callable[[EngineServer, str], None] | None = None,
     idle_exit: float | None = None,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
 ) -> None:
     """Run an engine server until `shutdown` or SIGINT/SIGTERM, with its connection file."""
     import signal
 
     async with kernel:
-        server = await EngineServer(kernel, host, port, idle_exit=idle_exit).start()
+        server = EngineServer(
+            kernel, host, port, idle_exit=idle_exit, heartbeat_timeout=heartbeat_timeout
+        )
+        await server.start()
         info = server.connection_info()
         path = connection.write(info, connection_file)
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+from engine.wire.engine_config import EngineConfig
 from engine.wire.events import BatchRan, TraceRecord
 from engine.wire.records import Event
 
@@ -22,7 +23,7 @@ class Trace:
     (its data a dict of the record's fields) costs more than the rest of `emit`.
     """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = EngineConfig.trace_capacity) -> None:
         self.events: deque[tuple[int, float, int | None, TraceRecord]] = deque(maxlen=capacity)
         self.start = time.monotonic()
         self._seq = itertools.count()

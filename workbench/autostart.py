@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.wire import connection
+from engine.wire.engine_config import EngineConfig
 from engine.wire.errors import EngineNotRunning
 from workbench.client import Client
 
@@ -58,11 +59,10 @@ def start_engine(
 
 
 def _launch(path: Path, log: Path, args: Sequence[str] = ()) -> subprocess.Popen:
+    model = os.environ.get(MODEL_ENV) if "--model" not in args else None
+    config = EngineConfig(model=model or None, idle_exit=IDLE_EXIT)  # args may say more
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--connection-file", str(path)]
-    cmd += ["--idle-exit", str(IDLE_EXIT)]
-    if os.environ.get(MODEL_ENV) and "--model" not in args:
-        cmd += ["--model", os.environ[MODEL_ENV]]
-    cmd += list(args)
+    cmd += config.argv() + list(args)
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd,

@@ -40,6 +40,7 @@ from tornado.httputil import responses
 from traitlets import Bool, Int, List, Unicode
 
 from engine.wire import connection
+from engine.wire.engine_config import EngineConfig
 from engine.wire.errors import (
     BadPath,
     EngineError,
@@ -384,17 +385,14 @@ class SymphonyWorkbench(ExtensionApp):
 
     service: EngineService | None = None
 
+    def engine_config(self) -> EngineConfig:
+        """The settings of an engine started here (the unset traits keep the defaults)."""
+        given = {"model": self.model, "device": self.device, "pages": self.pages}
+        given["threads"] = self.threads
+        return EngineConfig(**{k: v for k, v in given.items() if v})  # type: ignore[arg-type]
+
     def serve_args(self) -> list[str]:
-        args: list[str] = []
-        if self.model:
-            args += ["--model", self.model]
-        if self.device:
-            args += ["--device", self.device]
-        if self.pages:
-            args += ["--pages", str(self.pages)]
-        if self.threads:
-            args += ["--threads", str(self.threads)]
-        return args + list(self.engine_args)
+        return self.engine_config().argv() + list(self.engine_args)
 
     def initialize_settings(self) -> None:
         assert self.serverapp is not None

@@ -88,6 +88,7 @@ from engine.wire.records import (
 
 VERSION = 3  # 2: records as value lists; 3: every header has a serial number n
 HEARTBEAT_INTERVAL = 0.5  # seconds between a client's pings (the engine's grace counts them)
+HEARTBEAT_TIMEOUT = 5.0  # seconds of silence after which the engine ends a session (default)
 MAX_MESSAGE = 16 * 2**20  # bytes of header + body a receiver accepts
 MAX_HEADER = 4096
 MAX_GREETING = 64 * 2**10  # bytes a sender may send before it has signed a message right
