@@ -106,9 +106,11 @@ class Kernel:
         self.runner = Runner(model, self.pool)
         self.data_dir = data_dir or default_data_dir()  # saved files, users' credentials
         saved = SavedFiles(self.data_dir / "saved")
-        self.kvfs = KVFS(self.pool, model_id(loaded), saved=saved, prefix_sharing=prefix_sharing)
+        self.trace = Trace(trace_capacity)  # its clock is the engine's: seconds since it started
+        self.kvfs = KVFS(
+            self.pool, model_id(loaded), self.trace.now, saved=saved, prefix_sharing=prefix_sharing
+        )
         self.tokenizer = loaded.tokenizer
-        self.trace = Trace(trace_capacity)
         self.processes = ProcessTable(self.trace)
         self.scheduler = Scheduler(policy, token_budget)  # level 2
         self.memory = MemoryManager(self.pool, self.kvfs, self.processes, self.scheduler)  # 1

@@ -192,7 +192,7 @@ class KVFS:
     ) -> None:
         self.pool, self.model_id, self.clock = pool, model_id, clock
         if prefix_sharing and pool.index is None:  # automatic prefix sharing (prefix_cache)
-            pool.index = PrefixIndex(pool.page_size)
+            pool.index = PrefixIndex(pool.page_size, clock)
         self.saved = saved  # where kv.save writes (None: nowhere)
         self._names: dict[str, KVFile] = {}
         self._handles: dict[int, Handle] = {}

@@ -30,7 +30,7 @@ import collections
 import hashlib
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -58,7 +58,7 @@ class Cached(NamedTuple):
     positions: tuple[int, ...]
     scope: str
     source: str
-    since: float  # time.time() it was published
+    since: float  # when it was published (the engine's clock)
 
 
 def digest(parent: bytes, tokens: Sequence[int], positions: Sequence[int]) -> bytes:
@@ -90,8 +90,9 @@ def scope_of(path: str, owner: str) -> str:
 class PrefixIndex:
     """Full pages by (scope, digest), with what `match` needs to explain a miss."""
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, page_size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.page_size = page_size
+        self.clock = clock  # the engine's: seconds since it started (engine.trace)
         self._entries: dict[tuple[str, bytes], Cached] = {}
         self._by_page: dict[int, tuple[str, bytes]] = {}
         self._children: dict[bytes, set[tuple[str, bytes]]] = collections.defaultdict(set)
@@ -129,7 +130,7 @@ class PrefixIndex:
         key = (scope, d)
         if key not in self._entries and page not in self._by_page:
             self._entries[key] = Cached(
-                page, parent, tuple(tokens), tuple(positions), scope, source, time.time()
+                page, parent, tuple(tokens), tuple(positions), scope, source, self.clock()
             )
             self._by_page[page] = key
             self._children[parent].add(key)
@@ -150,7 +151,7 @@ class PrefixIndex:
         if not scopes:
             del self._scopes[key[1]]
         if evicted:
-            self._evicted[key] = time.time()
+            self._evicted[key] = self.clock()
             while len(self._evicted) > EVICTIONS_KEPT:
                 self._evicted.popitem(last=False)
 

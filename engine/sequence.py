@@ -14,7 +14,6 @@ resident; the views (`page_table`, `held_pages`) tell where each page is either 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -241,10 +240,10 @@ class KVSequence:
             self.pages.extend(match.pages)
             self.append(tokens[:k], positions[:k])
             s.chain.extend(match.digests)
-            reuse = Reuse(n, k, match.pages, match.sources, match.stop, time.time())
+            reuse = Reuse(n, k, match.pages, match.sources, match.stop, index.clock())
             s.record(reuse)
             return reuse
-        reuse = Reuse(n, 0, [], [], stop, time.time())
+        reuse = Reuse(n, 0, [], [], stop, index.clock())
         s.record(reuse)
         return reuse
 

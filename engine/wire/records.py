@@ -185,7 +185,7 @@ class FileStat(NamedTuple):
     owner: str
     pid: int | None
     mode: int
-    created: float
+    created: float  # the engine's clock: seconds since it started, as the trace's and ps's
     last_use: float
     hidden: int
     page_table: tuple[int | None, ...]  # each page's pool page; None: in host memory (swapped)
@@ -286,7 +286,7 @@ class Stop(NamedTuple):
     at: int  # the token index (in the file) where it stopped
     ours: int | None = None  # "differ": our token there
     theirs: int | None = None  # "differ": the cached page's token there
-    when: float | None = None  # "evicted": time.time() of the eviction
+    when: float | None = None  # "evicted": when (the engine's clock, as the trace's)
     owner: str | None = None  # "other_user": whose scope holds it
 
 
@@ -298,7 +298,7 @@ class Reuse(NamedTuple):
     pages: list[int]
     sources: list[str]  # the file that computed each page
     stop: Stop
-    time: float  # time.time() of the lookup
+    time: float  # when (the engine's clock, as the trace's)
 
 
 class PrefixReport(NamedTuple):

@@ -275,3 +275,20 @@ def _root() -> Any:
     from engine.kvfs import Caller
 
     return Caller(None, "local")
+
+
+def test_the_times_a_user_sees_are_on_the_engines_one_clock(tiny_loaded) -> None:  # noqa: ANN001
+    """A file's times, a process's start, a lookup's time and the trace's events: all seconds
+    since the engine started."""
+
+    async def body(k: Kernel) -> tuple[Any, Any, float]:
+        pid = k.spawn(prefill, prompt(12, 9), "/home/local/clock")
+        _, report = await k.wait(pid)
+        return k.processes.procs[pid], report, k.trace.now()
+
+    kernel = Kernel(tiny_loaded, num_pages=16, page_size=PS)
+    process, report, end = run(kernel, body)
+    stat = kernel.kvfs.stat(_root(), "/home/local/clock")
+    events = kernel.trace.query(pid=process.pid)
+    assert 0 <= process.started <= stat.created <= report.reuses[-1].time <= end <= stat.last_use
+    assert events[0].t <= stat.created <= events[-1].t

@@ -7,7 +7,6 @@ NamedTuples; `prefix_view.PrefixView` draws them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -68,7 +67,7 @@ def reason(stop: Stop, page_size: int, detokenize: Detokenize) -> str:
         case "positions":
             return f"{at} the cached page holds the same tokens at other positions"
         case "evicted":
-            when = time.strftime("%H:%M:%S", time.localtime(stop.when or 0))
+            when = f"{stop.when or 0:.1f} s"
             return f"{at} the page was cached, and the pool took it back at {when} (evicted)"
         case "other_user":
             return (
