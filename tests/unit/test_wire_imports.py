@@ -18,6 +18,7 @@ WIRE = {
     "engine.wire.arguments",
     "engine.wire.calls",
     "engine.wire.connection",
+    "engine.wire.engine_config",
     "engine.wire.errors",
     "engine.wire.events",
     "engine.wire.protocol",
