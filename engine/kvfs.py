@@ -177,6 +177,15 @@ def gather_kv(pool: PagePool, seq: KVSequence) -> tuple[Tensor, Tensor]:
     return pool.k.flatten(1, 2)[:, slots], pool.v.flatten(1, 2)[:, slots]
 
 
+def _cached_from(seq: KVSequence) -> dict[str, int]:
+    """The files a sequence took cached pages from, and how many from each (its lookups kept)."""
+    counts: dict[str, int] = {}
+    for reuse in seq.sharing.log if seq.sharing is not None else ():
+        for source in reuse.sources:
+            counts[source] = counts.get(source, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _longs(xs: list[int]) -> Tensor:
     return torch.tensor(xs, dtype=torch.int64)
 
@@ -431,6 +440,7 @@ class KVFS:
             page_table=tuple(f.seq.page_table()),
             names=tuple(sorted(f.names)),
             open_handles=f.open_handles,
+            cached_from=_cached_from(f.seq),
         )
 
     def _first_readable_names(self, caller: Caller) -> list[tuple[str, KVFile]]:

@@ -191,6 +191,8 @@ class FileStat(NamedTuple):
     page_table: tuple[int | None, ...]  # each page's pool page; None: in host memory (swapped)
     names: tuple[str, ...]
     open_handles: int
+    # file (its name when it computed them) -> pages this file took from the prefix cache
+    cached_from: dict[str, int] = {}
 
 
 class PageMap(NamedTuple):

@@ -62,8 +62,9 @@ def test_a_second_process_takes_the_first_ones_pages_and_gets_the_same_logits(
         first = await spawn_wait(k, prefill, tokens, "/home/local/first")
         second = await spawn_wait(k, prefill, tokens, "/home/local/second")
         a = k.kvfs.stat(_root(), "/home/local/first").page_table
-        b = k.kvfs.stat(_root(), "/home/local/second").page_table
-        return first, second, list(a), list(b)
+        st = k.kvfs.stat(_root(), "/home/local/second")
+        assert st.cached_from == {"/home/local/first": 10}  # the fork graph's dotted line
+        return first, second, list(a), list(st.page_table)
 
     kernel = Kernel(tiny_loaded, num_pages=64, page_size=PS)
     (logits_a, report_a), (logits_b, report_b), pages_a, pages_b = run(kernel, body)

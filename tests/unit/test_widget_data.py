@@ -7,6 +7,7 @@ import pytest
 from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessInfo
 from workbench.widgets.kv_data import (
     FREE,
+    CacheEdge,
     Filter,
     cell_text,
     common_prefix,
@@ -109,6 +110,17 @@ def test_fork_graph_labels_edges_with_the_shared_prefix() -> None:
     y = {n.id: n.y for n in g.nodes}
     assert y["/p"] == (y["/a"] + y["/b"]) / 2 and len(set(y.values())) == 4
     assert sharing(stats[1], g) == {"/p": 1}
+
+
+def test_fork_graph_shows_pages_taken_from_the_prefix_cache_apart_from_forks() -> None:
+    a = stat("/home/alice/a", (1, 2, 3))
+    b = stat("/home/alice/b", (1, 2, 4), cached_from={"/home/alice/a": 2})
+    c = stat("/home/alice/c", (5,), cached_from={"/proc/9/kv0": 1}, parent="/home/alice/a")
+    graph = fork_graph([a, b, c], {})
+    assert graph.cached == [CacheEdge("/home/alice/a", "/home/alice/b", 2)]  # c's source: gone
+    assert [(e.parent, e.child) for e in graph.edges] == [("/home/alice/a", "/home/alice/c")]
+    only_b = fork_graph([a, b, c], {}, Filter("/home/alice/b"))
+    assert only_b.cached == []  # a is not shown: no line to draw
 
 
 def test_fork_graph_collapses_many_children_until_expanded() -> None:

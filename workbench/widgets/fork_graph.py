@@ -1,4 +1,5 @@
-"""The fork graph: files as nodes, forks as edges labelled with the prefix they share."""
+"""The fork graph: files as nodes, forks as edges labelled with the prefix they share, and
+dotted lines where automatic prefix sharing took one file's pages into another."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from workbench.widgets.kv_data import (
 )
 from workbench.widgets.live import TOP_MARGIN, LiveView, Source, fit, set_height, zoomable
 from workbench.widgets.style import (
+    CACHED_COLOUR,
     FONT,
     GONE_COLOUR,
     PRIVATE_COLOUR,
@@ -78,6 +80,12 @@ class ForkGraphView(LiveView):
         self.figure.add_scatter(mode="text", textposition="top center", hoverinfo="text")
         self.figure.add_scatter(mode="markers+text", textposition="middle right", hoverinfo="text")
         self.figure.data[2].on_click(self._on_click)
+        self.figure.add_scatter(  # automatic prefix sharing: pages taken from the cache
+            mode="lines",
+            name="from the prefix cache",
+            line=dict(color=CACHED_COLOUR, width=2, dash="dot"),
+            hoverinfo="skip",
+        )
         self.file_box = widgets.Dropdown(options=[""], value="", description="file")
         self.file_box.layout.width = "480px"
         self.file_box.observe(lambda _: self.select(self.file_box.value), names="value")
@@ -109,6 +117,8 @@ class ForkGraphView(LiveView):
             ex, ey, lx, ly, ltext, lhover = _edges(graph, pos)
             self.figure.data[0].update(x=ex, y=ey)
             self.figure.data[1].update(x=lx, y=ly, text=ltext, hovertext=lhover)
+            cx, cy = _cache_edges(graph, pos)
+            self.figure.data[3].update(x=cx, y=cy)
             self.figure.data[2].update(
                 x=[pos[n.id][0] for n in graph.nodes],
                 y=[pos[n.id][1] for n in graph.nodes],
@@ -219,6 +229,19 @@ def _edges(
             f"shared prefix: {prefix} tokens; {e.shared_pages} pages in common"
         )
     return ex, ey, lx, ly, ltext, lhover
+
+
+def _cache_edges(
+    graph: ForkGraphData, pos: dict[str, tuple[float, float]]
+) -> tuple[list[float | None], list[float | None]]:
+    """Dotted lines from each file to those that took cached pages from it."""
+    cx: list[float | None] = []
+    cy: list[float | None] = []
+    for e in graph.cached:
+        (x0, y0), (x1, y1) = pos[e.source], pos[e.file]
+        cx += [x0, x1, None]
+        cy += [y0, y1, None]
+    return cx, cy
 
 
 def _label(n: ForkNode, short: Any) -> str:

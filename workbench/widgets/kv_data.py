@@ -169,9 +169,18 @@ class ForkEdge(NamedTuple):
     shared_pages: int  # pool pages the two hold in common
 
 
+class CacheEdge(NamedTuple):
+    """Automatic prefix sharing: file took pages from the prefix cache that source computed."""
+
+    source: str
+    file: str
+    pages: int
+
+
 class ForkGraphData(NamedTuple):
     nodes: list[ForkNode]
     edges: list[ForkEdge]
+    cached: list[CacheEdge] = []  # between files shown, apart from the forks' tree
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -201,7 +210,8 @@ def fork_graph(
     max_children: int = 12,
     expanded: Iterable[str] = (),
 ) -> ForkGraphData:
-    """Files as nodes, forks as edges labelled with the shared prefix (from token ids).
+    """Files as nodes, forks as edges labelled with the shared prefix (from token ids), and the
+    pages automatic prefix sharing took from one shown file into another (`cached`).
 
     A node with more than max_children children shows max_children - 1 of them and one
     collapsed node for the rest, unless it is in expanded.
@@ -224,7 +234,14 @@ def fork_graph(
     reached = _reachable(sorted(roots), children)
     order = sorted(roots) + [f for f in sorted(by_id) if f not in reached]  # cycles (renames)
     nodes, edges = _layout(order, children, by_id, edges, max_children, set(expanded))
-    return ForkGraphData(nodes, edges)
+    shown = {n.id for n in nodes if n.kind == "file"}
+    cached = [
+        CacheEdge(node_of.get(source, source), st.path, n)
+        for st in files
+        for source, n in st.cached_from.items()
+        if st.path in shown and node_of.get(source, source) in shown - {st.path}
+    ]
+    return ForkGraphData(nodes, edges, cached)
 
 
 def _reachable(starts: list[str], children: Mapping[str, list[str]]) -> set[str]:
