@@ -415,6 +415,7 @@ class Kernel:
         self.trace.emit(c.process.pid, lookup)
         c.done += reuse.tokens
         c.cached += reuse.tokens
+        c.process.counters.tokens_cached += reuse.tokens
         left = min(n, c.remaining)
         ps = self.pool.page_size
         if len(c.seq) % ps or sharing.dirty_from is not None or c.seq.hidden:

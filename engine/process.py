@@ -29,6 +29,7 @@ class Counters:
     calls: int = 0
     time_waiting: float = 0.0  # seconds between submitting forwards and their first batch
     time_computing: float = 0.0  # seconds of forward passes its calls were part of
+    tokens_cached: int = 0  # tokens its forwards took from the prefix cache (not computed)
 
 
 @dataclass(slots=True)

@@ -223,6 +223,7 @@ class ProcessInfo(NamedTuple):
     started: float
     ended: float | None
     error: str | None
+    tokens_cached: int = 0  # its forwards' tokens taken from the prefix cache, not computed
 
     @classmethod
     def of(cls, p: Process) -> ProcessInfo:
@@ -242,6 +243,7 @@ class ProcessInfo(NamedTuple):
             p.started,
             p.ended,
             p.error,
+            c.tokens_cached,
         )
 
 

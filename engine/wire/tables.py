@@ -19,11 +19,13 @@ def table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
 def ps_table(procs: Sequence[ProcessInfo], exited: bool = False) -> str:
     """The process table; the processes that have exited too when asked."""
     shown = procs if exited else [p for p in procs if p.state != "exited"]
-    head = ("PID", "NAME", "OWNER", "STATE", "PRI", "IN", "OUT", "CALLS", "WAIT_S", "ERROR")
+    head = (
+        "PID", "NAME", "OWNER", "STATE", "PRI", "IN", "CACHED", "OUT", "CALLS", "WAIT_S", "ERROR",
+    )  # fmt: skip
     return table(
         [
-            (p.pid, p.name, p.owner, p.state, p.priority, p.tokens_in, p.tokens_out, p.calls)
-            + (f"{p.time_waiting:.3f}", p.error)
+            (p.pid, p.name, p.owner, p.state, p.priority, p.tokens_in, p.tokens_cached)
+            + (p.tokens_out, p.calls, f"{p.time_waiting:.3f}", p.error)
             for p in shown
         ],
         head,

@@ -78,6 +78,8 @@ def test_a_second_process_takes_the_first_ones_pages_and_gets_the_same_logits(
     assert reuse.stop.kind == "floor" and reuse.stop.at == 40  # one token short of a page
     hits = kernel.trace.query(kinds=[ev.PREFIX])
     assert [e.data["tokens"] for e in hits] == [0, 40]
+    per_process = [(p.tokens_in, p.tokens_cached) for p in kernel.ps()]
+    assert per_process == [(41, 0), (1, 40)]  # each process's hit rate: cached / (in + cached)
 
 
 def test_processes_sending_one_prompt_at_once_compute_it_once(tiny_loaded) -> None:  # noqa: ANN001
