@@ -398,6 +398,9 @@ class Kernel:
         if s.mask is not None:  # tree attention: its keys and values are not a plain prefix's
             sharing.mark_dirty(len(c.seq))
             return n, []
+        limit = (min(s.outputs) if s.outputs else len(s.tokens) - 1) - c.done  # one computed
+        if limit < 1:  # a decode step: it computes its one token, and nothing is looked up
+            return n, []
         start = c.seq.next_position
         tokens = s.tokens[c.done :]
         positions = (
@@ -405,7 +408,6 @@ class Kernel:
             if s.positions is not None
             else list(range(start, start + len(tokens)))
         )
-        limit = (min(s.outputs) if s.outputs else len(s.tokens) - 1) - c.done  # one computed
         reuse = c.seq.take_cached(self.pool, tokens, positions, limit)
         if reuse is None:
             return n, []

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.kernel import Kernel
+from engine.prefix_cache import REUSES_KEPT
 from engine.syscalls import Syscalls
 from engine.wire import events as ev
-from engine.wire.records import Logits, PrefixReport
+from engine.wire.records import Logits, PrefixReport, Sample
 
 PS = 4  # page size of every kernel here
 
@@ -295,3 +296,25 @@ def test_the_times_a_user_sees_are_on_the_engines_one_clock(tiny_loaded) -> None
     events = kernel.trace.query(pid=process.pid)
     assert 0 <= process.started <= stat.created <= report.reuses[-1].time <= end <= stat.last_use
     assert events[0].t <= stat.created <= events[-1].t
+
+
+def test_decode_steps_leave_a_files_lookups_alone(tiny_loaded) -> None:  # noqa: ANN001
+    """A one-token forward cannot take a page: it is not looked up, so a file's report keeps
+    its prompt's lookup however long it decodes."""
+    tokens = prompt(13, 17)
+
+    async def body(k: Kernel) -> PrefixReport:
+        await spawn_wait(k, prefill, tokens, "/home/local/first")
+
+        async def decode(sys: Syscalls) -> PrefixReport:
+            f = await sys.kv.create()
+            t = await sys.forward(f, tokens, returns=Sample())
+            for _ in range(REUSES_KEPT + 6):
+                t = await sys.forward(f, [t], returns=Sample())
+            return await sys.kv.explain(f)
+
+        return await spawn_wait(k, decode)
+
+    report = run(Kernel(tiny_loaded, num_pages=64, page_size=PS), body)
+    (reuse,) = report.reuses
+    assert reuse.tokens == 16 and report.cached_tokens == 16
