@@ -30,7 +30,7 @@ import collections
 import hashlib
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -106,13 +106,6 @@ class PrefixIndex:
 
     def holds(self, page: int) -> bool:
         return page in self._by_page
-
-    def entry(self, page: int) -> Cached | None:
-        key = self._by_page.get(page)
-        return None if key is None else self._entries[key]
-
-    def pages(self) -> Iterable[int]:
-        return self._by_page.keys()
 
     def publish(
         self,

@@ -222,7 +222,6 @@ class KVSequence:
         s, index = self.sharing, pool.index
         if s is None or index is None:
             return None
-        self.publish(pool)
         n, ps = len(self.tokens), pool.page_size
         if not s.on:
             stop = Stop("off", n)
