@@ -207,7 +207,10 @@ class Status:
     def done(self, seconds: float, info: Any, why: str | None) -> None:
         parts = [f"ended: {why}" if why else "exited"]
         if info is not None:
-            parts.append(f"{info.tokens_in} tokens in, {info.tokens_out} out, {info.calls} calls")
+            cached = f" ({info.tokens_cached} more from the cache)" if info.tokens_cached else ""
+            parts.append(
+                f"{info.tokens_in} tokens in{cached}, {info.tokens_out} out, {info.calls} calls"
+            )
         parts.append(f"{seconds:.2f} s")
         if self.handle is not None:
             self.handle.update(self._bundle(" · ".join(parts)), raw=True)

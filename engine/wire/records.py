@@ -215,7 +215,7 @@ class ProcessInfo(NamedTuple):
     state: str
     priority: int
     parent: int | None
-    tokens_in: int
+    tokens_in: int  # the tokens its forwards computed (those taken from the cache: tokens_cached)
     tokens_out: int
     calls: int
     time_waiting: float
@@ -310,7 +310,7 @@ class PrefixReport(NamedTuple):
 
     path: str
     tokens: int
-    cached_tokens: int  # of its tokens, those taken from the cache (over the lookups kept)
+    tokens_cached: int  # of its tokens, those taken from the cache (over the lookups kept)
     published_pages: int  # its first full pages in the prefix index's chain
     on: bool  # sharing is on for this file (and the engine)
     dirty_from: int | None  # tokens from here on were computed with tokens hidden or masked

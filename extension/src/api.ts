@@ -17,6 +17,10 @@ export interface IEngineStatus {
   pages_used?: number;
   pages_free?: number;
   pages_swapped?: number;
+  pages_cached?: number;
+  prefix_sharing?: boolean;
+  prefix_hits?: number;
+  prefix_misses?: number;
   batches?: number;
   batches_per_second?: number;
   processes?: number;
@@ -34,6 +38,7 @@ export interface IProcess {
   parent: number | null;
   tokens_in: number;
   tokens_out: number;
+  tokens_cached: number;
   calls: number;
   time_waiting: number;
   time_computing: number;
@@ -76,6 +81,25 @@ export interface IKVListing {
   kind: 'dir' | 'file';
   entries?: IKVEntry[];
   stat?: IFileStat;
+}
+
+/** The prefix cache's hit rate, as the sidebar writes it: full pages taken of those looked up. */
+export function hitRate(hits: number, misses: number): string {
+  const looked = hits + misses;
+  if (!looked) {
+    return 'no lookups yet';
+  }
+  return `${Math.round((100 * hits) / looked)}% (${hits} of ${looked} pages)`;
+}
+
+/** What share of a process's input tokens came from the prefix cache (`tokens_in` counts
+ * those it computed, `tokens_cached` those it took). */
+export function cachedShare(p: IProcess): string {
+  if (!p.tokens_cached) {
+    return '';
+  }
+  const share = (100 * p.tokens_cached) / (p.tokens_in + p.tokens_cached);
+  return `${Math.round(share)}% cached`;
 }
 
 export class ApiError extends Error {

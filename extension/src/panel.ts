@@ -3,7 +3,15 @@
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { api, IEngineStatus, IFileStat, IKVEntry, IProcess } from './api';
+import {
+  api,
+  cachedShare,
+  hitRate,
+  IEngineStatus,
+  IFileStat,
+  IKVEntry,
+  IProcess
+} from './api';
 import { EngineModel } from './model';
 
 export const PANEL_ID = 'symphony-workbench-sidebar';
@@ -125,6 +133,14 @@ export class SymphonyPanel extends Widget {
         ['model', 'model', s.model ?? ''],
         ['device', 'device', `${s.device} (${s.dtype})`],
         ['pages', 'pages used/free', `${used} / ${s.pages_free} of ${total}`],
+        [
+          'prefix',
+          'prefix cache',
+          s.prefix_sharing === false
+            ? 'off'
+            : `${hitRate(s.prefix_hits ?? 0, s.prefix_misses ?? 0)}, ` +
+              `${s.pages_cached ?? 0} pages cached`
+        ],
         ['rate', 'batches/s', (s.batches_per_second ?? 0).toFixed(1)],
         ['processes', 'processes', String(s.processes ?? 0)],
         ['policy', 'batch policy', s.policy ?? '']
@@ -195,6 +211,7 @@ export class SymphonyPanel extends Widget {
     const how = row.appendChild(el('td', 'jp-Symphony-how'));
     how.appendChild(el('div', 'jp-Symphony-stateCell')).dataset.col = 'state';
     how.appendChild(el('div', 'jp-Symphony-tokens')).dataset.col = 'tokens';
+    how.appendChild(el('div', 'jp-Symphony-cached')).dataset.col = 'cached';
     const kill = el('button', 'jp-Symphony-kill jp-mod-styled', 'kill');
     kill.addEventListener('click', () => void this._kill(pid, kill));
     row.appendChild(el('td')).appendChild(kill);
@@ -214,6 +231,10 @@ export class SymphonyPanel extends Widget {
     cell('state').title = p.error ?? '';
     cell('tokens').textContent = `${p.tokens_in} in, ${p.tokens_out} out`;
     cell('tokens').title = `${p.tokens_in} in, ${p.tokens_out} out, ${p.calls} calls`;
+    // the prefix cache, for this process: how many of its input tokens it did not compute
+    cell('cached').textContent = cachedShare(p);
+    cell('cached').title =
+      `${p.tokens_cached} of ${p.tokens_in + p.tokens_cached} input tokens from the prefix cache`;
     const kill = row.querySelector('button') as HTMLButtonElement;
     const exited = p.state === 'exited';
     kill.disabled = exited || !p.mine || this._killing.has(p.pid);

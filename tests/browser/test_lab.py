@@ -140,3 +140,49 @@ def test_the_sidebar_lists_a_running_lip_and_its_kill_button_ends_it(
     doc = lab.get("processes")
     ended = next(p for p in doc["processes"] if p["pid"] == proc["pid"])
     assert ended["state"] == "exited" and ended["error"] == "killed"
+
+
+PROMPT = "A system prompt that two of one user's processes send, word for word. " * 4
+SENDER = """%%lip --name {name}
+f = await kv.create()
+await forward(f, tokenize({prompt!r}))
+print("{name}", (await kv.explain(f)).tokens_cached, "tokens from the cache", flush=True)
+"""
+
+
+def test_the_sidebar_shows_the_prefix_caches_hit_rate_and_each_processs(
+    page: Any, lab: Lab, artifacts: Path
+) -> None:
+    """Two processes of one user send one prompt: the second takes its full pages from the
+    cache, and the sidebar says so (the engine's hit rate, and that process's share)."""
+    cells = [SENDER.format(name=n, prompt=PROMPT) for n in ("first-sender", "second-sender")]
+    make_notebook(lab.root / "prefix.ipynb", ["%load_ext workbench", *cells])
+    open_notebook(page, lab, "prefix.ipynb")
+    run_command(page, "notebook:run-all-cells")
+    wait_idle(page)
+    outputs = cell_outputs(page)
+    assert not _errors(outputs)
+    procs = lab.get("processes")["processes"]
+    second = max((p for p in procs if p["name"] == "second-sender"), key=lambda p: p["pid"])
+    # tokens_in counts what it computed: at least its last, partly filled page
+    assert second["tokens_cached"] > 0 and second["tokens_in"] > 0
+    status = lab.status()
+    hits, looked = status["prefix_hits"], status["prefix_hits"] + status["prefix_misses"]
+    assert hits > 0
+    # the second cell's status line counts them too
+    line = f"{second['tokens_in']} tokens in ({second['tokens_cached']} more from the cache)"
+    assert line in _text(outputs[2]["outputs"])
+
+    page.locator(SIDEBAR_TAB).click()
+    panel = page.locator("#symphony-workbench-sidebar")
+    panel.wait_for(state="visible")
+    fact = panel.locator('dd[data-fact="prefix"]')
+    rate = f"{round(100 * hits / looked)}% ({hits} of {looked} pages)"
+    page.wait_for_function(
+        "([el, s]) => el.textContent.startsWith(s)", arg=[fact.element_handle(), rate]
+    )
+    assert f"{status['pages_cached']} pages cached" in fact.inner_text()
+    row = panel.locator(f'tr.jp-Symphony-process[data-pid="{second["pid"]}"]')
+    share = round(100 * second["tokens_cached"] / (second["tokens_in"] + second["tokens_cached"]))
+    assert row.locator('[data-col="cached"]').inner_text() == f"{share}% cached"
+    page.screenshot(path=str(artifacts / "sidebar-prefix-cache.png"))

@@ -107,7 +107,7 @@ def test_prefix_sharing_over_rpc_keeps_users_apart_and_only_the_owner_drops_cach
         await a.forward(again, prompt)
         report = await alice.explain("/home/alice/again")  # a typed record, nested ones in it
         (reuse,) = report.reuses
-        assert report.cached_tokens == 32 and reuse.sources == ["/home/alice/prompt"] * 2
+        assert report.tokens_cached == 32 and reuse.sources == ["/home/alice/prompt"] * 2
         assert reuse.stop.kind == "floor" and reuse.stop.at == 32
         theirs = await c.kv.create()
         await c.forward(theirs, prompt)  # alice's private pages: carol computes her own

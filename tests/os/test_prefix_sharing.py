@@ -70,8 +70,8 @@ def test_a_second_process_takes_the_first_ones_pages_and_gets_the_same_logits(
     kernel = Kernel(tiny_loaded, num_pages=64, page_size=PS)
     (logits_a, report_a), (logits_b, report_b), pages_a, pages_b = run(kernel, body)
     torch.testing.assert_close(torch.tensor(logits_b), torch.tensor(logits_a), atol=1e-5, rtol=0)
-    assert report_a.cached_tokens == 0 and report_a.reuses[-1].stop.kind == "new"
-    assert report_b.cached_tokens == 40
+    assert report_a.tokens_cached == 0 and report_a.reuses[-1].stop.kind == "new"
+    assert report_b.tokens_cached == 40
     (reuse,) = report_b.reuses
     assert reuse.pages == pages_a[:10] and pages_b[:10] == pages_a[:10]
     assert pages_b[10] != pages_a[10]  # the partly filled page is the second file's own
@@ -92,7 +92,7 @@ def test_processes_sending_one_prompt_at_once_compute_it_once(tiny_loaded) -> No
 
     kernel = Kernel(tiny_loaded, num_pages=64, page_size=PS)
     results = run(kernel, body)
-    cached = sorted(report.cached_tokens for _, report in results)
+    cached = sorted(report.tokens_cached for _, report in results)
     assert cached == [0, 32, 32, 32]  # the three later ones waited one forward, then took them
     for logits, _ in results[1:]:
         torch.testing.assert_close(
@@ -142,12 +142,12 @@ def test_a_users_private_pages_are_never_reused_for_another_user_but_shared_ones
     bob_private, bob_public, alice_again = run(
         Kernel(tiny_loaded, num_pages=64, page_size=PS), body
     )
-    assert bob_private.cached_tokens == 0
+    assert bob_private.tokens_cached == 0
     stop = bob_private.reuses[-1].stop
     assert stop.kind == "other_user" and stop.owner == "alice" and stop.at == 0
-    assert bob_public.cached_tokens == 16
+    assert bob_public.tokens_cached == 16
     assert bob_public.reuses[-1].sources == ["/shared/system"] * 4
-    assert alice_again.cached_tokens == 16
+    assert alice_again.tokens_cached == 16
 
 
 def test_each_miss_is_explained(tiny_loaded) -> None:  # noqa: ANN001
@@ -210,9 +210,9 @@ def test_pages_of_files_that_are_gone_stay_cached_until_the_pool_needs_them(
     kernel = Kernel(tiny_loaded, num_pages=12, page_size=PS)
     cached, hit, miss = run(kernel, body)
     assert cached == 4
-    assert hit.cached_tokens == 16
+    assert hit.tokens_cached == 16
     stop = miss.reuses[-1].stop
-    assert miss.cached_tokens == 0 and stop.kind == "evicted" and stop.when is not None
+    assert miss.tokens_cached == 0 and stop.kind == "evicted" and stop.when is not None
 
 
 def test_writing_after_a_truncate_never_changes_a_page_others_may_take(tiny_loaded) -> None:  # noqa: ANN001
@@ -235,7 +235,7 @@ def test_writing_after_a_truncate_never_changes_a_page_others_may_take(tiny_load
         Kernel(tiny_loaded, num_pages=64, page_size=PS, prefix_sharing=False),
         lambda k: spawn_wait(k, prefill, tokens),
     )
-    assert report.cached_tokens == 12
+    assert report.tokens_cached == 12
     torch.testing.assert_close(torch.tensor(shared), torch.tensor(fresh), atol=1e-5, rtol=0)
 
 
@@ -317,4 +317,4 @@ def test_decode_steps_leave_a_files_lookups_alone(tiny_loaded) -> None:  # noqa:
 
     report = run(Kernel(tiny_loaded, num_pages=64, page_size=PS), body)
     (reuse,) = report.reuses
-    assert reuse.tokens == 16 and report.cached_tokens == 16
+    assert reuse.tokens == 16 and report.tokens_cached == 16

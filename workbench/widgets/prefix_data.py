@@ -37,7 +37,7 @@ class Divergence(NamedTuple):
 class PrefixRow(NamedTuple):
     path: str
     pages: list[PrefixPage]
-    cached_tokens: int  # tokens its lookups took from the cache
+    tokens_cached: int  # tokens its lookups took from the cache
     reason: str  # why its last lookup stopped, in words ("" without one)
     divergence: Divergence | None  # None for the first file, or where no token differs
 
@@ -114,7 +114,7 @@ def prefix_view(
         last = report.reuses[-1].stop if report.reuses else None
         why = "" if last is None else reason(last, page_size, detokenize)
         divergence = None if n == 0 else _divergence(first_tokens, list(ids), page_size, detokenize)
-        rows.append(PrefixRow(st.path, pages, report.cached_tokens, why, divergence))
+        rows.append(PrefixRow(st.path, pages, report.tokens_cached, why, divergence))
     return PrefixViewData(page_size, rows)
 
 

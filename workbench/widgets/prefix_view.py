@@ -97,7 +97,7 @@ def render(data: PrefixViewData) -> str:
 
 def _row(row: PrefixRow, page_size: int) -> str:
     cells = "".join(_cell(p, row, page_size) for p in row.pages)
-    lines = [f"{row.cached_tokens} tokens from the cache"]
+    lines = [f"{row.tokens_cached} tokens from the cache"]
     if row.divergence is not None:
         d = row.divergence
         lines.append(
