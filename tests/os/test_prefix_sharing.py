@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.kernel import Kernel
@@ -318,3 +318,44 @@ def test_decode_steps_leave_a_files_lookups_alone(tiny_loaded) -> None:  # noqa:
     report = run(Kernel(tiny_loaded, num_pages=64, page_size=PS), body)
     (reuse,) = report.reuses
     assert reuse.tokens == 16 and report.tokens_cached == 16
+
+
+senders = st.tuples(st.sampled_from(["alice", "bob"]), st.booleans(), segments)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(senders, min_size=2, max_size=6))
+@example([("alice", False, [1, 2]), ("bob", False, [1, 2]), ("bob", True, [1, 3])])
+def test_property_a_forward_takes_exactly_the_pages_its_user_may_see(
+    tiny_loaded,  # noqa: ANN001
+    plan: list[tuple[str, bool, list[int]]],
+) -> None:
+    """Processes of two users, one after another, each prefill a prompt made of common pieces,
+    into a private file or a file in /shared. Each takes from the cache exactly the longest run
+    of full pages that an earlier prompt it may see (its user's own, or any in /shared) begins
+    with, short of the last token (whose logits are asked for): never another user's private
+    pages, and nothing less than it may."""
+    pieces = [prompt(40 + i, 3 + 2 * i) for i in range(4)]
+    prompts = [[t for i in parts for t in pieces[i]] for _, _, parts in plan]
+
+    async def body(k: Kernel) -> list[int]:
+        got = []
+        for i, (owner, shared, _) in enumerate(plan):
+            path = f"/shared/s{i}" if shared else None
+            _, report = await spawn_wait(k, prefill, prompts[i], path, owner=owner)
+            got.append(report.tokens_cached)
+        return got
+
+    got = run(Kernel(tiny_loaded, num_pages=256, page_size=PS), body)
+
+    def common(a: list[int], b: list[int]) -> int:
+        return next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+
+    for i, (owner, _, _) in enumerate(plan):
+        seen = [p for j, p in enumerate(prompts[:i]) if plan[j][0] == owner or plan[j][1]]
+        best = max((common(prompts[i], p) for p in seen), default=0)
+        assert got[i] == min(best // PS, (len(prompts[i]) - 1) // PS) * PS, (i, plan)
