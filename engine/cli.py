@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
-        help="the engine's dtype (default: its own default, float32 on CPU, bfloat16 on CUDA)",
+        help="the engine's dtype (default: its own: the checkpoint's where the machine "
+        "computes it natively, else float32)",
     )
     bench.add_argument(
         "--device", default="cpu", help="where both sides run: cpu (default) or cuda"

@@ -1,7 +1,8 @@
 """`symphony bench decode` and `symphony bench prefill`: the engine beside transformers.
 
 Both sides load the same checkpoint onto the same device (--device): the engine in its default
-dtype (float32 on CPU, bfloat16 on CUDA) unless --dtype says otherwise, transformers in the
+dtype (the checkpoint's where the machine computes it natively, else float32: see
+`engine.loader.default_dtype`) unless --dtype says otherwise, transformers in the
 checkpoint's own dtype unless --baseline-dtype does. On CUDA every timed run ends with a
 device synchronize, so a side's time includes all of its GPU work.
 Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
