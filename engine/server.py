@@ -512,7 +512,7 @@ class EngineServer:
             "tokenizer": k.tokenizer.backend.to_str(),  # the client tokenizes locally
             "tokenizer_config": k.tokenizer.config,
             "page_size": k.pool.page_size,
-            "pages": k.pool.num_pages,
+            "num_pages": k.pool.num_pages,
             "max_message": self.wire.max_message,
         }
 
@@ -551,7 +551,7 @@ class EngineServer:
             "pages_total": pool.num_pages,
             "pages_free": pool.num_free - pool.num_cached,  # held by nobody, kept by nobody
             "pages_used": pool.num_pages - pool.num_free,  # held by files
-            "pages_swapped": k.memory.swapped_pages(),
+            "pages_swapped": k.memory.num_swapped_pages(),
             "pages_cached": pool.num_cached,  # held by nobody, kept for prefix sharing
             "prefix_sharing": pool.index is not None,
             "prefix_hits": 0 if pool.index is None else pool.index.hits,  # full pages

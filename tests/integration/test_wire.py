@@ -49,7 +49,9 @@ PROMPT = [5, 17, 42, 9, 100, 3, 77, 8, 61, 12]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    with engine_process(tmp_path_factory.mktemp("wire"), "--pages", "256", "--page-size", "4") as e:
+    with engine_process(
+        tmp_path_factory.mktemp("wire"), "--num-pages", "256", "--page-size", "4"
+    ) as e:
         yield e
 
 
