@@ -37,6 +37,7 @@ from engine.wire.records import FileStat
 from workbench import names
 from workbench.client import LIP, Client
 from workbench.client import KVCalls as ClientKV
+from workbench.widgets.live import Source
 
 # A session call that `Client` offers as a method of the same name and parameters.
 CLIENT_SESSION_METHODS = ("attach", "trace", "stat_engine", "sessions")
@@ -148,6 +149,33 @@ def test_the_server_decodes_handles_by_the_declared_type_not_the_name() -> None:
     }
     assert ("kv.stat", "path") in handle_params and ("kv.rename", "src") not in handle_params
     assert set(ops["forward"].decoders) == {"file", "returns"}
+
+
+SOURCE_METHODS = [
+    name
+    for name, fn in vars(Source).items()
+    if inspect.iscoroutinefunction(fn) and not name.startswith("_") and name != "client"
+]
+
+
+@pytest.mark.parametrize("method", SOURCE_METHODS)
+def test_the_widgets_source_makes_declared_calls_as_declared(method: str) -> None:
+    """Each call the widgets' Source makes is a declared call a client may make, with some of
+    its parameters (each as declared: kind, default, type; those it leaves out are optional)
+    and its declared result."""
+    call = BY_NAME.get(f"kv.{method}") or BY_NAME.get(method)
+    assert call is not None, f"Source.{method} makes no declared call"
+    assert call.by is not By.PROCESS, f"Source.{method}: {call.name} needs a process"
+    fn = getattr(Source, method)
+    mine = shape(fn)
+    assert [p for p in declared(call) if p in mine] == mine, f"Source.{method} drifted"
+    taken_names = {name for name, _, _ in mine}
+    left_out = [p.name for p in call.params if p.required and p.name not in taken_names]
+    assert not left_out, f"Source.{method} leaves out {left_out}, which {call.name} requires"
+    found = {name: _text(hint) for name, hint in typing.get_type_hints(fn).items()}
+    taken = {p.name: _text(p.type) for p in call.params if p.name in found}
+    assert {name: found[name] for name in taken} == taken, f"Source.{method}: types drifted"
+    assert found["return"] == _text(call.result), f"Source.{method}: its result drifted"
 
 
 def test_a_lip_cell_gets_exactly_the_process_calls() -> None:
