@@ -208,7 +208,7 @@ async def _serve(model: str, args: argparse.Namespace) -> int:
     def ready(server: EngineServer, path: str) -> None:
         print(
             f"symphony engine: {loaded.name} on {config.device} in {dtype} "
-            f"({loaded.dtype_reason}), {config.pages} pages, "
+            f"({loaded.dtype_reason}), {config.num_pages} pages, "
             f"listening on tcp://{server.host}:{server.port}; connection file {path}",
             file=sys.stderr,
             flush=True,

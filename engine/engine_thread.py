@@ -4,7 +4,7 @@ What a lab needs: a notebook that experiments with the engine itself (its batch 
 page pool) runs one of its own beside the shared one, and reads it through the same client and
 views as any engine.
 
-    lab = EngineThread(load_model("smollm2-135m-instruct"), pages=48)
+    lab = EngineThread(load_model("smollm2-135m-instruct"), num_pages=48)
     client = await Client.connect(lab.connection_info())
     results = await lab.run(workload(lab.kernel))   # the engine's loop runs it: spawn, wait
 
@@ -30,7 +30,7 @@ from engine.wire import connection
 
 
 class EngineThread:
-    """A kernel over `pages` pages and its server, in a daemon thread until `close()`.
+    """A kernel over `num_pages` pages and its server, in a daemon thread until `close()`.
 
     data_dir: where the kernel keeps saved files and users (default: a temporary directory,
     removed on close).
@@ -39,7 +39,7 @@ class EngineThread:
     def __init__(
         self,
         loaded: LoadedModel,
-        pages: int = 64,
+        num_pages: int = 64,
         heartbeat_timeout: float = 3600,
         policy: BatchPolicy | None = None,
         data_dir: Path | None = None,
@@ -47,7 +47,7 @@ class EngineThread:
         self._temp: Path | None = None
         if data_dir is None:
             data_dir = self._temp = Path(tempfile.mkdtemp(prefix="symphony-lab-"))
-        self.kernel = Kernel(loaded, num_pages=pages, policy=policy, data_dir=data_dir)
+        self.kernel = Kernel(loaded, num_pages=num_pages, policy=policy, data_dir=data_dir)
         self.loop = asyncio.new_event_loop()
         self.server = EngineServer(self.kernel, heartbeat_timeout=heartbeat_timeout)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -87,7 +87,7 @@ class Kernel:
     def __init__(
         self,
         loaded: LoadedModel,
-        num_pages: int = EngineConfig.pages,
+        num_pages: int = EngineConfig.num_pages,
         page_size: int = EngineConfig.page_size,
         policy: BatchPolicy | None = None,
         token_budget: int = EngineConfig.token_budget,
@@ -126,7 +126,7 @@ class Kernel:
         policy = {"adaptive": Adaptive, "eager": Eager}[config.policy]()
         return cls(
             loaded,
-            num_pages=config.pages,
+            num_pages=config.num_pages,
             page_size=config.page_size,
             policy=policy,
             token_budget=config.token_budget,
@@ -361,7 +361,7 @@ class Kernel:
         self.trace.emit(
             None, BatchRan(bid, pids, calls, batch.sizes, sum(batch.sizes), took, policy)
         )
-        free, swapped = self.pool.num_free, self.memory.swapped_pages()
+        free, swapped = self.pool.num_free, self.memory.num_swapped_pages()
         self.trace.emit(None, PagesUsed(free, self.pool.num_pages - free, swapped))
         for pid in pids:
             self.processes.procs[pid].counters.time_computing += took

@@ -373,8 +373,8 @@ class KVFS:
         for name, f in self._first_readable_names(caller):
             for p in sorted(set(f.seq.held_pages())):
                 files[p].append(name)
-            if f.seq.swapped_pages:
-                swapped[name] = f.seq.swapped_pages
+            if f.seq.num_swapped_pages:
+                swapped[name] = f.seq.num_swapped_pages
         return PageMap(
             page_size=self.pool.page_size,
             refcount=list(self.pool.refcount),
@@ -388,7 +388,7 @@ class KVFS:
         """AssertionError unless the pool's invariant holds and its count of swapped pages is
         the files' (every page in host memory belongs to a live file)."""
         self.pool.check()
-        held = sum(f.seq.swapped_pages for f in self._all_files())
+        held = sum(f.seq.num_swapped_pages for f in self._all_files())
         assert held == self.pool.num_swapped, (
             f"files hold {held} pages in host memory, the pool counts {self.pool.num_swapped}"
         )
@@ -427,8 +427,8 @@ class KVFS:
         return FileStat(
             path=path,
             tokens=len(f.seq),
-            pages=f.seq.num_pages,
-            shared_pages=sum(1 for p in held if self.pool.refcount[p] > 1),
+            num_pages=f.seq.num_pages,
+            num_shared_pages=sum(1 for p in held if self.pool.refcount[p] > 1),
             shared_with=dict(sorted(shared_with.items())),
             parent=f.parent,
             owner=f.owner,
@@ -551,7 +551,7 @@ class KVFS:
     def bring_back(self, path: str, f: KVFile) -> None:
         """Bring a swapped-out file back into the pool (all its pages or none): OutOfPages,
         naming it, when the pool has no room for them now."""
-        need = f.seq.swapped_pages
+        need = f.seq.num_swapped_pages
         if need > self.pool.num_free:
             raise OutOfPages(
                 need,

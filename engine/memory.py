@@ -40,7 +40,7 @@ class MemoryManager:
     ) -> None:
         self.pool, self.kvfs, self.processes, self.scheduler = pool, kvfs, processes, scheduler
 
-    def swapped_pages(self) -> int:
+    def num_swapped_pages(self) -> int:
         """Pages in host memory: of suspended processes' files, and of files that outlived a
         process that exited suspended and have not fit back yet. The one count of them."""
         return self.pool.num_swapped
@@ -48,7 +48,7 @@ class MemoryManager:
     def need(self, c: Call, n: int) -> int:
         """Pages n more tokens of c take: its file's pages in host memory (a file another
         process shares, swapped out with that process), then the write's new pages."""
-        return c.seq.swapped_pages + c.seq.pages_needed(self.pool, n)
+        return c.seq.num_swapped_pages + c.seq.pages_needed(self.pool, n)
 
     def fit(self, batch: Batch) -> Fitted:
         """Defer calls, then suspend other processes, until the batch's new pages fit."""
@@ -160,7 +160,7 @@ class MemoryManager:
     def _resume_need(self, p: Process) -> int:
         """Pages p needs to come back and run one token of each queued call: its swapped pages,
         plus, per call, a page when its file's last page is full (or a copy of a shared one)."""
-        need = sum(f.seq.swapped_pages for f in self._private_files(p))
+        need = sum(f.seq.num_swapped_pages for f in self._private_files(p))
         return need + sum(
             c.seq.pages_needed(self.pool, 1) for c in self.scheduler.queue if c.process is p
         )
@@ -168,6 +168,6 @@ class MemoryManager:
     def _resume(self, p: Process) -> None:
         back = 0
         for f in self._private_files(p):
-            back += f.seq.swapped_pages
+            back += f.seq.num_swapped_pages
             f.seq.swap_in(self.pool)
         self.processes.set_state(p, WAITING if p.blocked else READY, pages_swapped_in=back)

@@ -76,7 +76,7 @@ class KVSequence:
         return len(self.swapped.kept) + len(self.swapped.host)
 
     @property
-    def swapped_pages(self) -> int:
+    def num_swapped_pages(self) -> int:
         """Pages in host memory: what coming back into the pool takes."""
         return 0 if self.swapped is None else len(self.swapped.host)
 
@@ -135,7 +135,7 @@ class KVSequence:
 
     def pages_needed(self, pool: PagePool, num_new: int) -> int:
         """Fresh pages a write of num_new tokens takes, a copy-on-write copy included (once
-        resident: bringing it back takes `swapped_pages` more)."""
+        resident: bringing it back takes `num_swapped_pages` more)."""
         n, ps = len(self.tokens), pool.page_size
         needed = pages_for(n + num_new, ps) - self.num_pages
         if n % ps and num_new:
@@ -203,7 +203,7 @@ class KVSequence:
     def release(self, pool: PagePool) -> None:
         """Give back every page, in the pool or in host memory, and forget the contents."""
         pool.release(self.held_pages())
-        pool.num_swapped -= self.swapped_pages
+        pool.num_swapped -= self.num_swapped_pages
         self.pages, self.tokens, self.positions, self.hidden = [], [], [], set()
         self.swapped, self.constraint = None, None
 

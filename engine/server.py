@@ -2,7 +2,9 @@
 
 The wire is `engine.wire.protocol`; the ops are the calls declared in `engine.wire.calls`, each
 one's arguments checked against its declaration and decoded by their declared types (a KV file
-handle, forward's returns=) before its handler runs (`EngineServer._op_table`).
+handle, forward's returns=) before its handler runs (`EngineServer._op_table`). A handler gets
+them as its op's record (`engine.wire.arguments.arguments_of`: `detach`'s is `DetachArgs(pid,
+error)`), every argument not given at its declared default.
 
 A client says `hello` (name, user) and gets a session; `attach` makes a process (a LIP whose code
 runs in the client) and every system call is then an op of the same name, acting as that process
@@ -62,7 +64,7 @@ from engine.process import SUSPENDED
 from engine.syscalls import PLAIN, KVCalls, Plain, Syscalls
 from engine.wire import connection
 from engine.wire import events as ev
-from engine.wire.arguments import check_call, members
+from engine.wire.arguments import arguments_of, members
 from engine.wire.calls import OPS, POSITIONAL_ONLY, VAR_KEYWORD, VAR_POSITIONAL, By, Call
 from engine.wire.errors import (
     AuthenticationFailed,
@@ -115,7 +117,10 @@ assert DISCONNECT_GRACE + REAP_INTERVAL < REAPED_WITHIN
 ENDED_SESSIONS = 4096  # ended sessions remembered, to tell their clients why
 
 
-Handler = Callable[["Session", Request, dict[str, Any]], Any]  # (session, request, arguments)
+# A request's arguments as its op's record (engine.wire.arguments.record_type: a NamedTuple with
+# a field per declared parameter), made from the call's declaration.
+Args = Any
+Handler = Callable[["Session", Request, Args], Any]  # (session, request, arguments)
 
 
 class Op(NamedTuple):
@@ -123,7 +128,7 @@ class Op(NamedTuple):
 
     call: Call
     now: Handler | None  # a plain function serving it at once (a call that never waits)
-    serve: Callable[[Session, Request, dict[str, Any]], Awaitable[Any]] | None  # else, a task's
+    serve: Callable[[Session, Request, Args], Awaitable[Any]] | None  # else, a task's
     decoders: dict[str, Callable[[Session, Any], Any]]  # wire values decoded, by declared type
     plain: Plain | None  # a process's call that never waits: the Syscalls function doing it
 
@@ -403,7 +408,7 @@ class EngineServer:
         op: Op,
         session: Session,
         req: Request,
-        args: dict[str, Any],
+        args: Args,
     ) -> None:
         """Serve a call that may wait as a task; its reply goes when it is done."""
         serve = op.serve
@@ -439,7 +444,7 @@ class EngineServer:
             wire = self._wires[cred] = Wire(token, self.wire.max_message, cred)
         return wire
 
-    def _route(self, sid: str, req: Request, cred: str) -> tuple[Op, Session, dict[str, Any]]:
+    def _route(self, sid: str, req: Request, cred: str) -> tuple[Op, Session, Args]:
         """A request's op, its session (begun by hello) and its checked arguments; the error
         that refuses it otherwise."""
         op = self._ops.get(req.op)
@@ -465,25 +470,23 @@ class EngineServer:
                 raise NeedsProcess(f"{req.op} needs an attached process (pid)")
         return op, session, self._arguments(session, op, req)
 
-    def _arguments(self, session: Session | None, op: Op, req: Request) -> dict[str, Any]:
-        """A request's arguments, checked against its call's declaration (names and types,
-        before anything runs), then decoded by their declared types."""
-        args = req.args
-        check_call(op.call, args)
-        if op.decoders:
-            args = dict(args)
-            for name, decode in op.decoders.items():
-                if name in args and session is not None:
-                    args[name] = decode(session, args[name])
+    def _arguments(self, session: Session | None, op: Op, req: Request) -> Args:
+        """A request's arguments as its op's record: checked against its call's declaration
+        (names and types, before anything runs), then decoded by their declared types."""
+        args = arguments_of(op.call, req.args)
+        if op.decoders and session is not None:
+            given = [name for name in op.decoders if name in req.args]
+            decoded = {name: op.decoders[name](session, getattr(args, name)) for name in given}
+            args = args._replace(**decoded)
         return args
 
     # --- session ops -----------------------------------------------------------------------------
 
-    def _hello_session(self, sid: str, args: dict[str, Any], cred: str) -> Session:
+    def _hello_session(self, sid: str, args: Args, cred: str) -> Session:
         """The session a hello begins (or greets again)."""
         if not sid:
             raise BadMessage("hello needs a session id in the header")
-        user = args["user"]
+        user = args.user
         if not user or "/" in user:
             raise InvalidArgument("hello needs a user name (no '/') and a client name")
         if sid in self.ended:
@@ -491,13 +494,12 @@ class EngineServer:
         if cred and user != cred:  # a user's credential acts as that user only
             raise PermissionDenied(f"user {user!r}", f"this credential is {cred!r}'s")
         if sid not in self.sessions:
-            name = args.get("name", "client")
-            self.sessions[sid] = Session(sid, user, name, cred, time.monotonic())
+            self.sessions[sid] = Session(sid, user, args.name, cred, time.monotonic())
         elif self.sessions[sid].cred != cred:
             raise PermissionDenied(f"session {sid[:16]!r}", "began with another credential")
         return self.sessions[sid]
 
-    def _hello(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _hello(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         k = self.kernel
         loaded = k.loaded
         return {
@@ -512,32 +514,31 @@ class EngineServer:
             "tokenizer": k.tokenizer.backend.to_str(),  # the client tokenizes locally
             "tokenizer_config": k.tokenizer.config,
             "page_size": k.pool.page_size,
-            "pages": k.pool.num_pages,
+            "num_pages": k.pool.num_pages,
             "max_message": self.wire.max_message,
         }
 
-    def _attach(self, session: Session, req: Request, args: dict[str, Any]) -> int:
-        name, priority = args.get("name", "lip"), args.get("priority", 0)
-        pid = self.kernel.attach(name, owner=session.user, priority=priority)
+    def _attach(self, session: Session, req: Request, args: Args) -> int:
+        pid = self.kernel.attach(args.name, owner=session.user, priority=args.priority)
         session.pids.add(pid)
         self.syscalls[pid] = Syscalls(self.kernel, self.kernel.procs[pid])
         return pid
 
-    def _detach(self, session: Session, req: Request, args: dict[str, Any]) -> None:
-        pid, error = args["pid"], args.get("error")
+    def _detach(self, session: Session, req: Request, args: Args) -> None:
+        pid, error = args.pid, args.error
         if pid in session.ended:
             return  # already ended (killed, say): detaching again is harmless
         if pid not in session.pids:
             raise NotAttached(pid)
         self._end_process(session, pid, error)
 
-    def _trace(self, session: Session, req: Request, args: dict[str, Any]) -> list[Any]:
-        a = dict(args)
-        limit = a.pop("limit", 50_000)
-        events = self.kernel.trace.query(**a)
-        return events[:limit] if limit >= 0 else events
+    def _trace(self, session: Session, req: Request, args: Args) -> list[Any]:
+        events = self.kernel.trace.query(
+            args.since, args.until, args.pid, args.kinds, args.after_seq
+        )
+        return events[: args.limit] if args.limit >= 0 else events
 
-    def _stat_engine(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _stat_engine(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         k = self.kernel
         pool = k.pool
         batch = k.trace.last(ev.BATCH)
@@ -551,7 +552,7 @@ class EngineServer:
             "pages_total": pool.num_pages,
             "pages_free": pool.num_free - pool.num_cached,  # held by nobody, kept by nobody
             "pages_used": pool.num_pages - pool.num_free,  # held by files
-            "pages_swapped": k.memory.swapped_pages(),
+            "pages_swapped": k.memory.num_swapped_pages(),
             "pages_cached": pool.num_cached,  # held by nobody, kept for prefix sharing
             "prefix_sharing": pool.index is not None,
             "prefix_hits": 0 if pool.index is None else pool.index.hits,  # full pages
@@ -563,28 +564,26 @@ class EngineServer:
             "uptime": round(k.trace.now(), 3),
         }
 
-    def _sessions(
-        self, session: Session, req: Request, args: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    def _sessions(self, session: Session, req: Request, args: Args) -> list[dict[str, Any]]:
         """The connected clients: user, client name, and the pids of their processes."""
         return [
             {"user": s.user, "name": s.name, "pids": sorted(s.pids | s.ended)}
             for s in self.sessions.values()
         ]
 
-    def _noop(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _noop(self, session: Session, req: Request, args: Args) -> None:
         return None
 
-    def _shutdown(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _shutdown(self, session: Session, req: Request, args: Args) -> None:
         return None  # the engine stops once this reply is sent
 
-    def _goodbye(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _goodbye(self, session: Session, req: Request, args: Args) -> None:
         """The client is closing: detach its processes now rather than at its heartbeat's end."""
         self._end_session(session, "client closed")
 
     # --- system calls ----------------------------------------------------------------------------
 
-    def _syscall_now(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+    def _syscall_now(self, session: Session, req: Request, args: Args) -> Any:
         """A system call that never waits, served at once: by a process of this session
         (req.pid) through its Syscalls' plain function, or by the client itself."""
         op = self._ops[req.op]
@@ -602,30 +601,30 @@ class EngineServer:
             self._cancel_dead_tasks()
         return handle_to_wire(result) if isinstance(result, Handle) else result
 
-    async def _syscall(self, session: Session, req: Request, args: dict[str, Any]) -> Any:
+    async def _syscall(self, session: Session, req: Request, args: Args) -> Any:
         """A system call that may wait, served as a task: by a process of this session, or the
         client's own `wait`."""
         call = self._ops[req.op].call
         if req.pid is None:  # (By.EITHER: a process's calls without a pid are refused before)
             assert call.name == "wait", call.name
-            return await self.kernel.wait(args["pid"], by=session.user)
+            return await self.kernel.wait(args.pid, by=session.user)
         sys_ = self.syscalls[req.pid]
         target: Any = sys_.kv if call.name.startswith("kv.") else sys_
         positional, keywords = bind(call, args)
         result = await getattr(target, call.method)(*positional, **keywords)
         return handle_to_wire(result) if isinstance(result, Handle) else result
 
-    def _client_call(self, session: Session, call: Call, args: dict[str, Any]) -> Any:
+    def _client_call(self, session: Session, call: Call, args: Args) -> Any:
         """A call by the client itself, outside any process (a call declared By.EITHER)."""
         k = self.kernel
         if call.name == "ps":
             return k.ps()
         if call.name == "kill":
-            k.kill(args["pid"], by=session.user)
+            k.kill(args.pid, by=session.user)
             self._cancel_dead_tasks()
             return None
-        values = [args.get(p.name, p.default) for p in call.params]  # KVFS takes them in order
-        return getattr(k.kvfs, call.method)(Caller(None, session.user), *values)
+        # KVFS takes them in the declared order
+        return getattr(k.kvfs, call.method)(Caller(None, session.user), *args)
 
     def _handle(self, session: Session, value: Any) -> Any:
         """A wire handle (a map with its fd) as the engine's handle, if this session opened it;
@@ -639,40 +638,39 @@ class EngineServer:
 
     # --- server runs (engine.workers) and tools (engine.tools) ----------------------------------
 
-    async def _run_worker(self, session: Session, req: Request, args: dict[str, Any]) -> int:
+    async def _run_worker(self, session: Session, req: Request, args: Args) -> int:
         """Start a worker for the code in args; its pid, at once (the session owns it)."""
         if req.pid is not None:
             raise InvalidArgument("run is a client call: send it without a pid")
-        parent = args.get("parent")
-        if parent is not None and parent not in session.pids:
-            raise NotAttached(parent)
+        if args.parent is not None and args.parent not in session.pids:
+            raise NotAttached(args.parent)
         info = dataclasses.asdict(self.connection_info())
         if session.cred:  # the worker acts with its user's credential, never the owner's
             info.update(token=self.credentials.tokens[session.cred], user=session.cred)
         if info["ip"] in ("0.0.0.0", "*", "", "::"):
             info["ip"] = "127.0.0.1"
-        return await self.workers.launch(session.id, session.user, args, info)
+        return await self.workers.launch(session.id, session.user, args._asdict(), info)
 
-    async def _output(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    async def _output(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         """New output of a server run after chunk `after` (long-polled), and whether it ended."""
-        run = self.workers.run_of(args["pid"], session.id, session.user)
-        return await self.workers.output(run, args.get("after", 0))
+        run = self.workers.run_of(args.pid, session.id, session.user)
+        return await self.workers.output(run, args.after)
 
-    def _adopt(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _adopt(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         """A worker presents its one-time key: its pid becomes this session's, with its code."""
-        run = self.workers.adopt(args["key"], session.user)
+        run = self.workers.adopt(args.key, session.user)
         session.pids.add(run.pid)
         self.syscalls[run.pid] = Syscalls(self.kernel, self.kernel.procs[run.pid])
         return {"pid": run.pid, "name": run.name, "code": run.code, "memory_mb": run.memory_mb}
 
-    def _worker_exit(self, session: Session, req: Request, args: dict[str, Any]) -> None:
+    def _worker_exit(self, session: Session, req: Request, args: Args) -> None:
         """A worker's cell ended: error {type, message} or None, and its traceback."""
-        pid = args["pid"]
+        pid = args.pid
         if pid not in session.pids or pid not in self.workers.runs:
             raise NotAttached(pid)
-        error = self.workers.report(pid, args.get("error"), args.get("traceback"))
+        error = self.workers.report(pid, args.error, args.traceback)
         if error is None:
-            self.workers.runs[pid].process.result = args.get("result")  # what wait(pid) gives
+            self.workers.runs[pid].process.result = args.result  # what wait(pid) gives
         self._end_process(session, pid, error)
 
     # --- users' credentials (engine.credentials) -------------------------------------------
@@ -681,25 +679,25 @@ class EngineServer:
         if session.cred:
             raise PermissionDenied(op, "only the engine's owner (its own token) may do this")
 
-    def _drop_caches(self, session: Session, req: Request, args: dict[str, Any]) -> int:
+    def _drop_caches(self, session: Session, req: Request, args: Args) -> int:
         """Evict every cached page (as Linux's drop_caches); how many. The engine's owner only:
         it costs every user their cache."""
         self._check_owner(session, "drop_caches")
         return self.kernel.pool.drop_cache()
 
-    def _user_add(self, session: Session, req: Request, args: dict[str, Any]) -> dict[str, Any]:
+    def _user_add(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""
         self._check_owner(session, "user.add")
-        user = args["user"]
+        user = args.user
         token = self.credentials.add(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was replaced")
         return {"user": user, "token": token}
 
-    def _user_remove(self, session: Session, req: Request, args: dict[str, Any]) -> bool:
+    def _user_remove(self, session: Session, req: Request, args: Args) -> bool:
         """Revoke user's credential and end their sessions; whether they had one."""
         self._check_owner(session, "user.remove")
-        user = args["user"]
+        user = args.user
         had = self.credentials.remove(user)
         self._wires.pop(user, None)
         self._end_sessions_of(user, "its user's credential was revoked")
@@ -709,15 +707,10 @@ class EngineServer:
         for s in [s for s in self.sessions.values() if s.cred == cred]:
             self._end_session(s, why)
 
-    async def _tool_register(
-        self, session: Session, req: Request, args: dict[str, Any]
-    ) -> dict[str, Any]:
-        name, source, timeout = args["name"], args["source"], args.get("timeout")
-        return await self.kernel.tools.register(name, source, timeout, session.user)
+    async def _tool_register(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
+        return await self.kernel.tools.register(args.name, args.source, args.timeout, session.user)
 
-    def _tool_list(
-        self, session: Session, req: Request, args: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    def _tool_list(self, session: Session, req: Request, args: Args) -> list[dict[str, Any]]:
         return self.kernel.tools.infos()
 
     # --- ending processes and sessions -----------------------------------------------------------
@@ -820,22 +813,20 @@ class EngineServer:
             monitor.close(linger=0)
 
 
-def bind(call: Call, args: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    """A call's checked arguments as a method takes them: positional-only ones in order,
+def bind(call: Call, args: Args) -> tuple[list[Any], dict[str, Any]]:
+    """A call's arguments record as a method takes them: positional-only ones in order,
     `*args` from its list, `**kwargs` from its map, the rest by name."""
     positional: list[Any] = []
     keywords: dict[str, Any] = {}
-    for p in call.params:
-        if p.name not in args:
-            continue
+    for p, value in zip(call.params, args, strict=True):
         if p.kind is POSITIONAL_ONLY:
-            positional.append(args[p.name])
+            positional.append(value)
         elif p.kind is VAR_POSITIONAL:
-            positional.extend(args[p.name])
+            positional.extend(value)
         elif p.kind is VAR_KEYWORD:
-            keywords.update(args[p.name])
+            keywords.update(value)
         else:
-            keywords[p.name] = args[p.name]
+            keywords[p.name] = value
     return positional, keywords
 
 

@@ -345,12 +345,12 @@ class Syscalls:
         segment = Segment(seq, tokens, pos, mask, outs, returns)
         base = len(seq) + k.scheduler.queued_tokens(seq)  # its length when this call runs
         k.runner.check(segment, "forward", base)  # what the caller gave
-        pages = pages_for(base + len(tokens), k.pool.page_size)
-        if pages > k.pool.num_pages:  # it could never run, however long it waited
+        num_pages = pages_for(base + len(tokens), k.pool.page_size)
+        if num_pages > k.pool.num_pages:  # it could never run, however long it waited
             raise OutOfPages(
-                pages - len(seq.pages),
+                num_pages - len(seq.pages),
                 k.pool.num_free,
-                f"forward: the file would take {pages} pages; the pool has {k.pool.num_pages}",
+                f"forward: the file would take {num_pages} pages; the pool has {k.pool.num_pages}",
             )
         # A queued call carries explicit outputs (it may run in chunks); the default is valid.
         # Default positions stay None: they continue the file when the call runs, after any

@@ -46,7 +46,7 @@ def start_engine(
 ) -> tuple[connection.ConnectionInfo, subprocess.Popen | None]:
     """The engine behind path, and its process when it was started here (None: it ran already).
 
-    args: more `symphony serve` options (`--model`, `--pages`, ...) for an engine started here.
+    args: more `symphony serve` options (`--model`, `--num-pages`, ...) for an engine started here.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(path.with_name(path.name + ".lock")):

@@ -13,7 +13,8 @@ engine only through the public client API (`workbench.client.Client`), as the se
     POST /symphony/kill   {"pid": N}   end a process: 403 when it is someone else's
 
 Settings (`c.SymphonyWorkbench.<name>` in a Jupyter config file, or `--SymphonyWorkbench.<name>=`):
-`start_engine`, `model`, `device`, `pages`, `threads`, `engine_args`.
+`start_engine`, `model`, `device`, `num_pages` (also read as `pages`, its old name), `threads`,
+`engine_args`.
 """
 
 from __future__ import annotations
@@ -373,7 +374,10 @@ class SymphonyWorkbench(ExtensionApp):
         "file or a cached HF id (default: $SYMPHONY_MODEL, else smollm2-135m-instruct).",
     ).tag(config=True)
     device = Unicode("", help="Device for an engine started here: cpu or cuda.").tag(config=True)
-    pages = Int(0, help="KV pages in the pool of an engine started here (0: the default).").tag(
+    num_pages = Int(0, help="KV pages in the pool of an engine started here (0: the default).").tag(
+        config=True
+    )
+    pages = Int(0, help="The old name of num_pages, kept so that existing configs work.").tag(
         config=True
     )
     threads = Int(0, help="torch CPU threads of an engine started here (0: torch's).").tag(
@@ -387,7 +391,11 @@ class SymphonyWorkbench(ExtensionApp):
 
     def engine_config(self) -> EngineConfig:
         """The settings of an engine started here (the unset traits keep the defaults)."""
-        given = {"model": self.model, "device": self.device, "pages": self.pages}
+        given = {
+            "model": self.model,
+            "device": self.device,
+            "num_pages": self.num_pages or self.pages,
+        }
         given["threads"] = self.threads
         return EngineConfig(**{k: v for k, v in given.items() if v})  # type: ignore[arg-type]
 

@@ -42,8 +42,8 @@ WORKLOADS = ("plain", "shared-prefix", "api-overhead", "agent")
 def _kernel(
     loaded: LoadedModel, tokens_per_lip: int, lips: int = LIPS, prefix_sharing: bool = True
 ) -> Kernel:
-    pages = lips * (tokens_per_lip // 16 + 2) + 64
-    return Kernel(loaded, num_pages=pages, token_budget=4096, prefix_sharing=prefix_sharing)
+    num_pages = lips * (tokens_per_lip // 16 + 2) + 64
+    return Kernel(loaded, num_pages=num_pages, token_budget=4096, prefix_sharing=prefix_sharing)
 
 
 def _run_lips(kernel: Kernel, main: Callable, args: list[tuple]) -> list:

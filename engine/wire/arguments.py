@@ -1,26 +1,32 @@
-"""A call's arguments checked against its declaration (`engine.wire.calls`).
+"""A call's arguments checked against its declaration (`engine.wire.calls`), and its record.
 
 Arguments that come over the wire are plain msgpack values: before a call is submitted, each
 one is checked here, so a wrong name, a missing argument or a value of the wrong type (a float
-token id, a string where an int belongs) is an `InvalidArgument` naming the argument, never a
-`TypeError` from deep inside the engine.
+token id, a string where an int belongs) is a `BadArgument` naming the op and the argument,
+never a `TypeError` from deep inside the engine.
+
+The server hands each op's handler its arguments as a record (`arguments_of`): a NamedTuple made
+from the call's declaration (`record_type`: `kv.fork`'s is `KvForkArgs(src, dst)`), with a field
+per parameter and the declared default of each one not given.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.wire.errors import InvalidArgument
+from engine.wire.errors import BadArgument, InvalidArgument
 from engine.wire.records import FileHandle, Logits, LogProbs, Sample, TopK
 
 if TYPE_CHECKING:
-    from engine.wire.calls import Call
+    from engine.wire.calls import Call, Param
 
 WIRE_MAPS = (FileHandle, TopK, Sample, LogProbs, Logits)  # records a client sends as maps
 
@@ -45,7 +51,7 @@ def checks_of(call: Call) -> Checks:
 
 
 def check_call(call: Call, args: dict[str, Any]) -> None:
-    """InvalidArgument naming the first argument that the call's declaration does not take as
+    """BadArgument naming the first argument that the call's declaration does not take as
     given (a wrong name, a missing one, a value of the wrong type)."""
     hints, checks, required = checks_of(call)
     op = call.name
@@ -53,14 +59,39 @@ def check_call(call: Call, args: dict[str, Any]) -> None:
         check = checks.get(name)
         if check is None:
             takes = ", ".join(hints) or "no arguments"
-            raise InvalidArgument(f"{op}: no argument {name!r} (it takes {takes})")
+            raise BadArgument(op, name, f"no argument {name!r} (it takes {takes})")
         if not check(value):
-            raise InvalidArgument(
-                f"{op}: {name} must be {describe(hints[name])}, not {_show(value)}"
+            raise BadArgument(
+                op, name, f"{name} must be {describe(hints[name])}, not {_show(value)}"
             )
     for name in required:
         if name not in args:
-            raise InvalidArgument(f"{op}: missing argument {name!r}")
+            raise BadArgument(op, name, f"missing argument {name!r}")
+
+
+@functools.cache
+def record_type(call: Call) -> type[tuple[Any, ...]]:
+    """The record of a call's arguments: a NamedTuple named after the call (`kv.fork`:
+    `KvForkArgs`), a field per declared parameter, of its declared type."""
+    name = "".join(part.capitalize() for part in re.split(r"[._]", call.name)) + "Args"
+    fields = [(p.name, p.type) for p in call.params]
+    record: type[tuple[Any, ...]] = typing.NamedTuple(name, fields)  # type: ignore[misc]
+    return record
+
+
+def arguments_of(call: Call, args: dict[str, Any]) -> Any:
+    """A request's arguments checked against the call's declaration (`check_call`), as its
+    record: each one not given takes its declared default (`*args` none, `**kwargs` none)."""
+    check_call(call, args)
+    return record_type(call)(*(args.get(p.name, _default(p)) for p in call.params))
+
+
+def _default(p: Param) -> Any:
+    if p.kind is inspect.Parameter.VAR_POSITIONAL:
+        return []
+    if p.kind is inspect.Parameter.VAR_KEYWORD:
+        return {}
+    return p.default
 
 
 def members(hint: Any) -> tuple[Any, ...]:
@@ -71,9 +102,9 @@ def members(hint: Any) -> tuple[Any, ...]:
 
 
 def check_arg(op: str, name: str, hint: Any, value: Any) -> Any:
-    """value, if it is of the type hint; else InvalidArgument naming the argument."""
+    """value, if it is of the type hint; else BadArgument naming the op and the argument."""
     if not checker(hint)(value):
-        raise InvalidArgument(f"{op}: {name} must be {describe(hint)}, not {_show(value)}")
+        raise BadArgument(op, name, f"{name} must be {describe(hint)}, not {_show(value)}")
     return value
 
 

@@ -18,8 +18,10 @@ from engine.wire.protocol import HEARTBEAT_TIMEOUT
 POLICIES = ("adaptive", "eager")  # the batch policies `symphony serve --policy` names
 
 
-def _option(default: Any, help: str, **argparse_kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **argparse_kw})
+def _option(default: Any, help: str, aliases: tuple[str, ...] = (), **argparse_kw: Any) -> Any:
+    """A field and its `symphony serve` option: `--name-with-dashes`, and `aliases` (older
+    spellings kept so that users' commands still work)."""
+    return field(default=default, metadata={"help": help, "aliases": aliases, **argparse_kw})
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class EngineConfig:
         " bf16 arithmetic for bfloat16 checkpoints, else float32)",
         choices=("float32", "bfloat16"),
     )
-    pages: int = _option(1024, "KV pages in the pool")
+    num_pages: int = _option(1024, "KV pages in the pool", aliases=("--pages",))
     page_size: int = _option(16, "tokens per KV page")
     token_budget: int = _option(
         2048, "tokens in one forward at most (longer prefills run in chunks)"
@@ -63,17 +65,18 @@ class EngineConfig:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One `--option` per field, with its default and help."""
+        """One `--option` per field (and its aliases), with its default and help."""
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
             meta = dict(f.metadata)
+            flags = (flag, *meta.pop("aliases"))
             if f.type == "bool":
                 parser.add_argument(
-                    flag, action=argparse.BooleanOptionalAction, default=f.default, **meta
+                    *flags, action=argparse.BooleanOptionalAction, default=f.default, **meta
                 )
                 continue
             kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0], str)
-            parser.add_argument(flag, type=kind, default=f.default, **meta)
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, **meta)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EngineConfig:

@@ -51,6 +51,16 @@ class InvalidArgument(EngineError, ValueError):
     """A call's argument is out of range or of the wrong kind."""
 
 
+class BadArgument(InvalidArgument):
+    """A call's argument that its declaration does not take (an unknown name, a missing one, a
+    value of the wrong type): names the op and the argument."""
+
+    def __init__(self, op: str, argument: str, problem: str) -> None:
+        super().__init__(f"{op}: {problem}")
+        self.op = op
+        self.argument = argument
+
+
 class HandleNotOpen(InvalidArgument):
     """A KV file handle that no process of this client has open (closed, or another's)."""
 

@@ -178,8 +178,8 @@ class Message(NamedTuple):
 class FileStat(NamedTuple):
     path: str
     tokens: int
-    pages: int
-    shared_pages: int  # pages with reference count > 1
+    num_pages: int
+    num_shared_pages: int  # pages with reference count > 1
     shared_with: dict[str, int]  # other readable path -> pages in common
     parent: str | None
     owner: str
@@ -311,7 +311,7 @@ class PrefixReport(NamedTuple):
     path: str
     tokens: int
     tokens_cached: int  # of its tokens, those taken from the cache (over the lookups kept)
-    published_pages: int  # its first full pages in the prefix index's chain
+    num_published_pages: int  # its first full pages in the prefix index's chain
     on: bool  # sharing is on for this file (and the engine)
     dirty_from: int | None  # tokens from here on were computed with tokens hidden or masked
     reuses: list[Reuse]  # the lookups, oldest first (the last REUSES_KEPT)

@@ -58,8 +58,8 @@ export interface IProcessTable {
 export interface IFileStat {
   path: string;
   tokens: number;
-  pages: number;
-  shared_pages: number;
+  num_pages: number;
+  num_shared_pages: number;
   shared_with: { [path: string]: number };
   parent: string | null;
   owner: string;

@@ -288,9 +288,9 @@ export class SymphonyPanel extends Widget {
     const st = entry.stat;
     li.appendChild(el('span', 'jp-Symphony-fileName', entry.name));
     if (st) {
-      const shared = st.shared_pages ? `, ${st.shared_pages} shared` : '';
+      const shared = st.num_shared_pages ? `, ${st.num_shared_pages} shared` : '';
       li.appendChild(
-        el('span', 'jp-Symphony-fileMeta', `${st.tokens} tok, ${st.pages} pages${shared}`)
+        el('span', 'jp-Symphony-fileMeta', `${st.tokens} tok, ${st.num_pages} pages${shared}`)
       );
     }
     li.addEventListener('click', () => void this._showFile(entry.path));
@@ -346,8 +346,8 @@ export class SymphonyPanel extends Widget {
       const rows: [string, string][] = [
         ['path', st.path],
         ['tokens', String(st.tokens)],
-        ['pages', String(st.pages)],
-        ['shared pages', String(st.shared_pages)],
+        ['pages', String(st.num_pages)],
+        ['shared pages', String(st.num_shared_pages)],
         ['shared with', shared || '—'],
         ['parent', st.parent ?? '—'],
         ['owner', st.owner],

@@ -76,7 +76,7 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, app: str) -> Iterator[Lab]:
     cmd += ["--JupyterNotebookApp.expose_app_in_browser=True"] if app == "notebook" else []
     cmd += ["--ServerApp.port_retries=0", "--LabApp.news_url=None"]
     cmd += ["--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    cmd += ["--SymphonyWorkbench.pages=256", "--SymphonyWorkbench.threads=1"]
+    cmd += ["--SymphonyWorkbench.num_pages=256", "--SymphonyWorkbench.threads=1"]
     # The demo model: fast, and the views' expectations (token counts, page maps) are its.
     cmd += ["--SymphonyWorkbench.model=tiny"]
     log = base / "server.log"

@@ -111,14 +111,16 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     # the prompt is selected: its details name every fork with the pages they share
     details = graph.locator(".widget-html-content", has_text=f"{PROMPT}:")
     text = details.inner_text()
-    assert f"{PROMPT}: {prompt.pages} pages, {prompt.shared_pages} shared with" in text, text
+    assert f"{PROMPT}: {prompt.num_pages} pages, {prompt.num_shared_pages} shared with" in text, (
+        text
+    )
     for other, n in prompt.shared_with.items():
         assert f"{other} ({n})" in text, (other, n, text)
-    assert details.locator("span[title^='page ']").count() == prompt.pages
+    assert details.locator("span[title^='page ']").count() == prompt.num_pages
     graph.screenshot(path=str(artifacts / "gallery-02-fork-graph.png"))
 
     # ---- the page map: the pool's pages coloured by state; counts as stat_engine says ---------
-    pages = view(page, PAGES_CELL)
+    page_map = view(page, PAGES_CELL)
 
     def pages_match() -> None:
         pm = engine("kv.pages")
@@ -135,14 +137,14 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
             else 8
             for p, (n, files) in enumerate(zip(pm.refcount, pm.files, strict=True))
         ]
-        (heat,) = figure(pages)["traces"]
+        (heat,) = figure(page_map)["traces"]
         drawn = [c for row in heat["z"] for c in row if c is not None]
         assert drawn == want, Counter(drawn) - Counter(want) or Counter(want) - Counter(drawn)
         full = prompt.tokens // size  # the prompt's full pages: held by all N + 1 files
         assert [pm.refcount[p] for p in prompt.page_table[:full]] == [N + 1] * full
         assert Counter(drawn)[6] == full
         # the counts line above the grid
-        line = pages.locator(".widget-html-content", has_text="tokens per page").inner_text()
+        line = page_map.locator(".widget-html-content", has_text="tokens per page").inner_text()
         counts = {k: int(v) for k, v in re.findall(r"(free|cached|private|shared|out) (\d+)", line)}
         shared_by = Counter(n for n in pm.refcount if n > 1)
         assert counts == {
@@ -157,7 +159,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         assert {int(k): int(v) for k, v in by.items()} == dict(shared_by), line
 
     settle("the page map", pages_match)
-    pages.screenshot(path=str(artifacts / "gallery-02-page-map.png"))
+    page_map.screenshot(path=str(artifacts / "gallery-02-page-map.png"))
 
     # ---- the KV file tree: the directory and its files as an icicle; sample-0's pages ---------
     tree = view(page, TREE_CELL)
@@ -170,7 +172,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         files = {i for i in nodes if i.startswith(DEMO + "/")}
         assert files == set(stats)
         for path, st in stats.items():
-            assert nodes[path] == (path.rsplit("/", 1)[1], DEMO, st.pages), path
+            assert nodes[path] == (path.rsplit("/", 1)[1], DEMO, st.num_pages), path
         assert icicle["level"] == DEMO
         # plotly's SVG: the directory (zoomed in on) and a box per file, named
         slices = tree.evaluate(TEXTS, ".trace.icicle g.slice text.slicetext")
@@ -178,11 +180,11 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
 
     settle("the KV tree", tree_matches)
     chosen = tree.locator(".widget-html-content", has_text=f"{sample0.path}:")
-    head = f"{sample0.path}: {sample0.tokens} tokens, {sample0.pages} pages, "
-    assert head + f"{sample0.shared_pages} shared" in chosen.inner_text()
+    head = f"{sample0.path}: {sample0.tokens} tokens, {sample0.num_pages} pages, "
+    assert head + f"{sample0.num_shared_pages} shared" in chosen.inner_text()
     runs = chosen.locator("span[title^='page ']")
-    assert runs.count() == sample0.pages
-    for i in range(sample0.shared_pages):  # the prompt's full pages: shared with all the others
+    assert runs.count() == sample0.num_pages
+    for i in range(sample0.num_shared_pages):  # the prompt's full pages: shared with all the others
         title = runs.nth(i).get_attribute("title") or ""
         assert all(o in title for o in stats if o != sample0.path), title
     tree.screenshot(path=str(artifacts / "gallery-02-kv-tree.png"))
@@ -252,7 +254,7 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     settle("the timeline of every process", every_lane)
     timelines[0].screenshot(path=str(artifacts / "gallery-02-timeline-all.png"))
 
-    for box in (graph, pages, tree, *timelines):  # no view says it failed or stopped updating
+    for box in (graph, page_map, tree, *timelines):  # no view says it failed or stopped updating
         assert box.locator(":scope > .widget-html").last.inner_text().strip() == ""
 
 

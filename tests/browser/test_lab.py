@@ -30,7 +30,7 @@ await forward(f, tokenize("Notes that outlive the cell that wrote them."))
 LOOP = """%%lip --name looper
 f = await kv.create()
 await forward(f, tokenize("Python is a programming language that lets you work quickly. " * 6))
-print("holding", (await kv.stat(f)).pages, "pages", flush=True)
+print("holding", (await kv.stat(f)).num_pages, "pages", flush=True)
 for i in range(3000):
     await sleep(0.1)
 """
@@ -92,7 +92,7 @@ def test_the_sidebar_lists_a_running_lip_and_its_kill_button_ends_it(
 
     proc = lab.wait_for("the looper LIP starting", looper, 60)
     notes = lab.get("kvfs?path=/shared/notes")
-    baseline += notes["stat"]["pages"]  # kept after the kill: /shared outlives its process
+    baseline += notes["stat"]["num_pages"]  # kept after the kill: /shared outlives its process
     lab.wait_for("its pages", lambda: lab.status()["pages_used"] > baseline, 30)
     held = lab.status()["pages_used"]
 

@@ -79,18 +79,18 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
     graph.screenshot(path=str(artifacts / "nb7-fork-graph.png"))
 
     # the page map: a heatmap of the pool's pages, the prompt's full pages held by all 7 files
-    pages = view(page, PAGES_CELL)
+    page_map = view(page, PAGES_CELL)
 
     def pages_drawn() -> None:
-        (heat,) = figure(pages, "heatmap")["traces"]
+        (heat,) = figure(page_map, "heatmap")["traces"]
         drawn = [c for row in heat["z"] for c in row if c is not None]
-        assert len(drawn) == 256 and 6 in drawn, drawn  # --SymphonyWorkbench.pages=256
-        assert pages.locator(".js-plotly-plot .heatmaplayer image").count() == 1
-        line = pages.locator(".widget-html-content", has_text="tokens per page").inner_text()
+        assert len(drawn) == 256 and 6 in drawn, drawn  # --SymphonyWorkbench.num_pages=256
+        assert page_map.locator(".js-plotly-plot .heatmaplayer image").count() == 1
+        line = page_map.locator(".widget-html-content", has_text="tokens per page").inner_text()
         assert "shared" in line and "7 files" in line, line
 
     settle("the page map", pages_drawn)
-    pages.screenshot(path=str(artifacts / "nb7-page-map.png"))
+    page_map.screenshot(path=str(artifacts / "nb7-page-map.png"))
 
     # the KV tree: the directory and its 7 files as an icicle, named; sample-0's pages below it
     tree = view(page, TREE_CELL)
@@ -137,6 +137,6 @@ def test_the_fork_and_share_notebook_renders_its_views_in_notebook_7(
         settle("the timeline", lambda box=box: timeline_drawn(box))
     timelines[1].screenshot(path=str(artifacts / "nb7-timeline.png"))
 
-    for box in (graph, pages, tree, *timelines):  # no view says it failed or stopped updating
+    for box in (graph, page_map, tree, *timelines):  # no view says it failed or stopped updating
         assert box.locator(":scope > .widget-html").last.inner_text().strip() == ""
     assert [e for e in errors if e not in NOTEBOOK7_OWN_ERRORS] == []

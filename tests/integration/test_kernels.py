@@ -123,7 +123,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     conn = runtime / "symphony-engine.json"
     # float32: batching leaves greedy outputs unchanged only there (bfloat16 matmuls round by the
     # batch's row count), and the bundled model is a bfloat16 checkpoint the machine may run so
-    args = ("--pages", "256", "--dtype", "float32", "--model", "tiny")  # the demo model: fast
+    args = ("--num-pages", "256", "--dtype", "float32", "--model", "tiny")  # the demo model: fast
     with engine_process(runtime, *args, arch=None, conn=conn) as e:
         yield Engine(e.proc, e.conn, runtime)
 
@@ -175,7 +175,7 @@ g = await kv.fork("/shared/intro")
 d = await forward(g, tokenize(" lets"))
 st = await kv.stat(g)
 print("top", d.ids[:5])
-print("shared", st.shared_pages, sorted(st.shared_with), st.parent)
+print("shared", st.num_shared_pages, sorted(st.shared_with), st.parent)
 """
     outs = [k.run(continuation.format(name=f"fork-{k.user}")) for k in (bob, alice)]
     for out in outs:
@@ -213,22 +213,22 @@ await kv.close(f)
 
 def test_kill_9_of_a_kernel_mid_lip_reaps_it_and_the_other_finishes(engine: Engine) -> None:
     victim, bob = Kernel("carol", engine.runtime), Kernel("dave", engine.runtime)
-    pages = 'print("pages", (await kv.stat(f)).pages, flush=True)'
+    show_pages = 'print("pages", (await kv.stat(f)).num_pages, flush=True)'
     try:
         with engine.client() as c:
             before = c.call("stat_engine")["pages_used"]
-        reference = bob.run(decode_cell("reference", "The module", 200, after=pages))
-        bob_pages = int(reference.stdout.split("pages")[-1].split()[0])  # the most it holds
+        reference = bob.run(decode_cell("reference", "The module", 200, after=show_pages))
+        bob_held = int(reference.stdout.split("pages")[-1].split()[0])  # the most it holds
         victim_cell = (
             decode_cell("victim", INTRO * 4, 200)  # more pages than bob's, within 512 positions
-            .replace("out = []\n", f"out = []\n{pages}\n")
+            .replace("out = []\n", f"out = []\n{show_pages}\n")
             .replace("    out.append", "    await sleep(0.01)\n    out.append")
         )  # runs for seconds
         victim_id = victim.start(victim_cell)
         bob_id = bob.start(decode_cell("survivor", "The module", 200))
         started = victim.collect(victim_id, until="token")
-        pid, victim_pages = started.pid, int(started.stdout.split("pages")[1].split()[0])
-        assert victim_pages > bob_pages  # so that a page it kept would show below
+        pid, victim_held = started.pid, int(started.stdout.split("pages")[1].split()[0])
+        assert victim_held > bob_held  # so that a page it kept would show below
         os.kill(victim.pid, signal.SIGKILL)
         killed = time.monotonic()
         with engine.client() as c:
@@ -236,7 +236,7 @@ def test_kill_9_of_a_kernel_mid_lip_reaps_it_and_the_other_finishes(engine: Engi
                 assert time.monotonic() - killed < REAPED_WITHIN, "not reaped in time"
                 time.sleep(0.02)
             reaped = time.monotonic() - killed
-            assert c.call("stat_engine")["pages_used"] <= before + bob_pages
+            assert c.call("stat_engine")["pages_used"] <= before + bob_held
         out = bob.collect(bob_id)
         assert out.status == "ok", out.error
         assert out.done() == reference.done()  # the survivor's output is unharmed

@@ -63,7 +63,9 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    with engine_process(tmp_path_factory.mktemp("rpc"), "--pages", "512", "--page-size", "4") as e:
+    with engine_process(
+        tmp_path_factory.mktemp("rpc"), "--num-pages", "512", "--page-size", "4"
+    ) as e:
         yield e
 
 
@@ -142,7 +144,7 @@ def test_shared_files_and_permissions_between_users(engine: EngineProcess) -> No
         g = await b.kv.fork("/shared/rpc-prompt")  # bob reads alice's shared prompt cache
         st = await b.kv.stat(g)
         assert (st.tokens, st.parent, st.owner) == (len(PROMPT), "/shared/rpc-prompt", "bob")
-        assert st.shared_pages >= 1
+        assert st.num_shared_pages >= 1
         d = await b.forward(g, [1])
         mine = await a.forward(await a.kv.fork(f), [1])
         assert isinstance(d, Distribution) and d.ids == mine.ids

@@ -27,7 +27,7 @@ def prompt(seed: int, n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("soak")
-    args = ("--pages", "1024", "--page-size", "4", "--dtype", "float32")
+    args = ("--num-pages", "1024", "--page-size", "4", "--dtype", "float32")
     with engine_process(tmp, *args) as e:
         yield e
 

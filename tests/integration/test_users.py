@@ -27,7 +27,7 @@ ENV.update(PYTHONPATH=str(REPO))
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    with engine_process(tmp_path_factory.mktemp("users"), "--pages", "256") as e:
+    with engine_process(tmp_path_factory.mktemp("users"), "--num-pages", "256") as e:
         yield e
 
 

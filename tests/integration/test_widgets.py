@@ -28,7 +28,7 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("widgets")
-    with engine_process(tmp, "--pages", "128", "--page-size", "4") as engine:
+    with engine_process(tmp, "--num-pages", "128", "--page-size", "4") as engine:
         yield engine.conn
 
 
@@ -216,7 +216,7 @@ def test_fork_graph_nodes_edges_and_shared_prefixes(seen: Seen) -> None:
     assert edges[("/home/alice/prompt", "/home/alice/b")].prefix == 6  # truncated
     assert edges[("/home/alice/a", "/home/alice/c")].prefix == 13
     for (parent, child), e in edges.items():
-        assert e.shared_pages == seen.stat[child].shared_with[parent]
+        assert e.num_shared_pages == seen.stat[child].shared_with[parent]
     highlight = seen.views["forks"].highlight  # a is selected
     assert highlight == {
         "/home/alice/prompt": seen.stat["/home/alice/a"].shared_with["/home/alice/prompt"],
@@ -238,7 +238,7 @@ def test_page_map_counts_match_the_engine(seen: Seen) -> None:
     for s in seen.stats:
         cells = [data.cells[p] for p in s.page_table]
         assert all(set(c.files) & set(s.names) for c in cells)
-        assert sum(c.state == SHARED for c in cells) == s.shared_pages
+        assert sum(c.state == SHARED for c in cells) == s.num_shared_pages
 
 
 def test_timeline_lanes_are_the_processes_and_batches_the_trace(seen: Seen) -> None:

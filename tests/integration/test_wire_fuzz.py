@@ -204,7 +204,7 @@ class Peer:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    with engine_process(tmp, "--pages", "4096", "--page-size", "4") as e:
+    with engine_process(tmp, "--num-pages", "4096", "--page-size", "4") as e:
         yield e
 
 

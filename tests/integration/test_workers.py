@@ -36,7 +36,7 @@ HOST_PID = "int(open('/proc/self/status').read().split('NSpid:')[1].split()[0])"
 @pytest.fixture(scope="module")
 def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("workers")
-    with engine_process(tmp, "--pages", "512", "--page-size", "4") as engine:
+    with engine_process(tmp, "--num-pages", "512", "--page-size", "4") as engine:
         yield engine.conn
         engine.proc.terminate()
         assert engine.proc.wait(10) == 0, engine.log  # it survived every worker and tool

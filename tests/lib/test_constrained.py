@@ -73,7 +73,7 @@ def test_json_output_always_parses_and_validates_over_many_seeds(demo) -> None: 
         f = await sys.kv.create()
         return await generate_json(sys, f, "A record: ", SCHEMA, 160, params=HOT, seed=seed)
 
-    out, _ = run(demo, many(one, SEEDS), pages=1024)
+    out, _ = run(demo, many(one, SEEDS), num_pages=1024)
     for value in out:
         jsonschema.validate(value, SCHEMA)
     assert len({json.dumps(v) for v in out}) > 1

@@ -25,7 +25,7 @@ HOT = SamplingParams(temperature=1.0)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    args = ("--model", "tiny", "--pages", "512", "--page-size", "4", "--dtype", "float32")
+    args = ("--model", "tiny", "--num-pages", "512", "--page-size", "4", "--dtype", "float32")
     with engine_process(tmp_path_factory.mktemp("constrained-rpc"), *args, arch=None) as e:
         yield e
 

@@ -50,7 +50,7 @@ def test_json_on_the_real_model_always_parses_and_validates(smollm2) -> None:  #
         params = SamplingParams(temperature=1.0)
         return await generate_json(sys, f, prompt, PERSON, 96, params, seed)
 
-    out, _ = run(smollm2, many(one, SEEDS), pages=1024)
+    out, _ = run(smollm2, many(one, SEEDS), num_pages=1024)
     for value in out:
         jsonschema.validate(value, PERSON)
     assert len({json.dumps(v, sort_keys=True) for v in out}) > len(SEEDS) // 2  # sampled

@@ -27,14 +27,16 @@ from workbench.lib.speculative import lookup
 PROMPT = [5, 17, 3, 99, 42, 7, 7, 120, 64, 31, 8, 200]
 
 
-def run(loaded: Any, program: Callable[..., Awaitable[Any]], *args: Any, pages: int = 256) -> Any:
+def run(
+    loaded: Any, program: Callable[..., Awaitable[Any]], *args: Any, num_pages: int = 256
+) -> Any:
     """Run one program as a process on a fresh kernel; its result, the kernel (for its trace)."""
 
     async def main() -> Any:
         async with kernel:
             return await kernel.wait(kernel.spawn(program, *args))
 
-    kernel = Kernel(loaded, num_pages=pages, page_size=4)
+    kernel = Kernel(loaded, num_pages=num_pages, page_size=4)
     result = asyncio.run(main())
     kernel.pool.check()
     assert kernel.pool.num_free == kernel.pool.num_pages  # every file the program made is gone
@@ -193,7 +195,7 @@ def test_a_cached_prompt_is_computed_once_for_every_user(tiny_loaded) -> None:  
         cached = await cached_prompt(sys, "/shared/system", system)
         first = await sys.forward(cached.file, cached.rest, returns=Logits())
         stat = await sys.kv.stat(cached.file)
-        return first, stat.shared_pages
+        return first, stat.num_shared_pages
 
     async def fresh(sys: Syscalls) -> list[float]:
         f = await sys.kv.create()

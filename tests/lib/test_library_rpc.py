@@ -23,7 +23,7 @@ HOT = SamplingParams(temperature=1.0)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    args = ("--pages", "256", "--page-size", "4", "--dtype", "float32")
+    args = ("--num-pages", "256", "--page-size", "4", "--dtype", "float32")
     with engine_process(tmp_path_factory.mktemp("lib-rpc"), *args) as e:
         yield e
 

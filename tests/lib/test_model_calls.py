@@ -21,7 +21,7 @@ CHAT = [{"role": "system", "content": "w1"}, {"role": "user", "content": "w2 w3"
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    args = ("--pages", "64", "--page-size", "4", "--dtype", "float32")
+    args = ("--num-pages", "64", "--page-size", "4", "--dtype", "float32")
     with engine_process(tmp_path_factory.mktemp("model-calls"), *args) as e:
         yield e
 

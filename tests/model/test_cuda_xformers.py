@@ -85,8 +85,8 @@ def backend(request: pytest.FixtureRequest) -> XformersBackend:
     return b
 
 
-def runner_for(loaded: LoadedModel, backend: Any, pages: int = 64) -> Runner:
-    pool = PagePool.for_model(loaded.config, pages, PAGE, torch.bfloat16, GPU)
+def runner_for(loaded: LoadedModel, backend: Any, num_pages: int = 64) -> Runner:
+    pool = PagePool.for_model(loaded.config, num_pages, PAGE, torch.bfloat16, GPU)
     return Runner(loaded.model, pool, backend)
 
 
@@ -240,7 +240,7 @@ def test_swap_out_to_host_and_back_in(
     llama: tuple[LoadedModel, Reference], backend: XformersBackend
 ) -> None:
     loaded, ref = llama
-    runner = runner_for(loaded, backend, pages=8)
+    runner = runner_for(loaded, backend, num_pages=8)
     pool = runner.pool
     base = prompt(7, 40)  # 3 pages
     seq = KVSequence()
@@ -284,18 +284,18 @@ def run_kernel(kernel: Kernel, lips: list[list[int]], steps: int) -> list[list[l
     return out
 
 
-@pytest.mark.parametrize("pages", [256, 12], ids=["roomy", "under-pressure"])
+@pytest.mark.parametrize("num_pages", [256, 12], ids=["roomy", "under-pressure"])
 def test_kernel_runs_several_processes_on_the_device(
-    llama: tuple[LoadedModel, Reference], pages: int
+    llama: tuple[LoadedModel, Reference], num_pages: int
 ) -> None:
     loaded, ref = llama
     steps, lips = 8, [prompt(10 + i, 30 + 3 * i) for i in range(6)]  # 3 pages each at the end
-    kernel = Kernel(loaded, num_pages=pages, page_size=PAGE)
+    kernel = Kernel(loaded, num_pages=num_pages, page_size=PAGE)
     assert isinstance(kernel.runner.backend, XformersBackend)
     results = run_kernel(kernel, lips, steps)
     batches = kernel.trace.query(kinds=[ev.BATCH])
     assert max(len(ev.record_of(b).pids) for b in batches) >= 3  # processes really shared batches
-    if pages < 6 * 3:
+    if num_pages < 6 * 3:
         suspended = [
             e for e in kernel.trace.query(kinds=[ev.PROCESS]) if ev.record_of(e).new == "suspended"
         ]

@@ -34,10 +34,10 @@ def test_fork_and_share_notebook(run_notebook) -> None:  # type: ignore[no-untyp
     assert len({t for _, t in texts}) > 1  # different continuations of one prompt
 
     share = nb.text("share")
-    forks, tokens, pages, size = numbers(
+    forks, tokens, num_pages, size = numbers(
         r"(\d+) forks of a (\d+)-token prompt in (\d+) pages of (\d+)", share
     )
-    assert forks == N and pages == -(-tokens // size) and tokens > size
+    assert forks == N and num_pages == -(-tokens // size) and tokens > size
     shared = literal(r"each fork shares: (\[.*\])", share)
     assert shared == [tokens // size] * N  # every full prompt page; the partial one was copied
 

@@ -56,14 +56,14 @@ def test_chat_and_prompt_cache_notebook(run_notebook) -> None:  # type: ignore[n
     answers = re.findall(r"^  (['\"].*['\"])$", users, re.M)
     assert len(answers) == 2 and all(ast.literal_eval(a).strip() for a in answers), users
 
-    pages = nb.text("pages")
-    held = re.search(r": (\d+) tokens in (\d+) pages of (\d+)", pages)
-    assert held and int(held.group(1)) == n - 1 and int(held.group(3)) == PAGE, pages
-    counts = literal(r"holding each of its pages: (\[.*\])", pages)
+    shown = nb.text("pages")
+    held = re.search(r": (\d+) tokens in (\d+) pages of (\d+)", shown)
+    assert held and int(held.group(1)) == n - 1 and int(held.group(3)) == PAGE, shown
+    counts = literal(r"holding each of its pages: (\[.*\])", shown)
     full = (n - 1) // PAGE
-    assert full >= 2 and counts[:full] == [3] * full, pages  # the cache and both users' forks
-    shared_by = literal(r"-> pages: (\{.*\})", pages)
-    assert shared_by.get(3) == full, pages
+    assert full >= 2 and counts[:full] == [3] * full, shown  # the cache and both users' forks
+    shared_by = literal(r"-> pages: (\{.*\})", shown)
+    assert shared_by.get(3) == full, shown
 
     turn2 = nb.text("turn2")
     match = re.search(r"held (\d+) tokens; turn 2's conversation is (\d+) tokens", turn2)

@@ -57,8 +57,9 @@ def test_scheduler_lab_notebook(run_notebook) -> None:  # type: ignore[no-untype
     pressure = nb.text("pressure")
     counts = re.search(r"page map while a writer was suspended: (\{.*\})", pressure)
     assert counts, pressure
-    pages = ast.literal_eval(counts.group(1))
-    assert pages["swapped"] > 0 and pages["free"] + pages["private"] + pages["shared"] == TIGHT
+    by_state = ast.literal_eval(counts.group(1))
+    assert by_state["swapped"] > 0
+    assert by_state["free"] + by_state["private"] + by_state["shared"] == TIGHT
     swaps = re.search(
         rf"{TIGHT} pages: (\d+) suspensions, (\d+) pages swapped out and in", pressure
     )

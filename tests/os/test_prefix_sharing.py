@@ -191,7 +191,7 @@ def test_each_miss_is_explained(tiny_loaded) -> None:  # noqa: ANN001
     assert (h.tokens, h.stop.kind) == (0, "hidden")
     assert reports["hidden"].dirty_from == 4
     o = reports["off"]
-    assert not o.on and o.reuses[-1].stop.kind == "off" and o.published_pages == 0
+    assert not o.on and o.reuses[-1].stop.kind == "off" and o.num_published_pages == 0
 
 
 def test_pages_of_files_that_are_gone_stay_cached_until_the_pool_needs_them(
@@ -249,7 +249,7 @@ segments = st.lists(st.integers(0, 3), min_size=1, max_size=4)  # prompts from 4
 def test_property_sharing_changes_no_logits_and_keeps_the_invariant(
     tiny_loaded,  # noqa: ANN001
     plan: list[list[int]],
-    pages: int,
+    num_pages: int,
 ) -> None:
     """Processes with prompts made of common pieces (of lengths that cross page boundaries),
     each continued by a second forward: every logit equals the unshared run's, the pool's
@@ -270,8 +270,8 @@ def test_property_sharing_changes_no_logits_and_keeps_the_invariant(
         pids = [k.spawn(lip, parts) for parts in plan]
         return [await k.wait(p) for p in pids]
 
-    on = run(Kernel(tiny_loaded, num_pages=pages, page_size=PS), body)
-    off = run(Kernel(tiny_loaded, num_pages=pages, page_size=PS, prefix_sharing=False), body)
+    on = run(Kernel(tiny_loaded, num_pages=num_pages, page_size=PS), body)
+    off = run(Kernel(tiny_loaded, num_pages=num_pages, page_size=PS, prefix_sharing=False), body)
     torch.testing.assert_close(torch.tensor(on), torch.tensor(off), atol=1e-4, rtol=0)
 
 

@@ -53,7 +53,7 @@ def swapped_counts(k: Kernel) -> tuple[int, int]:
     """The swapped pages the engine reports (memory manager) and the page map's count, once
     checked against the files' own (KVFS.check)."""
     k.kvfs.check()
-    return k.memory.swapped_pages(), k.kvfs.pages(LOCAL).swapped_total
+    return k.memory.num_swapped_pages(), k.kvfs.pages(LOCAL).swapped_total
 
 
 async def suspend_keeper(k: Kernel) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from engine import cli_client
 from engine.server import EngineServer
 from engine.syscalls import KVCalls as EngineKV
 from engine.syscalls import Syscalls
-from engine.wire.arguments import check_call
+from engine.wire.arguments import arguments_of, check_call
 from engine.wire.calls import (
     BY_NAME,
     CALLS,
@@ -32,11 +33,13 @@ from engine.wire.calls import (
     By,
     Call,
 )
-from engine.wire.errors import InvalidArgument
+from engine.wire.errors import BadArgument, InvalidArgument
+from engine.wire.protocol import error_reply, rebuild_error
 from engine.wire.records import FileStat
 from workbench import names
 from workbench.client import LIP, Client
 from workbench.client import KVCalls as ClientKV
+from workbench.widgets.live import Source
 
 # A session call that `Client` offers as a method of the same name and parameters.
 CLIENT_SESSION_METHODS = ("attach", "trace", "stat_engine", "sessions")
@@ -150,6 +153,33 @@ def test_the_server_decodes_handles_by_the_declared_type_not_the_name() -> None:
     assert set(ops["forward"].decoders) == {"file", "returns"}
 
 
+SOURCE_METHODS = [
+    name
+    for name, fn in vars(Source).items()
+    if inspect.iscoroutinefunction(fn) and not name.startswith("_") and name != "client"
+]
+
+
+@pytest.mark.parametrize("method", SOURCE_METHODS)
+def test_the_widgets_source_makes_declared_calls_as_declared(method: str) -> None:
+    """Each call the widgets' Source makes is a declared call a client may make, with some of
+    its parameters (each as declared: kind, default, type; those it leaves out are optional)
+    and its declared result."""
+    call = BY_NAME.get(f"kv.{method}") or BY_NAME.get(method)
+    assert call is not None, f"Source.{method} makes no declared call"
+    assert call.by is not By.PROCESS, f"Source.{method}: {call.name} needs a process"
+    fn = getattr(Source, method)
+    mine = shape(fn)
+    assert [p for p in declared(call) if p in mine] == mine, f"Source.{method} drifted"
+    taken_names = {name for name, _, _ in mine}
+    left_out = [p.name for p in call.params if p.required and p.name not in taken_names]
+    assert not left_out, f"Source.{method} leaves out {left_out}, which {call.name} requires"
+    found = {name: _text(hint) for name, hint in typing.get_type_hints(fn).items()}
+    taken = {p.name: _text(p.type) for p in call.params if p.name in found}
+    assert {name: found[name] for name in taken} == taken, f"Source.{method}: types drifted"
+    assert found["return"] == _text(call.result), f"Source.{method}: its result drifted"
+
+
 def test_a_lip_cell_gets_exactly_the_process_calls() -> None:
     class Stub:  # what lip_names reads of a client
         user = "ada"
@@ -225,3 +255,49 @@ def test_a_wrong_argument_is_refused_by_the_declaration() -> None:
         check_call(BY_NAME["kv.truncate"], {"handle": {"fd": 1}, "n": 1.5})
     with pytest.raises(InvalidArgument, match="missing argument 'pid'"):
         check_call(BY_NAME["worker.exit"], {})
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "argument"),
+    [
+        ("kv.truncate", {"handle": {"fd": 1}, "n": 1.5}, "n"),  # of the wrong type
+        ("worker.exit", {}, "pid"),  # missing
+        ("trace", {"limit": 5, "kind": ["batch"]}, "kind"),  # not a parameter (kinds is)
+    ],
+)
+def test_a_bad_argument_is_a_typed_error_naming_the_op_and_the_argument(
+    op: str, args: dict[str, Any], argument: str
+) -> None:
+    with pytest.raises(BadArgument) as raised:
+        arguments_of(BY_NAME[op], args)
+    assert (raised.value.op, raised.value.argument) == (op, argument)
+    again = rebuild_error(error_reply(1, raised.value)["error"])  # as a client gets it
+    assert isinstance(again, BadArgument) and str(again) == str(raised.value)
+    assert (again.op, again.argument) == (op, argument)
+
+
+def test_each_ops_arguments_come_as_its_record_with_the_declared_defaults() -> None:
+    detach = arguments_of(BY_NAME["detach"], {"pid": 3})
+    assert type(detach).__name__ == "DetachArgs" and detach == (3, None)
+    assert (detach.pid, detach.error) == (3, None)
+    run = arguments_of(BY_NAME["run"], {"code": "1"})
+    assert run._asdict() == {
+        "code": "1", "name": "lip", "priority": 0, "timeout": 600.0, "memory_mb": None,
+        "parent": None,
+    }  # fmt: skip
+    tool = arguments_of(BY_NAME["tool"], {"name": "wc", "args": ["a b"]})
+    assert tool._asdict() == {"name": "wc", "args": ["a b"], "kwargs": {}}
+
+
+def test_session_handlers_read_only_the_arguments_their_op_declares() -> None:
+    """A session op's handler reads its arguments as record fields (`args.pid`): each one it
+    reads is a parameter of its op's declaration, so renaming a parameter fails here, not in
+    a client's call."""
+    server = EngineServer.__new__(EngineServer)
+    for name, op in server._op_table().items():
+        handler = op.now or op.serve
+        if op.call.by is not By.CLIENT or handler is None:
+            continue
+        source = inspect.getsource(handler)
+        read = set(re.findall(r"\bargs\.([a-z_]+)\b", source)) - {"_asdict", "_replace"}
+        assert read <= {p.name for p in op.call.params}, f"{name}'s handler reads {read}"

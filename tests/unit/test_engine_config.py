@@ -17,7 +17,7 @@ CHANGED = EngineConfig(
     model="tiny",
     device="cuda",
     dtype="float32",
-    pages=64,
+    num_pages=64,
     page_size=8,
     token_budget=512,
     policy="eager",
@@ -47,7 +47,7 @@ def test_every_setting_travels_as_serve_options_and_back() -> None:
 def test_the_engine_takes_its_defaults_from_the_record() -> None:
     kernel = inspect.signature(Kernel.__init__).parameters
     config = EngineConfig()
-    assert kernel["num_pages"].default == config.pages
+    assert kernel["num_pages"].default == config.num_pages
     assert kernel["page_size"].default == config.page_size
     assert kernel["token_budget"].default == config.token_budget
     assert kernel["trace_capacity"].default == config.trace_capacity
@@ -66,9 +66,20 @@ def test_a_kernel_is_set_up_as_the_record_says(tiny_loaded) -> None:  # noqa: AN
 
 def test_the_server_extension_starts_engines_with_the_records_options() -> None:
     ext = SymphonyWorkbench()
-    ext.model, ext.pages, ext.threads = "tiny", 128, 2
+    ext.model, ext.num_pages, ext.threads = "tiny", 128, 2
     ext.engine_args = ["--no-prefix-sharing"]
-    assert ext.engine_config() == EngineConfig(model="tiny", pages=128, threads=2)
+    assert ext.engine_config() == EngineConfig(model="tiny", num_pages=128, threads=2)
     assert parse(ext.serve_args()) == EngineConfig(
-        model="tiny", pages=128, threads=2, prefix_sharing=False
+        model="tiny", num_pages=128, threads=2, prefix_sharing=False
     )
+
+
+def test_the_old_names_of_the_pool_size_still_work() -> None:
+    """`--pages` and the extension's `pages` were the pool size's names before `num_pages`:
+    users' commands and configs that say them keep working."""
+    assert parse(["--pages", "96"]) == EngineConfig(num_pages=96)
+    ext = SymphonyWorkbench()
+    ext.pages = 96
+    assert ext.engine_config() == EngineConfig(num_pages=96)
+    ext.num_pages = 48  # the new name wins
+    assert ext.engine_config() == EngineConfig(num_pages=48)

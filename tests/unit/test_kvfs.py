@@ -229,8 +229,8 @@ def test_fork_shares_pages_and_records_its_parent(fs: KVFS, pool: PagePool) -> N
     assert b.file.seq.pages == a.file.seq.pages
     assert [pool.refcount[p] for p in a.file.seq.pages] == [2, 2]
     st = fs.stat(A, "/home/alice/b")
-    assert st.parent == "/home/alice/a" and st.tokens == 6 and st.pages == 2
-    assert st.shared_pages == 2 and st.shared_with == {"/home/alice/a": 2}
+    assert st.parent == "/home/alice/a" and st.tokens == 6 and st.num_pages == 2
+    assert st.num_shared_pages == 2 and st.shared_with == {"/home/alice/a": 2}
     fill(fs, b, 1)  # copies the shared partial page
     assert fs.stat(A, "/home/alice/a").shared_with == {"/home/alice/b": 1}
     assert fs.page_files()[a.file.seq.pages[0]] == ["/home/alice/a", "/home/alice/b"]
@@ -243,7 +243,7 @@ def test_shared_with_lists_only_paths_the_caller_may_read(fs: KVFS) -> None:
     fill(fs, s, 4)
     fs.fork(B, "/shared/s", "/home/bob/mine")
     st = fs.stat(A, "/shared/s")
-    assert st.shared_pages == 1 and st.shared_with == {}
+    assert st.num_shared_pages == 1 and st.shared_with == {}
     assert fs.stat(B, "/shared/s").shared_with == {"/home/bob/mine": 1}
 
 

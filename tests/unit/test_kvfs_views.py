@@ -76,7 +76,9 @@ def test_walk_reports_forks_and_sharing(world: KVFS) -> None:
         "/shared/b": 2,
     }  # a copied the partial last page when it wrote; b let go of it when truncated
     assert st["/shared/b"].names == ("/home/alice/b", "/shared/b")
-    assert st["/home/alice/prompt"].shared_pages == 2 and st["/home/alice/prompt"].pages == 3
+    assert (
+        st["/home/alice/prompt"].num_shared_pages == 2 and st["/home/alice/prompt"].num_pages == 3
+    )
 
 
 def test_walk_does_not_touch_files(world: KVFS) -> None:
@@ -105,7 +107,7 @@ def test_pages_count_swapped_out_pages(world: KVFS, pool: PagePool) -> None:
     assert world.pages(A1).swapped == {"/proc/1/scratch": 1}
     assert world.pages(A).swapped == {} and world.pages(A).swapped_total == 1
     st = world.stat(A1, "/proc/1/scratch")
-    assert st.page_table == (None,) and st.shared_pages == 0 and st.shared_with == {}
+    assert st.page_table == (None,) and st.num_shared_pages == 0 and st.shared_with == {}
     pool.check()
 
 

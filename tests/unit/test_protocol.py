@@ -65,8 +65,8 @@ def test_records_cross_the_wire_as_themselves() -> None:
     stat_ = FileStat(
         path="/shared/p",
         tokens=5,
-        pages=2,
-        shared_pages=1,
+        num_pages=2,
+        num_shared_pages=1,
         shared_with={"/proc/1/kv0": 1},
         parent=None,
         owner="al",

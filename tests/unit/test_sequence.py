@@ -113,7 +113,7 @@ def test_swap_out_moves_only_private_pages_and_swap_in_restores_them(pool: PageP
     shared, own = child.pages[:2], child.pages[2]
     free = pool.num_free
     assert child.swap_out(pool) == 1 and pool.num_free == free + 1
-    assert not child.resident and child.swapped_pages == 1 and child.num_pages == 3
+    assert not child.resident and child.num_swapped_pages == 1 and child.num_pages == 3
     assert child.page_table() == [*shared, None]  # the shared pages never left the pool
     assert child.held_pages() == shared
     assert child.pages_needed(pool, 1) == 0  # room in its (private) last page, once back
@@ -148,7 +148,7 @@ def test_releasing_a_swapped_out_sequence_frees_its_pages_wherever_they_are(
     child.append([8], [8])
     assert child.swap_out(pool) == 1
     child.release(pool)
-    assert child.resident and len(child) == 0 and child.swapped_pages == 0
+    assert child.resident and len(child) == 0 and child.num_swapped_pages == 0
     parent.release(pool)
     assert pool.num_free == pool.num_pages
 
@@ -159,7 +159,7 @@ def test_swap_in_without_room_changes_nothing(pool: PagePool) -> None:
     hog = pool.alloc(pool.num_free - 1)
     with pytest.raises(OutOfPages):
         seq.swap_in(pool)
-    assert not seq.resident and seq.swapped_pages == 2
+    assert not seq.resident and seq.num_swapped_pages == 2
     pool.release(hog)
     seq.swap_in(pool)
     assert seq.resident and len(seq.pages) == 2

@@ -70,8 +70,10 @@ def test_the_connection_file_is_in_the_servers_runtime_dir(
 
 
 def test_settings_become_serve_options() -> None:
-    app = ext.SymphonyWorkbench(model="/models/m", pages=64, threads=2, engine_args=["--ip=::1"])
-    expected = ["--model", "/models/m", "--pages", "64", "--threads", "2", "--ip=::1"]
+    app = ext.SymphonyWorkbench(
+        model="/models/m", num_pages=64, threads=2, engine_args=["--ip=::1"]
+    )
+    expected = ["--model", "/models/m", "--num-pages", "64", "--threads", "2", "--ip=::1"]
     assert app.serve_args() == expected
     assert ext.SymphonyWorkbench().serve_args() == []
     assert ext._jupyter_server_extension_points() == [

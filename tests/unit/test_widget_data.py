@@ -30,8 +30,8 @@ def stat(path: str, pages: tuple[int, ...] = (), **kw: object) -> FileStat:
     fields = dict(
         path=path,
         tokens=4 * len(pages),
-        pages=len(pages),
-        shared_pages=0,
+        num_pages=len(pages),
+        num_shared_pages=0,
         shared_with={},
         parent=None,
         owner="alice",
@@ -59,7 +59,7 @@ def test_tree_has_the_roots_and_sums_directories() -> None:
         "/home/a/x", "/home/a/deep/y", "/shared/z",
     }  # fmt: skip
     assert nodes["/"].parent == "" and nodes["/home/a/deep/y"].parent == "/home/a/deep"
-    assert (nodes["/home/a"].files, nodes["/home/a"].pages, nodes["/"].pages) == (2, 3, 4)
+    assert (nodes["/home/a"].files, nodes["/home/a"].num_pages, nodes["/"].num_pages) == (2, 3, 4)
     assert nodes["/proc"].files == 0 and nodes["/home/a/x"].stat == stats[0]
 
 
@@ -103,7 +103,7 @@ def test_fork_graph_labels_edges_with_the_shared_prefix() -> None:
     assert {n.id: n.kind for n in g.nodes} == {
         "/p": "file", "/a": "file", "/b": "file", "/gone": "gone", "/c": "file",
     }  # fmt: skip
-    edges = {(e.parent, e.child): (e.prefix, e.shared_pages) for e in g.edges}
+    edges = {(e.parent, e.child): (e.prefix, e.num_shared_pages) for e in g.edges}
     assert edges == {("/p", "/a"): (2, 1), ("/p", "/b"): (4, 2), ("/gone", "/c"): (None, 0)}
     depth = {n.id: n.depth for n in g.nodes}
     assert depth == {"/p": 0, "/a": 1, "/b": 1, "/gone": 0, "/c": 1}
@@ -230,7 +230,7 @@ def test_timeline_folds_calls_batches_and_suspensions() -> None:
     assert (calls[1].submitted, calls[1].started, calls[1].finished) == (0.2, 0.3, 0.4)
     assert calls[3].started is None and calls[3].finished is None  # still waiting
     assert calls[4].finished == 0.9 and calls[4].error == "process exited"
-    assert [(s.pid, s.start, s.end, s.pages) for s in d.suspensions] == [(2, 0.5, 0.7, 3)]
+    assert [(s.pid, s.start, s.end, s.pages_out) for s in d.suspensions] == [(2, 0.5, 0.7, 3)]
     (batch,) = d.batches
     assert (batch.start, batch.end, batch.size, batch.tokens) == (pytest.approx(0.3), 0.4, 2, 6)
     assert batch.policy == "eager"
@@ -293,7 +293,7 @@ def test_timeline_shows_tool_waits_suspensions_and_swaps() -> None:
         (3, "search", 1.0, 1.5, None),
         (4, "search", 1.6, 2.8, "process exited"),  # its process ended while it waited
     ]
-    assert [(s.pid, s.start, s.end, s.pages, s.pages_in) for s in d.suspensions] == [
+    assert [(s.pid, s.start, s.end, s.pages_out, s.pages_in) for s in d.suspensions] == [
         (2, 2.0, 2.5, 4, 4),
         (5, 2.6, None, 2, None),
     ]

@@ -183,8 +183,8 @@ class ForkGraphView(LiveView):
         strip = page_strip(st, fetched.pages)
         shares = ", ".join(f"{html.escape(k)} ({v})" for k, v in self.highlight.items())
         return (
-            f'<div style="{FONT}"><b>{html.escape(st.path)}</b>: {st.pages} pages, '
-            f"{st.shared_pages} shared{' with ' + shares if shares else ''}"
+            f'<div style="{FONT}"><b>{html.escape(st.path)}</b>: {st.num_pages} pages, '
+            f"{st.num_shared_pages} shared{' with ' + shares if shares else ''}"
             f"<div>{strip}</div></div>"
         )
 
@@ -226,7 +226,7 @@ def _edges(
         ltext.append(prefix)
         lhover.append(
             f"{html.escape(e.child)} forked from {html.escape(e.parent)}<br>"
-            f"shared prefix: {prefix} tokens; {e.shared_pages} pages in common"
+            f"shared prefix: {prefix} tokens; {e.num_shared_pages} pages in common"
         )
     return ex, ey, lx, ly, ltext, lhover
 

@@ -57,8 +57,8 @@ class TreeNode(NamedTuple):
     kind: str  # "dir" | "file"
     files: int
     tokens: int
-    pages: int
-    shared_pages: int
+    num_pages: int
+    num_shared_pages: int
     stat: FileStat | None  # files only
 
 
@@ -91,8 +91,8 @@ def _dir_node(path: str, files: list[FileStat]) -> TreeNode:
         "dir",
         len(files),
         sum(s.tokens for s in files),
-        sum(s.pages for s in files),
-        sum(s.shared_pages for s in files),
+        sum(s.num_pages for s in files),
+        sum(s.num_shared_pages for s in files),
         None,
     )
 
@@ -100,7 +100,9 @@ def _dir_node(path: str, files: list[FileStat]) -> TreeNode:
 def _file_node(st: FileStat) -> TreeNode:
     label = st.path.rsplit("/", 1)[-1]
     parent = _parent_dir(st.path)
-    return TreeNode(st.path, parent, label, "file", 1, st.tokens, st.pages, st.shared_pages, st)
+    return TreeNode(
+        st.path, parent, label, "file", 1, st.tokens, st.num_pages, st.num_shared_pages, st
+    )
 
 
 def describe(st: FileStat) -> str:
@@ -108,7 +110,7 @@ def describe(st: FileStat) -> str:
     shared = ", ".join(f"{p} ({n})" for p, n in st.shared_with.items()) or "no readable file"
     lines = [
         st.path,
-        f"{st.tokens} tokens in {st.pages} pages, {st.shared_pages} shared",
+        f"{st.tokens} tokens in {st.num_pages} pages, {st.num_shared_pages} shared",
         f"shares pages with: {shared}",
         f"owner {st.owner}, mode {st.mode:#o}" + (f", made by pid {st.pid}" if st.pid else ""),
     ]
@@ -166,7 +168,7 @@ class ForkEdge(NamedTuple):
     parent: str
     child: str
     prefix: int | None  # tokens the child shares with its parent from the start (None: unknown)
-    shared_pages: int  # pool pages the two hold in common
+    num_shared_pages: int  # pool pages the two hold in common
 
 
 class CacheEdge(NamedTuple):
@@ -174,7 +176,7 @@ class CacheEdge(NamedTuple):
 
     source: str
     file: str
-    pages: int
+    num_pages: int
 
 
 class ForkGraphData(NamedTuple):
@@ -320,8 +322,8 @@ def _collapsed(
     nodes[gid] = ForkNode(gid, "collapsed", depth, y, None, tuple(hidden))
     prefixes = [kept_edges[(parent, h)].prefix for h in hidden]
     known = [p for p in prefixes if p is not None]
-    pages = min(kept_edges[(parent, h)].shared_pages for h in hidden)
-    out_edges.append(ForkEdge(parent, gid, min(known) if known else None, pages))
+    shared = min(kept_edges[(parent, h)].num_shared_pages for h in hidden)
+    out_edges.append(ForkEdge(parent, gid, min(known) if known else None, shared))
     return y
 
 

@@ -107,24 +107,23 @@ class KVTreeView(LiveView):
 
 def _size(n: TreeNode) -> int:
     if n.kind == "file":
-        return max(n.pages, 1)
+        return max(n.num_pages, 1)
     return 0 if n.files else 1  # an empty directory still shows
 
 
 def _colour(n: TreeNode) -> str:
     if n.kind == "dir":
         return FREE_COLOUR
-    if n.shared_pages == 0:
+    if n.num_shared_pages == 0:
         return PRIVATE_COLOUR
-    return shared_colour(2 if n.shared_pages < n.pages else 3)
+    return shared_colour(2 if n.num_shared_pages < n.num_pages else 3)
 
 
 def _hover(n: TreeNode) -> str:
     if n.stat is not None:
         return html.escape(describe(n.stat)).replace("\n", "<br>")
-    return (
-        f"{n.id}<br>{n.files} files, {n.tokens} tokens, {n.pages} pages ({n.shared_pages} shared)"
-    )
+    held = f"{n.num_pages} pages ({n.num_shared_pages} shared)"
+    return f"{n.id}<br>{n.files} files, {n.tokens} tokens, {held}"
 
 
 def render_runs(st: FileStat, runs: list[PageRun]) -> str:
@@ -145,7 +144,8 @@ def render_runs(st: FileStat, runs: list[PageRun]) -> str:
             f'border-left:2px solid #888;padding:0 2px">{text}</span>'
         )
     keys = [(c, "shared with " + ", ".join(s)) for s, c in colours.items()]
-    head = f"{html.escape(st.path)}: {st.tokens} tokens, {st.pages} pages, {st.shared_pages} shared"
+    held = f"{st.num_pages} pages, {st.num_shared_pages} shared"
+    head = f"{html.escape(st.path)}: {st.tokens} tokens, {held}"
     return (
         f'<div style="{FONT}"><div>{head}{legend(keys)}</div>'
         f'<div style="line-height:1.8;word-break:break-all">{"".join(spans)}</div></div>'

@@ -18,7 +18,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from engine.wire.errors import EngineError, EngineNotRunning, ProcessExited
-from engine.wire.records import Event, FileStat, PageMap, PrefixReport, ProcessInfo
+from engine.wire.records import Event, FileHandle, FileStat, PageMap, PrefixReport, ProcessInfo
 from workbench.client import LIP, Client
 from workbench.widgets.kv_data import Filter
 from workbench.widgets.trace_data import KINDS
@@ -31,6 +31,8 @@ class Source:
     """The calls a view makes: a Client's (what its user may read) or a LIP's (its files too).
 
     source None: this kernel's shared client (`workbench.connect()`), connected at first use.
+    Each method is a declared call (`engine.wire.calls`: `walk` is `kv.walk`, `trace` is
+    `trace`) with some of its parameters, as declared; tests/unit/test_calls.py holds it to them.
     """
 
     def __init__(self, source: Client | LIP | None = None) -> None:
@@ -50,16 +52,17 @@ class Source:
     async def pages(self) -> PageMap:
         return await (self.lip.kv if self.lip else await self.client()).pages()
 
-    async def read(self, path: str) -> list[int]:
+    async def read(self, path: FileHandle | str) -> list[int]:
         return await (self.lip.kv if self.lip else await self.client()).read(path)
 
-    async def stat(self, path: str) -> FileStat:
+    async def stat(self, path: FileHandle | str) -> FileStat:
         return await (self.lip.kv if self.lip else await self.client()).stat(path)
 
-    async def explain(self, path: str) -> PrefixReport:
+    async def explain(self, path: FileHandle | str) -> PrefixReport:
         return await (self.lip.kv if self.lip else await self.client()).explain(path)
 
-    async def trace(self, after_seq: int | None, limit: int) -> list[Event]:
+    async def trace(self, after_seq: int | None = None, limit: int = 50_000) -> list[Event]:
+        """The events the views draw (`KINDS`)."""
         client = await self.client()
         return await client.trace(after_seq=after_seq, limit=limit, kinds=KINDS)
 

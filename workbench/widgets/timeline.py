@@ -292,7 +292,7 @@ def _suspended(
         width.append(end - s.start)
         back = "" if s.pages_in is None else f", {s.pages_in} swapped back in"
         text.append(
-            f"pid {s.pid} suspended {_ms(end - s.start)}: {s.pages} pages swapped out{back}"
+            f"pid {s.pid} suspended {_ms(end - s.start)}: {s.pages_out} pages swapped out{back}"
         )
     return y, base, width, text
 
@@ -312,12 +312,12 @@ def _tools(
 
 
 def _swap_mark(w: Swap) -> str:
-    return f"{'↓' if w.out else '↑'}{w.pages}"
+    return f"{'↓' if w.out else '↑'}{w.num_pages}"
 
 
 def _swap_text(w: Swap) -> str:
     where = "out to host memory" if w.out else "back into the pool"
-    return f"pid {w.pid}: {w.pages} pages swapped {where} at {w.t:.3f} s"
+    return f"pid {w.pid}: {w.num_pages} pages swapped {where} at {w.t:.3f} s"
 
 
 def _batches(batches: list[BatchBar]) -> tuple[list, list, list, list]:

@@ -83,7 +83,7 @@ class Suspension(NamedTuple):
     pid: int
     start: float
     end: float | None  # None: still suspended
-    pages: int  # pages swapped out
+    pages_out: int  # pages swapped out
     pages_in: int | None = None  # pages swapped back in when it resumed (None: not yet, or exited)
 
 
@@ -92,7 +92,7 @@ class Swap(NamedTuple):
 
     pid: int
     t: float
-    pages: int
+    num_pages: int
     out: bool
 
 
@@ -191,7 +191,7 @@ def summary(data: TimelineData) -> TimelineSummary:
         last - first,
         waited,
         len(data.suspensions),
-        sum(w.pages for w in data.swaps),
+        sum(w.num_pages for w in data.swaps),
         tool_seconds,
     )
 
