@@ -6,7 +6,9 @@ toolbar says. Notebook 7 is built from JupyterLab's pieces: the same helpers ser
 from __future__ import annotations
 
 import contextlib
+import html
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -17,6 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+
+from engine.cli_client import SyncClient
+from workbench.widgets.style import piece
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "browser"
@@ -261,3 +268,64 @@ def settle(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: {e}") from e
             time.sleep(0.5)
+
+
+# ---- the engine the server started --------------------------------------------------------------
+
+
+class Engine:
+    """The engine the server started, asked as the server's user (the notebook's too).
+
+    A `SyncClient` sends no heartbeats, so the engine forgets it after a moment of silence:
+    each question gets a connection of its own.
+    """
+
+    def __init__(self, lab: Lab) -> None:
+        self.connection_file = lab.runtime / "symphony-engine.json"
+        with self._client() as client:
+            self.info = client.engine  # hello's reply: page size, tokenizer, ...
+
+    def _client(self) -> SyncClient:
+        return SyncClient.connect(self.connection_file, user=USER, name="widget-test")
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        with self._client() as client:
+            return client.call(op, args)
+
+
+def tokenizer_of(engine: Engine) -> Any:
+    """The engine's tokenizer, rebuilt here from hello's reply."""
+    tokenizers = pytest.importorskip("tokenizers")
+    return tokenizers.Tokenizer.from_str(engine.info["tokenizer"])
+
+
+def shown(text: str) -> str:
+    """Text as the views show it (whitespace made visible; &nbsp; read back as a space)."""
+    return html.unescape(piece(text)).replace("\xa0", " ")
+
+
+def run_lesson(page: Any, lab: Lab, notebook: str, timeout: float = 150) -> list[dict[str, Any]]:
+    """Open a gallery notebook (copied into the server's root) and run all its cells; their
+    outputs, once every cell ran, none with an error and none writing to stderr."""
+    shutil.copytree(ROOT / "gallery", lab.root / "gallery", dirs_exist_ok=True)
+    open_notebook(page, lab, notebook)
+    run_command(page, "notebook:run-all-cells")
+    wait_idle(page, timeout=timeout)
+    cells = cell_outputs(page)
+    assert not output_errors(cells), output_errors(cells)
+    assert all(c["count"] for c in cells), [c["source"][:40] for c in cells if not c["count"]]
+    stderr = [c["source"][:40] for c in cells for o in c["outputs"] if o.get("name") == "stderr"]
+    assert not stderr, stderr  # the engine prints nothing nobody asked for
+    return cells
+
+
+def cell_text(cells: list[dict[str, Any]], start: str) -> str:
+    """What the cell whose source starts with `start` printed."""
+    return output_text(next(c for c in cells if c["source"].startswith(start))["outputs"])
+
+
+# the token view's table: each step's row, its style attribute, its cells' text and HTML
+TOKEN_ROWS = """el => [...el.querySelectorAll('table tr')].slice(1).map(r => ({
+    style: r.getAttribute('style') || '',
+    text: [...r.cells].map(c => c.textContent),
+    html: [...r.cells].map(c => c.innerHTML)}))"""

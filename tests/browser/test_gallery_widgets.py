@@ -11,14 +11,12 @@ One screenshot per view goes to artifacts/browser/.
 
 from __future__ import annotations
 
-import html
 import re
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fork_and_share import (
     GRAPH_CELL,
     LIP_CELL,
@@ -33,34 +31,23 @@ from fork_and_share import (
     run_all,
     view,
 )
-from lab_harness import D_OF, ROOT, TEXTS, USER, Lab, open_notebook, settle
+from lab_harness import (
+    D_OF,
+    ROOT,
+    TEXTS,
+    USER,
+    Engine,
+    Lab,
+    open_notebook,
+    settle,
+    shown,
+    tokenizer_of,
+)
 
-from engine.cli_client import SyncClient
-from workbench.widgets.style import piece
 from workbench.widgets.timeline import BATCHES, COMPUTING, SIZES
 
 DEMO = f"/home/{USER}/fork-demo"
 PROMPT = f"{DEMO}/prompt"
-
-
-class Engine:
-    """The engine the server started, asked as the server's user (the notebook's too).
-
-    A `SyncClient` sends no heartbeats, so the engine forgets it after a moment of silence:
-    each question gets a connection of its own.
-    """
-
-    def __init__(self, lab: Lab) -> None:
-        self.connection_file = lab.runtime / "symphony-engine.json"
-        with self._client() as client:
-            self.info = client.engine  # hello's reply: page size, tokenizer, ...
-
-    def _client(self) -> SyncClient:
-        return SyncClient.connect(self.connection_file, user=USER, name="widget-test")
-
-    def __call__(self, op: str, **args: Any) -> Any:
-        with self._client() as client:
-            return client.call(op, args)
 
 
 def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
@@ -191,10 +178,10 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
 
     # ---- the token view: sample 0's steps, the tokens it appended to its fork ------------------
     steps = view(page, LIP_CELL)
-    tokenizer = _tokenizer(engine)
+    tokenizer = tokenizer_of(engine)
     appended = tokens[sample0.path][prompt.tokens :]
     assert len(appended) == STEPS
-    want = [_shown(tokenizer.decode([t], skip_special_tokens=False)) for t in appended]
+    want = [shown(tokenizer.decode([t], skip_special_tokens=False)) for t in appended]
 
     def steps_match() -> None:
         assert steps.locator("table tr").count() == 1 + STEPS  # a header, then a row per step
@@ -263,13 +250,3 @@ def _prefix(a: list[int], b: list[int]) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
-
-
-def _tokenizer(engine: Engine) -> Any:
-    tokenizers = pytest.importorskip("tokenizers")
-    return tokenizers.Tokenizer.from_str(engine.info["tokenizer"])
-
-
-def _shown(text: str) -> str:
-    """A token as the view shows it (whitespace made visible; &nbsp; read back as a space)."""
-    return html.unescape(piece(text)).replace("\xa0", " ")

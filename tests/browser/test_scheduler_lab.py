@@ -1,4 +1,4 @@
-"""gallery/06-scheduler-lab.ipynb in JupyterLab: it runs top to bottom without an error, every
+"""gallery/10-scheduler-lab.ipynb in JupyterLab: it runs top to bottom without an error, every
 view renders, and what the views drew is what the lab's engines reported.
 
 The lab's engines run inside the notebook's kernel and stop with its last cell, so the test
@@ -29,7 +29,7 @@ from lab_harness import (
 
 from workbench.widgets.timeline import BATCHES, SUSPENDED, SWAPS, TRACES
 
-NOTEBOOK = "gallery/06-scheduler-lab.ipynb"
+NOTEBOOK = "gallery/10-scheduler-lab.ipynb"
 ANSWERS = "scheduler-lab-answers.json"
 ASK_THE_ENGINES = f"""
 import json as _json
@@ -175,7 +175,7 @@ def test_the_scheduler_lab_runs_and_its_views_show_what_its_engines_reported(
         assert len(col[BATCHES]["x"]) == len(roomy.batches(everyone))
 
     settle("the live timeline", timeline_matches)
-    view(page, TIMELINE).screenshot(path=str(artifacts / "gallery-06-timeline.png"))
+    view(page, TIMELINE).screenshot(path=str(artifacts / "gallery-10-timeline.png"))
 
     # the policies side by side: a column per run, its lanes and its batches
     sides = [(roomy, runs[name]) for name in ("eager", "wait-for-k", "adaptive")]
@@ -184,7 +184,7 @@ def test_the_scheduler_lab_runs_and_its_views_show_what_its_engines_reported(
     for name, pid in list(runs.items())[:3]:
         assert name in table
         assert f"{len(roomy.batches(roomy.family(pid)))}" in table
-    view(page, COMPARE).screenshot(path=str(artifacts / "gallery-06-policies.png"))
+    view(page, COMPARE).screenshot(path=str(artifacts / "gallery-10-policies.png"))
 
     mine = [(roomy, runs["eager"]), (roomy, runs["as-full-as-last"])]
     settle("the notebook's policy beside eager", lambda: compared(MINE, mine))
@@ -205,7 +205,7 @@ def test_the_scheduler_lab_runs_and_its_views_show_what_its_engines_reported(
         assert cells == want, (cells, want)
 
     settle("the page map under pressure", pages_match)
-    view(page, PAGES).screenshot(path=str(artifacts / "gallery-06-page-map.png"))
+    view(page, PAGES).screenshot(path=str(artifacts / "gallery-10-page-map.png"))
 
     # and the timelines with room and without: suspensions and swaps in the squeezed one only
     def pressure_matches() -> None:
@@ -218,4 +218,4 @@ def test_the_scheduler_lab_runs_and_its_views_show_what_its_engines_reported(
         assert room[SUSPENDED]["x"] == [] and room[SWAPS]["x"] == []
 
     settle("the timelines with and without room", pressure_matches)
-    view(page, PRESSURE).screenshot(path=str(artifacts / "gallery-06-pressure.png"))
+    view(page, PRESSURE).screenshot(path=str(artifacts / "gallery-10-pressure.png"))

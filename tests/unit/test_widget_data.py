@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from engine.wire.records import Distribution, Event, FileStat, PageMap, ProcessInfo
+from workbench.lib.speculative import Verification
 from workbench.widgets.kv_data import (
     FREE,
     CacheEdge,
@@ -20,9 +23,17 @@ from workbench.widgets.kv_data import (
     unique_files,
 )
 from workbench.widgets.page_map import COLOURS, code, counts_line
-from workbench.widgets.style import CACHED_COLOUR, FREE_COLOUR, OTHER_COLOUR, shared_colour
+from workbench.widgets.style import (
+    ACCEPTED_COLOUR,
+    CACHED_COLOUR,
+    FREE_COLOUR,
+    OTHER_COLOUR,
+    REJECTED_COLOUR,
+    shared_colour,
+)
 from workbench.widgets.timeline import summary_table
-from workbench.widgets.token_data import token_steps
+from workbench.widgets.token_data import masked_step, token_steps, top_of_logits, verification_steps
+from workbench.widgets.token_view import TokenView
 from workbench.widgets.trace_data import Swap, TimelineBuilder, family, summary, window
 
 
@@ -358,3 +369,67 @@ def test_token_steps_rank_the_chosen_token() -> None:
     ]
     with pytest.raises(ValueError):
         token_steps(dists, [1], str)
+
+
+def text(ids: list[int]) -> str:
+    return f"<{ids[0]}>"
+
+
+def test_verification_steps_mark_accepted_and_rejected_draft_tokens() -> None:
+    dists = [
+        Distribution([5, 1], [0.8, 0.2]),
+        Distribution([6, 9], [0.6, 0.4]),
+        Distribution([4, 7], [0.7, 0.3]),
+    ]
+    # the draft guessed 5, 6, 7, 8: the model agreed with 5 and 6, then took 4 over 7
+    v = Verification([5, 6, 7, 8], 2, dists, [5, 6, 4])
+    steps = verification_steps(10, v, text, k=2)
+    assert [s.step for s in steps] == [10, 11, 12]
+    assert [s.chosen.id for s in steps] == [5, 6, 4]
+    drafts = [s.draft for s in steps]
+    assert drafts[0] is not None and drafts[1] is not None and drafts[2] is not None
+    assert [d.accepted for d in drafts] == [True, True, False]
+    assert drafts[2].guessed == (7, "<7>", 0.3)  # the model's probability for the guess
+    assert [c.id for c in drafts[2].discarded] == [8]  # the draft after it, dropped unverified
+    assert drafts[0].discarded == drafts[1].discarded == ()
+    # every guess right: the model's own next token closes the forward, no draft there
+    all_right = verification_steps(0, Verification([5], 1, dists[:2], [5, 6]), text)
+    assert all_right[0].draft is not None and all_right[0].draft.accepted
+    assert all_right[1].draft is None
+
+
+def test_masked_step_counts_the_refused_tokens_and_what_the_model_wanted() -> None:
+    inf = math.inf
+    logits = [-inf, 2.0, -inf, 1.0, -inf, -inf]  # the grammar allows 1 and 3
+    before = Distribution([0, 2, 1], [0.5, 0.3, 0.2])  # the model wanted 0, then 2, then 1
+    step = masked_step(4, logits, before, 1, text, k=3)
+    assert step.mask is not None
+    assert (step.mask.allowed, step.mask.refused) == (2, 4)
+    assert [c.id for c in step.mask.wanted] == [0, 2, 1]
+    assert step.mask.refused_wanted == [0, 2] and step.mask.overruled
+    assert step.chosen.id == 1 and step.rank == 0
+    assert step.chosen.prob == pytest.approx(math.e / (math.e + 1))  # renormalized over 1 and 3
+    assert [c.id for c in step.alternatives] == [1, 3]  # refused tokens have probability 0
+    kept = masked_step(0, logits, Distribution([3, 0], [0.9, 0.1]), 3, text)
+    assert kept.mask is not None and not kept.mask.overruled and kept.rank == 1
+
+
+def test_top_of_logits_is_a_softmax() -> None:
+    d = top_of_logits([0.0, math.log(3.0), -math.inf], k=3)
+    assert d.ids == [1, 0] and d.probs == pytest.approx([0.75, 0.25])  # -inf: left out
+    with pytest.raises(ValueError, match="no token is allowed"):
+        top_of_logits([-math.inf, -math.inf])
+
+
+def test_token_view_colours_drafts_and_shows_masks() -> None:
+    view = TokenView(text, k=2)
+    dists = [Distribution([5, 1], [0.8, 0.2]), Distribution([4, 7], [0.7, 0.3])]
+    view.add_verification(Verification([5, 7], 1, dists, [5, 4]))
+    inf = math.inf
+    view.add_masked([-inf, 2.0, -inf, 1.0], Distribution([0, 1], [0.6, 0.4]), 1)
+    assert [s.step for s in view.steps] == [0, 1, 2]
+    page = view.table.value
+    assert page.count(f"background:{ACCEPTED_COLOUR}") == 2  # the legend's swatch and a row
+    assert page.count(f"background:{REJECTED_COLOUR}") == 2
+    assert "rejected: guessed &lt;7&gt; (p 0.300)" in page
+    assert "masked 2 of 4; wanted <s>&lt;0&gt;</s> &lt;1&gt;" in page

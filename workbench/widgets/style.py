@@ -16,6 +16,8 @@ COMPUTING_COLOUR = "#4c78a8"
 SUSPENDED_COLOUR = "#8e6bbf"
 TOOL_COLOUR = "#72b7b2"  # a process waiting on a tool
 GONE_COLOUR = "#bbbbbb"
+ACCEPTED_COLOUR = "#c7e9c0"  # a speculative draft token the model agreed with
+REJECTED_COLOUR = "#fcbba1"  # one it did not
 BATCH_COLOUR = "#54a24b"  # the batch lane: apart from waiting (yellow) and computing (blue)
 PALETTE = (
     "#e45756", "#f58518", "#54a24b", "#b279a2", "#ff9da6", "#9d755d", "#72b7b2", "#eeca3b",

@@ -20,4 +20,14 @@ def test_speculative_decoding_notebook(run_notebook) -> None:  # type: ignore[no
     assert tokens == N and 0 < accepted <= drafted
     assert forwards == N - accepted  # every accepted draft token is a forward not made
     assert "the same tokens as greedy decoding: True" in spec, spec
+    view = re.search(
+        r"the token view: (\d+) tokens, (\d+) draft tokens accepted, (\d+) rejected", spec
+    )
+    assert view, spec
+    shown, green, red = (int(g) for g in view.groups())
+    assert shown == tokens and green == accepted  # a row per token, each accepted one green
+    assert red < forwards  # at most one rejected guess per verifying forward
+    assert (red > 0) == (accepted < drafted)  # a wrong guess shows red
+    outputs = nb.cell("speculative").get("outputs", [])
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert wait_gone(nb.engine_pid(), IDLE_EXIT + 30)

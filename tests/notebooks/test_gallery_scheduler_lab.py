@@ -1,4 +1,4 @@
-"""gallery/06-scheduler-lab.ipynb: batch policies side by side on one workload, a policy written
+"""gallery/10-scheduler-lab.ipynb: batch policies side by side on one workload, a policy written
 in the notebook, and memory pressure (suspensions, swaps) with every program finishing right."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def widget_shown(nb, tag: str) -> bool:  # type: ignore[no-untyped-def]
 
 
 def test_scheduler_lab_notebook(run_notebook) -> None:  # type: ignore[no-untyped-def]
-    nb = run_notebook("06-scheduler-lab.ipynb")
+    nb = run_notebook("10-scheduler-lab.ipynb")
     assert not nb.started_engine  # the lab runs engines of its own, in its kernel
 
     assert "lab engine: smollm2-135m-instruct, 256 pages of 16 tokens" in nb.text("lab")

@@ -1,4 +1,4 @@
-"""gallery/07-why-wasnt-my-prefix-shared.ipynb: a hit and three misses, each explained."""
+"""gallery/11-why-wasnt-my-prefix-shared.ipynb: a hit and three misses, each explained."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def number(pattern: str, text: str) -> int:
 
 
 def test_why_wasnt_my_prefix_shared_notebook(run_notebook) -> None:  # type: ignore[no-untyped-def]
-    nb = run_notebook("07-why-wasnt-my-prefix-shared.ipynb")
+    nb = run_notebook("11-why-wasnt-my-prefix-shared.ipynb")
     setup = nb.text("setup")
     page = number(r"(\d+) tokens per page", setup)
     system = number(r"the system prompt is (\d+) tokens", setup)
