@@ -48,7 +48,7 @@ from engine.wire.errors import (
     OutOfPages,
     PermissionDenied,
 )
-from engine.wire.records import FileStat, PageMap, PrefixReport
+from engine.wire.records import FileStat, PageMap, PrefixReport, Spliced
 
 ROOTS = ("proc", "home", "shared")
 MAX_NAME, MAX_PATH = 255, 1024
@@ -162,6 +162,14 @@ def _check_mode(mode: int) -> int:
     return mode
 
 
+def _check_range(what: str, start: int, stop: int | None) -> None:
+    """InvalidArgument unless start and stop are ints (stop may be None) with start <= stop."""
+    if type(start) is not int or not (stop is None or type(stop) is int):
+        raise InvalidArgument(f"{what}: start and stop must be ints, got {start!r} and {stop!r}")
+    if start < 0 or (stop is not None and stop < start):
+        raise InvalidArgument(f"{what}: [{start}, {stop}) is not a range of token indices")
+
+
 # ---- K/V transfer ----
 
 
@@ -254,6 +262,27 @@ class KVFS:
         f = self._writable(handle)
         self.bring_back(handle.path, f)
         f.seq.truncate(self.pool, n)
+
+    def splice(
+        self, caller: Caller, handle: Handle, src: Handle | str, start: int, stop: int | None
+    ) -> Spliced:
+        """Append tokens [start, stop) of src (which the caller must be able to read; stop None:
+        its end) to a writable file, with their positions and keys and values, sharing src's
+        pages where they line up (see `KVSequence.splice`)."""
+        _check_range("splice", start, stop)
+        f = self._writable(handle)
+        src_path, g = self._resolve(caller, src, READ)
+        self.bring_back(handle.path, f)
+        self.bring_back(src_path, g)
+        return f.seq.splice(self.pool, g.seq, start, len(g.seq) if stop is None else stop)
+
+    def drop(self, handle: Handle, start: int, stop: int) -> None:
+        """Remove tokens [start, stop) of a writable file; the pages only they filled are freed
+        (see `KVSequence.drop`)."""
+        _check_range("drop", start, stop)
+        f = self._writable(handle)
+        self.bring_back(handle.path, f)
+        f.seq.drop(self.pool, start, stop)
 
     def hide(self, handle: Handle, indices: list[int]) -> None:
         self._writable(handle).seq.hide(indices)
@@ -642,7 +671,9 @@ class KVFS:
             on = seq.sharing.on if seq.sharing is not None else True
             chain = seq.sharing.chain if seq.sharing is not None else []
             dirty = seq.sharing.dirty_from if seq.sharing is not None else None
-            seq.sharing = Sharing(caller.user, scope_of(path, caller.user), path, on, chain, dirty)
+            why = seq.sharing.why if seq.sharing is not None else "hidden"
+            scope = scope_of(path, caller.user)
+            seq.sharing = Sharing(caller.user, scope, path, on, chain, dirty, why=why)
         self._add_name(path, f)
         return f
 

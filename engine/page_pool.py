@@ -145,6 +145,23 @@ class PagePool:
         self.clock += 1
         self.version[dst] = self.clock
 
+    def copy_slots(self, src: list[int], dst: list[int]) -> None:
+        """Copy the keys and values at flat slots src (`page * page_size + offset`) to the flat
+        slots dst, all layers (a splice's seam: tokens that do not line up with a page)."""
+        if len(src) != len(dst):
+            raise ValueError(f"{len(src)} source slots for {len(dst)} destination slots")
+        if not src:
+            return
+        device = self.k.device
+        s = torch.tensor(src, dtype=torch.long, device=device)
+        d = torch.tensor(dst, dtype=torch.long, device=device)
+        for pages in (self.k, self.v):
+            flat = pages.flatten(1, 2)  # a view: [layers, num_pages * page_size, Hkv, D]
+            flat[:, d] = flat[:, s]
+        self.clock += 1
+        for p in {slot // self.page_size for slot in dst}:
+            self.version[p] = self.clock
+
     def mark_written(self, slots: list[int]) -> None:
         """Record that a forward is about to write these flat slots (every layer).
 

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engine.wire.records import Reuse, Stop
+from engine.wire.records import Reuse, Stop, StopKind
 
 SHARED = "/shared"  # the scope every user's lookups see
 EVICTIONS_KEPT = 4096  # evicted digests remembered, to tell "evicted" from "never computed"
@@ -239,16 +239,28 @@ class Sharing:
     # published and nothing is matched after them. None: every token is plain.
     dirty_from: int | None = None
     log: list[Reuse] = field(default_factory=list)
+    # why the tokens from dirty_from on are not plain: "hidden" (hidden tokens or a tree mask)
+    # or "edited" (tokens spliced in or dropped: kv.splice, kv.drop)
+    why: StopKind = "hidden"
 
     def copy(self, source: str) -> Sharing:
-        return Sharing(self.user, self.scope, source, self.on, list(self.chain), self.dirty_from)
+        chain = list(self.chain)
+        return Sharing(self.user, self.scope, source, self.on, chain, self.dirty_from, why=self.why)
 
     def record(self, reuse: Reuse) -> None:
         self.log.append(reuse)
         del self.log[:-REUSES_KEPT]
 
-    def mark_dirty(self, index: int) -> None:
-        self.dirty_from = index if self.dirty_from is None else min(self.dirty_from, index)
+    def mark_dirty(self, index: int, why: StopKind = "hidden") -> None:
+        if self.dirty_from is None or index < self.dirty_from:
+            self.dirty_from, self.why = index, why
+
+    def edited(self, index: int, page_size: int) -> None:
+        """Tokens from `index` on were spliced in or moved by a drop: the pages before it stay
+        published and matched; nothing from there on is (its keys and values were computed
+        after another prefix)."""
+        del self.chain[index // page_size :]
+        self.mark_dirty(index, "edited")
 
     def truncated(self, n: int, page_size: int, hidden: bool) -> None:
         """The sequence kept its first n tokens (hidden: some of them are still hidden)."""

@@ -6,6 +6,25 @@ This is the substrate the KV file system stands on, with the copy-on-write primi
 positions out of attention; `take_cached` and `publish` are automatic prefix sharing
 (engine.prefix_cache).
 
+Splicing and dropping. `splice` appends a range of another sequence (or of itself), `drop`
+removes a range and gives back the pages only it filled. Neither computes anything: every
+token keeps its position and its keys and values exactly as they were computed (a key carries
+its rotary position, so moving a token to another position would mean computing it again).
+A sequence may therefore skip positions (after a drop) or repeat them (two branches of one
+prompt, spliced side by side). Pages: token i of a sequence sits at slot i % page_size of its
+page i // page_size, so a source page can be taken by reference only where the range lines up
+with the sequence's pages (the same offset in a page on both sides); the tokens of a seam that
+does not line up are copied slot by slot (keys and values, not recomputed).
+
+What a forward then computes: a forward on a spliced sequence gives the logits that a fresh
+prefill of the same tokens at the same positions gives under the mask that lets each token see
+exactly what it saw where it was computed (its source's tokens before it, those that are in the
+sequence too). For a graph-of-thought merge (a prompt, then branches each forked from the
+prompt) that is the tree mask: each branch sees the prompt and itself. After a drop, a forward
+sees what it would see with the range hidden; it equals a fresh prefill of only the kept tokens
+when no kept token attended a dropped one (they were hidden before anything after them was
+computed, or they come after every kept token). tests/os/test_splice.py shows all three.
+
 Residency. A sequence is resident (every page of it in the pool) or swapped out: under KV
 pressure the pages only it holds move to host memory (`swap_out`) and come back into fresh pool
 pages (`swap_in`); the pages it shares stay in the pool. Writing, forking and truncating need it
@@ -21,7 +40,8 @@ from torch import Tensor
 
 from engine.page_pool import PagePool
 from engine.prefix_cache import Reuse, Sharing, Stop
-from engine.wire.errors import InvalidArgument
+from engine.wire.errors import InvalidArgument, OutOfPages
+from engine.wire.records import Spliced
 
 if TYPE_CHECKING:
     from engine.grammar import Constraint
@@ -190,6 +210,94 @@ class KVSequence:
         if self.sharing is not None:
             self.sharing.truncated(n, pool.page_size, bool(self.hidden))
 
+    def splice(self, pool: PagePool, src: KVSequence, start: int, stop: int) -> Spliced:
+        """Append src's tokens [start, stop) with their positions and their keys and values as
+        they are: nothing is computed. All or nothing (OutOfPages before anything changes).
+
+        Positions: every token keeps the position it was computed at (its key carries its
+        rotary position), so the file may skip or repeat positions (see `engine.runner`).
+        Pages: where the range lines up with this file's pages (`(len(self) - start) %
+        page_size == 0`), the source's pages are taken by reference (copy-on-write, as fork);
+        the tokens that fill this file's partly filled last page, and every token of a range
+        that does not line up, are copied slot by slot. Hidden tokens of the range stay hidden.
+        src may be this sequence itself.
+        """
+        if not 0 <= start <= stop <= len(src):
+            raise InvalidArgument(
+                f"splice: range [{start}, {stop}) is outside the source's 0..{len(src)} tokens"
+            )
+        self._need_resident("splice into")
+        src._need_resident("splice from")
+        if self.constraint is not None:
+            raise InvalidArgument(
+                "splice: the file has a grammar (kv.constrain) that spliced tokens would bypass;"
+                " detach it first"
+            )
+        ps, n, m = pool.page_size, len(self.tokens), stop - start
+        tokens, positions = src.tokens[start:stop], src.positions[start:stop]
+        src_pages = list(src.pages)
+        hidden = {n + i - start for i in src.hidden if start <= i < stop}
+        fill = min(m, -n % ps) if (n - start) % ps == 0 else m  # tokens copied slot by slot
+        needed = self.pages_needed(pool, fill)
+        if needed > pool.num_free:
+            raise OutOfPages(needed, pool.num_free, f"splice: {needed} pages to copy a seam into")
+        copy_from = [src_pages[i // ps] * ps + i % ps for i in range(start, start + fill)]
+        pool.copy_slots(copy_from, self.reserve(pool, fill))
+        self.append(tokens[:fill], positions[:fill])
+        shared: list[int] = []
+        if fill < m:  # the rest begins at a page boundary of both: whole pages, by reference
+            shared = src_pages[(start + fill) // ps : pages_for(stop, ps)]
+            pool.ref(shared)
+            self.pages.extend(shared)
+            self.append(tokens[fill:], positions[fill:])
+        self.hidden.update(hidden)
+        s = self.sharing
+        if s is not None and m:
+            if n == 0 and start == 0 and src.sharing is not None:  # src's own prefix: plain
+                s.chain = src.sharing.chain[: stop // ps]
+                s.dirty_from = None
+                if src.sharing.dirty_from is not None and src.sharing.dirty_from < stop:
+                    s.mark_dirty(src.sharing.dirty_from, src.sharing.why)
+                if hidden:
+                    s.mark_dirty(min(hidden))
+            else:
+                s.edited(n, ps)
+        return Spliced(m, len(shared), fill)
+
+    def drop(self, pool: PagePool, start: int, stop: int) -> None:
+        """Remove tokens [start, stop) and their keys and values; the pages only they filled go
+        back to the pool. The tokens after them keep their positions and their keys and values
+        (computed while the dropped tokens were there): a forward then sees exactly what it
+        would with the range hidden. All or nothing (OutOfPages before anything changes).
+
+        When start and stop are at the same offset in a page (both page-aligned, say), the pages
+        after the range are kept by reference and only the page holding `start` is copied;
+        otherwise the tokens after the range are copied down slot by slot.
+        """
+        n = len(self.tokens)
+        if not 0 <= start <= stop <= n:
+            raise InvalidArgument(f"drop: range [{start}, {stop}) is outside 0..{n}")
+        if self.constraint is not None:
+            raise InvalidArgument(
+                "drop: the file has a grammar (kv.constrain), whose state follows every token;"
+                " detach it first"
+            )
+        if start == stop:
+            return
+        self._need_resident("drop from")
+        kept = KVSequence()
+        kept.splice(pool, self, 0, start)  # all by reference: it takes no fresh page
+        try:
+            kept.splice(pool, self, stop, n)
+        except OutOfPages:
+            kept.release(pool)
+            raise
+        pool.release(self.pages)
+        self.tokens, self.positions, self.pages = kept.tokens, kept.positions, kept.pages
+        self.hidden = kept.hidden
+        if self.sharing is not None:
+            self.sharing.edited(start, pool.page_size)
+
     def hide(self, indices: list[int]) -> None:
         self._check_indices(indices)
         self.hidden.update(indices)
@@ -228,7 +336,7 @@ class KVSequence:
         elif self.constraint is not None:  # its tokens are checked by the grammar as they run
             stop = Stop("constrained", n)
         elif self.hidden or s.dirty_from is not None or len(s.chain) != n // ps:
-            stop = Stop("hidden", n)
+            stop = Stop(s.why if s.dirty_from is not None and not self.hidden else "hidden", n)
         elif n % ps:
             stop = Stop("unaligned", n)
         else:

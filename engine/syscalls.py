@@ -41,6 +41,7 @@ from engine.wire.records import (
     Sample,
     SamplingParams,
     SpecialTokens,
+    Spliced,
     TopK,
 )
 
@@ -135,6 +136,26 @@ class KVCalls:
     @never_waits(resident=True)
     def truncate(self, handle: Handle, n: int) -> None:
         self._fs.truncate(handle, n)
+
+    @never_waits(resident=True)
+    def splice(
+        self, handle: Handle, src: Handle | str, start: int = 0, stop: int | None = None
+    ) -> Spliced:
+        """Append tokens [start, stop) of src (stop None: its end) to a file, with their
+        positions and their keys and values as computed: nothing is computed again. Pages that
+        line up are shared by reference (copy-on-write); a seam's tokens are copied. A forward
+        on the file then gives what a fresh prefill of the same tokens at the same positions
+        gives under a mask letting each token see what it saw where it was computed
+        (`engine.sequence.KVSequence.splice`). The file no longer takes part in prefix sharing
+        from the splice on (explain: "edited")."""
+        return self._fs.splice(self._sys.caller, handle, src, start, stop)
+
+    @never_waits(resident=True)
+    def drop(self, handle: Handle, start: int, stop: int) -> None:
+        """Remove tokens [start, stop) of a file and free the pages only they filled. The tokens
+        after keep their positions and keys and values: a forward sees what it would see with
+        the range hidden (`engine.sequence.KVSequence.drop`)."""
+        self._fs.drop(handle, start, stop)
 
     async def constrain(
         self, handle: Handle, grammar: Grammar | None, start: int | None = None

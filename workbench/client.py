@@ -78,6 +78,7 @@ from engine.wire.records import (
     Sample,
     SamplingParams,
     SpecialTokens,
+    Spliced,
     TopK,
 )
 
@@ -461,6 +462,18 @@ class KVCalls:
 
     async def truncate(self, handle: FileHandle, n: int) -> None:
         await self._lip._call("kv.truncate", handle=handle, n=n)
+
+    async def splice(
+        self, handle: FileHandle, src: FileHandle | str, start: int = 0, stop: int | None = None
+    ) -> Spliced:
+        """Append tokens [start, stop) of src to a file, sharing its pages (nothing computed),
+        as `engine.syscalls.KVCalls.splice`."""
+        return await self._lip._call("kv.splice", handle=handle, src=src, start=start, stop=stop)
+
+    async def drop(self, handle: FileHandle, start: int, stop: int) -> None:
+        """Remove tokens [start, stop) of a file and free their pages, as
+        `engine.syscalls.KVCalls.drop`."""
+        await self._lip._call("kv.drop", handle=handle, start=start, stop=stop)
 
     async def constrain(
         self, handle: FileHandle, grammar: Grammar | None, start: int | None = None

@@ -36,6 +36,7 @@ from engine.wire.records import (
     ProcessInfo,
     Returns,
     SpecialTokens,
+    Spliced,
 )
 
 
@@ -214,6 +215,25 @@ CALLS: tuple[Call, ...] = (
         P("handle", FileHandle),
         P("n", int),
         doc="keep the first n tokens",
+    ),
+    _call(
+        "kv.splice",
+        PROCESS,
+        Spliced,
+        P("handle", FileHandle),
+        P("src", HandleOrPath),
+        P("start", int, 0),
+        P("stop", int | None, None),
+        doc="append tokens [start, stop) of a file, sharing its pages; nothing is computed",
+    ),
+    _call(
+        "kv.drop",
+        PROCESS,
+        None,
+        P("handle", FileHandle),
+        P("start", int),
+        P("stop", int),
+        doc="remove tokens [start, stop) and free the pages only they filled",
     ),
     _call(
         "kv.constrain",

@@ -195,6 +195,16 @@ class FileStat(NamedTuple):
     cached_from: dict[str, int] = {}
 
 
+class Spliced(NamedTuple):
+    """What `kv.splice` appended: its tokens, the pages it took by reference (nothing computed,
+    nothing copied) and the tokens whose keys and values it copied slot by slot (at a seam, where
+    a page of the source does not line up with a page of the file)."""
+
+    tokens: int
+    shared_pages: int
+    copied_tokens: int
+
+
 class PageMap(NamedTuple):
     """The page pool as one caller sees it (`kv.pages`): per pool page its holders."""
 
@@ -277,6 +287,7 @@ StopKind = Literal[
     "other_user",  # this very page is cached, but in another user's private scope
     "new",  # nothing after this prefix was ever computed (or it was forgotten long ago)
     "hidden",  # the file hides tokens: its keys and values differ from a plain prefix's
+    "edited",  # tokens were spliced in or dropped: its keys and values are not a plain prefix's
     "off",  # sharing is off for this file or this engine
     "constrained",  # the file has a grammar (kv.constrain): its new tokens are checked as computed
     "unaligned",  # the file does not end at a page boundary, so no full page can be appended
@@ -332,6 +343,7 @@ RECORDS: dict[str, Any] = {  # name -> NamedTuple class
         Reuse,
         Stop,
         Grammar,
+        Spliced,
     )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {

@@ -3,7 +3,9 @@
 After every step: the pool invariant holds; the reference counts are exactly the page
 references of live files (nothing leaks from removed files); every caller can open exactly
 the files the mode and /proc privacy allow. A fork fed a token gives the logits of a fresh file
-fed the same tokens, and forking never changes the parent's K/V.
+fed the same tokens, and forking never changes the parent's K/V. A splice appends exactly the
+source range's K/V and a drop keeps exactly the other tokens' K/V, with no page left over for
+a dropped token, and neither changes any other file's K/V.
 """
 
 from __future__ import annotations
@@ -192,6 +194,83 @@ class KVFSMachine(RuleBasedStateMachine):
         path, f = self.pick(data)
         h = self.fs.open(self.owner(path, f), path, write=True)
         self.fs.truncate(h, data.draw(st.integers(0, len(f.seq))))
+        self.fs.close(h)
+
+    def all_kv(self) -> dict[KVFile, tuple[torch.Tensor, torch.Tensor]]:
+        """Every live file's keys and values, copied (each file once)."""
+        live = {f for _, f in self.fs.files()}
+        return {f: tuple(t.clone() for t in gather_kv(self.pool, f.seq)) for f in live}  # type: ignore[misc]
+
+    def others_unchanged(self, before: dict, changed: KVFile) -> None:
+        for f, kv in before.items():
+            if f is not changed and f.seq.tokens:
+                for x, y in zip(kv, gather_kv(self.pool, f.seq), strict=True):
+                    assert torch.equal(x, y), "a splice or drop changed another file's K/V"
+
+    @precondition(has_files)
+    @rule(data=st.data())
+    def splice(self, data: st.DataObject) -> None:
+        dst_path, f = self.pick(data)
+        src_path, g = self.pick(data)
+        start = data.draw(st.integers(0, len(g.seq)))
+        stop = data.draw(st.integers(start, len(g.seq)))
+        h = self.fs.open(self.owner(dst_path, f), dst_path, write=True)
+        before = self.all_kv()
+        want = [
+            torch.cat([a, b[:, start:stop]], dim=1)
+            for a, b in zip(before[f], before[g], strict=True)
+        ]
+        n, free = len(f.seq), self.pool.num_free
+        try:
+            done = self.fs.splice(self.owner(dst_path, f), h, src_path, start, stop)
+        except PermissionDenied:
+            assert not allowed(self.owner(dst_path, f), src_path, g, R)
+            self.fs.close(h)
+            return
+        except OutOfPages:
+            event("splice out of pages")
+            assert len(f.seq) == n and self.pool.num_free == free
+            self.fs.close(h)
+            return
+        event(f"splice shared pages: {done.shared_pages > 0}")
+        assert done.tokens == stop - start and len(f.seq) == n + done.tokens
+        for x, y in zip(want, gather_kv(self.pool, f.seq), strict=True):
+            assert torch.equal(x, y), "spliced K/V differ from the source's"
+        self.others_unchanged(before, f)
+        self.clean[f] = self.clean[f] and done.tokens == 0
+        self.fs.close(h)
+
+    @precondition(has_files)
+    @rule(data=st.data())
+    def drop(self, data: st.DataObject) -> None:
+        path, f = self.pick(data)
+        start = data.draw(st.integers(0, len(f.seq)))
+        stop = data.draw(st.integers(start, len(f.seq)))
+        h = self.fs.open(self.owner(path, f), path, write=True)
+        before = self.all_kv()
+        keep = [i for i in range(len(f.seq)) if not start <= i < stop]
+        want = (
+            [t[:, keep] for t in before[f]],
+            [f.seq.tokens[i] for i in keep],
+            [f.seq.positions[i] for i in keep],
+        )
+        hidden = {
+            i - (stop - start) if i >= stop else i for i in f.seq.hidden if not start <= i < stop
+        }
+        try:
+            self.fs.drop(h, start, stop)
+        except OutOfPages:
+            event("drop out of pages")
+            assert len(f.seq) == len(want[1]) + stop - start
+            self.fs.close(h)
+            return
+        kv, tokens, positions = want
+        assert (f.seq.tokens, f.seq.positions, f.seq.hidden) == (tokens, positions, hidden)
+        assert len(f.seq.pages) == -(-len(tokens) // self.pool.page_size), "a dropped page kept"
+        for x, y in zip(kv, gather_kv(self.pool, f.seq), strict=True):
+            assert torch.equal(x, y), "the kept tokens' K/V changed"
+        self.others_unchanged(before, f)
+        self.clean[f] = self.clean[f] and start == stop
         self.fs.close(h)
 
     @precondition(has_files)

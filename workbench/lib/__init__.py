@@ -15,6 +15,10 @@ engine batches the calls of every program that runs at once.
 | `cached_prompt` | a prompt computed once into a named file, forked by every process after |
 | `generate_regex`, `generate_json` | text a regex matches, JSON a schema validates |
 | `choose`, `constrained` | one of some strings; any grammar (masked in the engine) |
+| `attention_sink`, `sliding_window` | sampling in bounded memory: tokens leave by `kv.drop` |
+| `tree_of_thought` | thoughts forked from thoughts, the best kept by a value function |
+| `skeleton_of_thought` | a skeleton of points, each expanded by a spawned child process |
+| `graph_of_thought` | n thoughts merged by `kv.splice` (nothing computed again), aggregated |
 """
 
 from workbench.lib.constrained import (
@@ -31,15 +35,29 @@ from workbench.lib.sampling import Vote, parallel_samples, self_consistency
 from workbench.lib.scoring import score
 from workbench.lib.search import Beam, beam_search
 from workbench.lib.speculative import Speculation, speculative_decode
+from workbench.lib.thought import (
+    Graph,
+    Skeleton,
+    Thought,
+    graph_of_thought,
+    skeleton_of_thought,
+    tree_of_thought,
+)
+from workbench.lib.windows import Windowed, attention_sink, sliding_window
 
 __all__ = [
     "Beam",
     "CachedPrompt",
     "Constrained",
     "Generation",
+    "Graph",
     "Incomplete",
+    "Skeleton",
     "Speculation",
+    "Thought",
     "Vote",
+    "Windowed",
+    "attention_sink",
     "beam_search",
     "cached_prompt",
     "choose",
@@ -47,8 +65,12 @@ __all__ = [
     "generate",
     "generate_json",
     "generate_regex",
+    "graph_of_thought",
     "parallel_samples",
     "score",
     "self_consistency",
+    "skeleton_of_thought",
+    "sliding_window",
     "speculative_decode",
+    "tree_of_thought",
 ]

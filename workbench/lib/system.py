@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+from engine.wire.records import PageMap, ProcessInfo, Spliced
 
 
 class KV(Protocol):
@@ -16,6 +19,13 @@ class KV(Protocol):
     async def close(self, handle: Any) -> None: ...
     async def stat(self, path: Any) -> Any: ...
     async def read(self, path: Any, start: int = 0, stop: int | None = None) -> list[int]: ...
+    async def hide(self, handle: Any, indices: Sequence[int]) -> None: ...
+    async def splice(
+        self, handle: Any, src: Any, start: int = 0, stop: int | None = None
+    ) -> Spliced: ...
+    async def drop(self, handle: Any, start: int, stop: int) -> None: ...
+    async def link(self, src: Any, dst: str) -> None: ...
+    async def pages(self) -> PageMap: ...
 
 
 class System(Protocol):
@@ -24,10 +34,19 @@ class System(Protocol):
     @property
     def kv(self) -> KV: ...
 
+    @property
+    def pid(self) -> int: ...
+
     def tokenize(self, text: str) -> list[int]: ...
     def detokenize(self, ids: Sequence[int]) -> str: ...
     async def special_tokens(self) -> Any: ...
     async def sleep(self, seconds: float) -> None: ...
+    async def ps(self) -> list[ProcessInfo]: ...
+    async def wait(self, pid: int) -> Any: ...
+    # a child process's pid: at once in process (Syscalls), awaited over RPC (LIP ships main)
+    def spawn(
+        self, main: Any, *args: Any, name: str | None = None, priority: int | None = None
+    ) -> Any: ...
     async def forward(
         self,
         file: Any,
@@ -57,3 +76,16 @@ def seeds(seed: int | None) -> random.Random | None:
 
 def next_seed(stream: random.Random | None) -> int | None:
     return None if stream is None else stream.getrandbits(62)
+
+
+async def spawn(sys: System, main: Any, *args: Any, name: str | None = None) -> int:
+    """A child process running `main(sys, *args)`: in process at once, over RPC main's source
+    is shipped to an engine-side worker (self-contained: imports inside, plain arguments)."""
+    pid = sys.spawn(main, *args, name=name)
+    return int(await pid) if inspect.isawaitable(pid) else int(pid)
+
+
+async def home(sys: System) -> str:
+    """This process's user's home directory (`/home/<user>`), where its children see files."""
+    me = next(p for p in await sys.ps() if p.pid == sys.pid)
+    return f"/home/{me.owner}"

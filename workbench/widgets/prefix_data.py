@@ -79,6 +79,11 @@ def reason(stop: Stop, page_size: int, detokenize: Detokenize) -> str:
                 f"{at} the file hides tokens (or was computed under a tree mask): its keys and"
                 " values are not a plain prefix's"
             )
+        case "edited":
+            return (
+                f"{at} tokens were spliced in or dropped here (kv.splice, kv.drop): the keys and"
+                " values after it were computed after another prefix"
+            )
         case "off":
             return "prefix sharing is off for this file"
         case "constrained":
