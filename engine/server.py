@@ -100,7 +100,7 @@ from engine.wire.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.wire.records import FileHandle, TopK
+from engine.wire.records import FileHandle, Sample, TopK
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
@@ -230,7 +230,7 @@ class EngineServer:
             types = members(p.type)
             if FileHandle in types:
                 decoders[p.name] = self._handle
-            elif TopK in types:  # Returns
+            elif TopK in types or Sample in types:  # Returns; generate's Sample
                 decoders[p.name] = lambda session, value: returns_from_wire(value)
         return decoders
 

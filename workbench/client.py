@@ -67,6 +67,7 @@ from engine.wire.records import (
     Event,
     FileHandle,
     FileStat,
+    Generation,
     Grammar,
     Logits,
     LogProbs,
@@ -613,6 +614,33 @@ class LIP:
             mask=_plain(mask),
             outputs=None if outputs is None else int_list("outputs", outputs),
             returns=returns_to_wire(returns),
+        )
+
+    async def generate(
+        self,
+        file: FileHandle,
+        tokens: Sequence[int],
+        max_tokens: int = 64,
+        returns: Sample | None = None,
+        stop_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        before: Sequence[int] = (),
+    ) -> Generation:
+        """Append tokens, then sample up to max_tokens in the engine, in one round trip (see
+        `engine.syscalls.Syscalls.generate`): ends at a stop token or a stop string."""
+        if not isinstance(file, FileHandle):
+            raise InvalidArgument("generate needs a KV file handle this process opened")
+        if returns is not None and not isinstance(returns, Sample):
+            raise InvalidArgument(f"generate: returns must be a Sample, not {returns!r:.40}")
+        return await self._call(
+            "generate",
+            file=file,
+            tokens=int_list("tokens", tokens),
+            max_tokens=max_tokens,
+            returns=returns_to_wire(returns),
+            stop_ids=int_list("stop_ids", stop_ids),
+            stop=list(stop),
+            before=int_list("before", before),
         )
 
     # --- processes -------------------------------------------------------------------------------

@@ -29,12 +29,14 @@ from engine.wire.records import (
     Event,
     FileHandle,
     FileStat,
+    Generation,
     Grammar,
     Message,
     PageMap,
     PrefixReport,
     ProcessInfo,
     Returns,
+    Sample,
     SpecialTokens,
 )
 
@@ -143,6 +145,20 @@ CALLS: tuple[Call, ...] = (
         P("returns", Returns | None, None),
         waits=True,
         doc="append tokens to a KV file and compute what `returns` asks for",
+    ),
+    _call(
+        "generate",
+        PROCESS,
+        Generation,
+        P("file", FileHandle),
+        P("tokens", Sequence[int]),
+        P("max_tokens", int, 64),
+        P("returns", Sample | None, None),
+        P("stop_ids", Sequence[int], ()),
+        P("stop", Sequence[str], ()),
+        P("before", Sequence[int], ()),
+        waits=True,
+        doc="append tokens, then sample up to max_tokens in the engine: stop tokens and strings",
     ),
     # --- processes -------------------------------------------------------------------------------
     _call(

@@ -170,6 +170,15 @@ class SpecialTokens(NamedTuple):
     unk: int | None
 
 
+class Generation(NamedTuple):
+    """What the `generate` call (and `workbench.lib.generate`) sampled."""
+
+    tokens: list[int]  # the new tokens; the last one ended it if it stopped early
+    text: str  # the generation's text, cut before the stop string that matched
+    stop: str  # why it ended: "length", "token", or the stop string that matched
+    held: int = 0  # trailing characters of text that could begin a stop string (not shown yet)
+
+
 class Message(NamedTuple):
     sender: int
     data: Any
@@ -332,6 +341,7 @@ RECORDS: dict[str, Any] = {  # name -> NamedTuple class
         Reuse,
         Stop,
         Grammar,
+        Generation,
     )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {

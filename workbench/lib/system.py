@@ -28,6 +28,16 @@ class System(Protocol):
     def detokenize(self, ids: Sequence[int]) -> str: ...
     async def special_tokens(self) -> Any: ...
     async def sleep(self, seconds: float) -> None: ...
+    async def generate(
+        self,
+        file: Any,
+        tokens: Sequence[int],
+        max_tokens: int = 64,
+        returns: Any = None,
+        stop_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        before: Sequence[int] = (),
+    ) -> Any: ...
     async def forward(
         self,
         file: Any,
