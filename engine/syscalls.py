@@ -27,15 +27,17 @@ from engine.scheduler import Call
 from engine.sequence import pages_for
 from engine.wire.arguments import check_arg, int_list
 from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
-from engine.wire.events import ToolFinished, ToolStarted
+from engine.wire.events import ToolFinished, ToolStarted, own_trace
 from engine.wire.records import (
     Distribution,
     FileStat,
     Generation,
     Grammar,
+    Identity,
     Logits,
     LogProbs,
     Message,
+    OwnTrace,
     PageMap,
     PrefixReport,
     ProcessInfo,
@@ -477,6 +479,23 @@ class Syscalls:
 
     async def sleep(self, seconds: float) -> None:
         await self._waiting(asyncio.sleep(_seconds("seconds", seconds)))
+
+    @never_waits(resident=False)
+    def whoami(self) -> Identity:
+        """Who this process is: its pid and name, its user and that user's home directory."""
+        p = self.process
+        home, proc = f"/home/{p.owner}", f"/proc/{p.pid}"
+        return Identity(p.pid, p.name, p.owner, home, proc, p.parent, p.priority)
+
+    @never_waits(resident=False)
+    def own_trace(self, after_seq: int | None = None) -> OwnTrace:
+        """This process's trace, as far as the engine's trace ring still holds it: the batches
+        its calls were in (beside whose calls) and the spans it waited (a tool named). after_seq:
+        only events after that one (a previous result's last_seq)."""
+        if after_seq is not None:
+            check_arg("own_trace", "after_seq", int, after_seq)
+        events = self.kernel.trace.query(pid=self.pid, after_seq=after_seq)
+        return own_trace(events, self.pid)
 
     # --- tools -----------------------------------------------------------------------------------
 
