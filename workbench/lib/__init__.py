@@ -15,8 +15,12 @@ engine batches the calls of every program that runs at once.
 | `cached_prompt` | a prompt computed once into a named file, forked by every process after |
 | `generate_regex`, `generate_json` | text a regex matches, JSON a schema validates |
 | `choose`, `constrained` | one of some strings; any grammar (masked in the engine) |
+| `Chat` | a multi-turn conversation that keeps its KV file across turns |
+| `react` | a ReAct agent calling engine-side tools, its steps in the ReAct format by grammar |
 """
 
+from workbench.lib.agent import AgentRun, Step, react
+from workbench.lib.chat import Chat, Turn
 from workbench.lib.constrained import (
     Constrained,
     Incomplete,
@@ -33,12 +37,16 @@ from workbench.lib.search import Beam, beam_search
 from workbench.lib.speculative import Speculation, speculative_decode
 
 __all__ = [
+    "AgentRun",
     "Beam",
     "CachedPrompt",
+    "Chat",
     "Constrained",
     "Generation",
     "Incomplete",
     "Speculation",
+    "Step",
+    "Turn",
     "Vote",
     "beam_search",
     "cached_prompt",
@@ -48,6 +56,7 @@ __all__ = [
     "generate_json",
     "generate_regex",
     "parallel_samples",
+    "react",
     "score",
     "self_consistency",
     "speculative_decode",
