@@ -9,9 +9,11 @@ hold KV memory (suspension and resumption), is engine.memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,7 +22,9 @@ from engine.kvfs import Handle
 from engine.process import SUSPENDED, Process
 from engine.runner import LogProbs, Result, Segment, TopKResult
 from engine.sequence import KVSequence
+from engine.wire.arguments import describe
 from engine.wire.engine_config import EngineConfig
+from engine.wire.errors import InvalidArgument
 
 
 @dataclass(eq=False, slots=True)
@@ -152,6 +156,41 @@ class Adaptive(BatchPolicy):
         if not any(t < self.max_wait for t in view.ready_for):  # nobody is about to join
             return 0.0
         return max(0.0, self.max_wait - view.oldest_wait)
+
+
+POLICIES: dict[str, type[BatchPolicy]] = {
+    p.name: p for p in (Eager, Adaptive, WaitForK, WaitForT)
+}  # the policies a client may set by name (a notebook's own class: `Kernel.set_policy`)
+
+
+def policy_settings(policy: BatchPolicy) -> dict[str, Any]:
+    """A policy's settings (its dataclass fields), as plain values."""
+    if not dataclasses.is_dataclass(policy):
+        return {}
+    return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
+
+
+def make_policy(name: str, settings: dict[str, Any] | None = None) -> BatchPolicy:
+    """The policy of that name with those settings; InvalidArgument naming what is wrong."""
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise InvalidArgument(f"no batch policy {name!r} (there are {', '.join(POLICIES)})")
+    fields: list[str] = (
+        [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    )
+    for key, value in (settings or {}).items():
+        if key not in fields:
+            takes = ", ".join(fields) or "no settings"
+            raise InvalidArgument(f"policy {name}: no setting {key!r} (it takes {takes})")
+        kind = type(getattr(cls(), key))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or not value >= 0:
+            raise InvalidArgument(
+                f"policy {name}: {key} must be {describe(kind)} >= 0, not {value!r:.40}"
+            )
+        if math.isinf(value):
+            raise InvalidArgument(f"policy {name}: {key} must be finite")
+    return cls(**(settings or {}))
 
 
 class Batch(NamedTuple):

@@ -61,6 +61,7 @@ from engine.credentials import Credentials
 from engine.kernel import Kernel
 from engine.kvfs import Caller, Handle
 from engine.process import SUSPENDED
+from engine.scheduler import make_policy, policy_settings
 from engine.syscalls import PLAIN, KVCalls, Plain, Syscalls
 from engine.wire import connection
 from engine.wire import events as ev
@@ -102,7 +103,7 @@ from engine.wire.protocol import (
     parse_request,
     returns_from_wire,
 )
-from engine.wire.records import FileHandle, TopK
+from engine.wire.records import FileHandle, PolicyInfo, Sample, TopK
 from engine.workers import Workers
 
 log = logging.getLogger("symphony.server")
@@ -199,6 +200,8 @@ class EngineServer:
             "sessions": self._sessions,
             "noop": self._noop,
             "drop_caches": self._drop_caches,
+            "policy": self._policy,
+            "set_policy": self._set_policy,
             "shutdown": self._shutdown,
             "goodbye": self._goodbye,
             "run": self._run_worker,
@@ -235,7 +238,7 @@ class EngineServer:
             types = members(p.type)
             if FileHandle in types:
                 decoders[p.name] = self._handle
-            elif TopK in types:  # Returns
+            elif TopK in types or Sample in types:  # Returns; generate's Sample
                 decoders[p.name] = lambda session, value: returns_from_wire(value)
         return decoders
 
@@ -339,6 +342,9 @@ class EngineServer:
                 {"kind": PONG, "session": sid}, body
             )
             self._send(identity, pong)
+        elif header["kind"] == REQUEST and self._requests(msg.body):  # calls made at once
+            for body in msg.body:  # all started before the step loop runs: they batch
+                self._start(identity, {**header, "id": None}, body)
         elif header["kind"] == REQUEST:
             self._start(identity, header, msg.body)
         else:
@@ -346,6 +352,11 @@ class EngineServer:
             err = BadMessage(f"an engine takes requests and pings, not {header['kind']}s")
             sid, cred = str(header.get("session", "")), header.get("cred", "")
             self._reply(identity, sid, rid, error_reply(rid, err), cred)
+
+    @staticmethod
+    def _requests(body: Any) -> bool:
+        """Whether a request's body lists several requests (else it is one, checked as one)."""
+        return isinstance(body, list) and len(body) > 0 and all(type(b) is dict for b in body)
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
         if self._sock is not None:
@@ -684,6 +695,17 @@ class EngineServer:
         it costs every user their cache."""
         self._check_owner(session, "drop_caches")
         return self.kernel.pool.drop_cache()
+
+    def _policy(self, session: Session, req: Request, args: Args) -> PolicyInfo:
+        policy = self.kernel.scheduler.policy
+        return PolicyInfo(policy.name, policy_settings(policy))
+
+    def _set_policy(self, session: Session, req: Request, args: Args) -> PolicyInfo:
+        """Set the batch policy by name. The engine's owner only: it changes every user's
+        batches (a class may set one for an engine of its own: EngineThread)."""
+        self._check_owner(session, "set_policy")
+        self.kernel.set_policy(make_policy(args.name, args.settings))
+        return self._policy(session, req, args)
 
     def _user_add(self, session: Session, req: Request, args: Args) -> dict[str, Any]:
         """A new credential for user: {user, token} (an earlier one of theirs stops working)."""

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import torch
+from tokenizers.decoders import DecodeStream
 
 from engine.grammar import Grammars, attach
 from engine.kvfs import Caller, Handle
@@ -26,14 +27,17 @@ from engine.scheduler import Call
 from engine.sequence import pages_for
 from engine.wire.arguments import check_arg, int_list
 from engine.wire.errors import InvalidArgument, OutOfPages, ProcessExited
-from engine.wire.events import ToolFinished, ToolStarted
+from engine.wire.events import ToolFinished, ToolStarted, own_trace
 from engine.wire.records import (
     Distribution,
     FileStat,
+    Generation,
     Grammar,
+    Identity,
     Logits,
     LogProbs,
     Message,
+    OwnTrace,
     PageMap,
     PrefixReport,
     ProcessInfo,
@@ -44,6 +48,7 @@ from engine.wire.records import (
     Spliced,
     TopK,
 )
+from engine.wire.stops import first_stop, held_back
 
 if TYPE_CHECKING:
     from engine.kernel import Kernel, Program
@@ -383,6 +388,62 @@ class Syscalls:
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
+    async def generate(
+        self,
+        file: Handle,
+        tokens: Sequence[int],
+        max_tokens: int = 64,
+        returns: Sample | None = None,
+        stop_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        before: Sequence[int] = (),
+    ) -> Generation:
+        """Append tokens to a KV file, then sample up to max_tokens new tokens, in the engine.
+
+        Each step is a forward of its own (batched with every other process's calls), and its
+        token is detokenized incrementally (`tokenizers`' DecodeStream): no round trip and no
+        full detokenization per token. It ends at a token of `stop_ids` (kept in the result's
+        tokens) or once the text holds a string of `stop` (cut from the text). `before`: the
+        tokens this generation sampled in earlier calls (a client streaming in pieces), whose
+        text counts for stop strings and comes back in `text`. `returns`' int seed seeds one
+        stream for the whole call. The file then holds tokens and every new token but the last.
+        """
+        check_arg("generate", "max_tokens", int, max_tokens)
+        if max_tokens < 1:
+            raise InvalidArgument(f"generate: max_tokens must be >= 1, not {max_tokens}")
+        sample = Sample() if returns is None else returns
+        if not isinstance(sample, Sample):
+            raise InvalidArgument(f"generate: returns must be a Sample, not {sample!r:.40}")
+        check_arg("generate", "stop", Sequence[str], list(stop))
+        if any(not s for s in stop):
+            raise InvalidArgument("generate: a stop string must not be empty")
+        vocab = self.kernel.tokenizer.vocab_size
+        ends = set(int_list("stop_ids", stop_ids))
+        earlier = int_list("before", before)
+        if not all(0 <= t < vocab for t in [*ends, *earlier]):
+            raise InvalidArgument(f"generate: stop_ids and before take token ids in 0..{vocab - 1}")
+        if type(sample.generator) is not torch.Generator:  # one stream for every step
+            sample = sample._replace(generator=self._generator(sample.generator))
+        backend = self.kernel.tokenizer.backend
+        decoder = DecodeStream(earlier, skip_special_tokens=False)
+        text = self.kernel.tokenizer.decode(earlier)  # what the stop strings are looked for in
+        out: list[int] = []
+        fed = int_list("tokens", tokens)
+        while len(out) < max_tokens:
+            token = await self.forward(file, fed, returns=sample)
+            out.append(token)
+            grew = len(text)
+            text += decoder.step(backend, token) or ""
+            if first_stop(text, stop, grew) is not None or token in ends:
+                break
+            fed = [token]
+        text = self.kernel.tokenizer.decode([*earlier, *out])  # once, with any pending bytes
+        if (hit := first_stop(text, stop)) is not None:
+            return Generation(out, text[: hit[0]], hit[1])
+        if out[-1] in ends:
+            return Generation(out, text, "token")
+        return Generation(out, text, "length", held_back(text, stop))
+
     def _generator(self, seed: Any) -> torch.Generator:
         """The process's own stream (seed None) or a fresh one seeded for this call."""
         if seed is None:
@@ -439,6 +500,23 @@ class Syscalls:
 
     async def sleep(self, seconds: float) -> None:
         await self._waiting(asyncio.sleep(_seconds("seconds", seconds)))
+
+    @never_waits(resident=False)
+    def whoami(self) -> Identity:
+        """Who this process is: its pid and name, its user and that user's home directory."""
+        p = self.process
+        home, proc = f"/home/{p.owner}", f"/proc/{p.pid}"
+        return Identity(p.pid, p.name, p.owner, home, proc, p.parent, p.priority)
+
+    @never_waits(resident=False)
+    def own_trace(self, after_seq: int | None = None) -> OwnTrace:
+        """This process's trace, as far as the engine's trace ring still holds it: the batches
+        its calls were in (beside whose calls) and the spans it waited (a tool named). after_seq:
+        only events after that one (a previous result's last_seq)."""
+        if after_seq is not None:
+            check_arg("own_trace", "after_seq", int, after_seq)
+        events = self.kernel.trace.query(pid=self.pid, after_seq=after_seq)
+        return own_trace(events, self.pid)
 
     # --- tools -----------------------------------------------------------------------------------
 

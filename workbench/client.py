@@ -45,6 +45,7 @@ from engine.wire.errors import (
     EngineError,
     EngineNotRunning,
     InvalidArgument,
+    MessageTooLarge,
     ProcessFailed,
     SessionEnded,
 )
@@ -67,11 +68,15 @@ from engine.wire.records import (
     Event,
     FileHandle,
     FileStat,
+    Generation,
     Grammar,
+    Identity,
     Logits,
     LogProbs,
     Message,
+    OwnTrace,
     PageMap,
+    PolicyInfo,
     PrefixReport,
     ProcessInfo,
     Returns,
@@ -105,6 +110,7 @@ class Client:
         self.tokenizer: tokenizers.Tokenizer | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
+        self._outbox: list[dict[str, Any]] = []  # requests made in this loop turn, not yet sent
         self._children: set[asyncio.Task] = set()  # following spawned processes' output
         self._broken: EngineError | None = None  # why every call now fails at once
         self._open_sockets()
@@ -228,15 +234,41 @@ class Client:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
-            header = {"kind": REQUEST, "session": self.session, "id": rid}
+            body = request_body(rid, op, args or {}, pid)
+            self._outbox.append(body)
             try:
-                frames = self.wire.frames(header, request_body(rid, op, args or {}, pid))
-            except TypeError as e:
-                raise InvalidArgument(f"{op}: {e}") from None
-            await self._send(frames)
+                await asyncio.sleep(0)  # one loop turn: the calls made at once go out together
+            except asyncio.CancelledError:
+                if body in self._outbox:  # never sent: the engine never hears of it
+                    self._outbox.remove(body)
+                raise
+            if self._outbox:
+                await self._send_requests()
             return await future
         finally:
             self._pending.pop(rid, None)
+
+    async def _send_requests(self) -> None:
+        """Send every request in the outbox: one message whose body lists them, so that the
+        engine starts them all before its next forward (asyncio.gather of 8 forwards batches
+        as in process); one by one where together they are over the engine's size limit."""
+        bodies, self._outbox = self._outbox, []
+        header = {"kind": REQUEST, "session": self.session, "id": bodies[0]["id"]}
+        try:
+            if len(bodies) > 1:
+                with contextlib.suppress(TypeError, MessageTooLarge):  # then each fails alone
+                    await self._send(self.wire.frames(header, bodies))
+                    return
+            for body in bodies:
+                try:
+                    await self._send(self.wire.frames({**header, "id": body["id"]}, body))
+                except TypeError as e:  # a value msgpack cannot carry
+                    self._fail(body["id"], InvalidArgument(f"{body['op']}: {e}"))
+                except MessageTooLarge as e:
+                    self._fail(body["id"], e)
+        except Exception as e:  # the socket failed: every caller hears why
+            for body in bodies:
+                self._fail(body["id"], e)
 
     async def _send(self, frames: list[bytes]) -> None:
         if isinstance(limit := self.engine.get("max_message"), int):
@@ -309,6 +341,16 @@ class Client:
 
     async def rename(self, src: str, dst: str) -> None:
         await self.call("kv.rename", {"src": src, "dst": dst})
+
+    async def policy(self) -> PolicyInfo:
+        """The engine's batch policy: its name and settings."""
+        return await self.call("policy")
+
+    async def set_policy(self, name: str, settings: dict[str, Any] | None = None) -> PolicyInfo:
+        """Set the engine's batch policy by name (`eager`, `adaptive`, `wait-for-k`,
+        `wait-for-t`) and settings (`{"k": 8, "max_wait": 0.05}`); the engine's owner only
+        (PermissionDenied for a user's credential). The policy now in force."""
+        return await self.call("set_policy", {"name": name, "settings": settings})
 
     async def drop_caches(self) -> int:
         """Evict every page the prefix cache keeps (the engine's owner only); how many."""
@@ -628,6 +670,33 @@ class LIP:
             returns=returns_to_wire(returns),
         )
 
+    async def generate(
+        self,
+        file: FileHandle,
+        tokens: Sequence[int],
+        max_tokens: int = 64,
+        returns: Sample | None = None,
+        stop_ids: Sequence[int] = (),
+        stop: Sequence[str] = (),
+        before: Sequence[int] = (),
+    ) -> Generation:
+        """Append tokens, then sample up to max_tokens in the engine, in one round trip (see
+        `engine.syscalls.Syscalls.generate`): ends at a stop token or a stop string."""
+        if not isinstance(file, FileHandle):
+            raise InvalidArgument("generate needs a KV file handle this process opened")
+        if returns is not None and not isinstance(returns, Sample):
+            raise InvalidArgument(f"generate: returns must be a Sample, not {returns!r:.40}")
+        return await self._call(
+            "generate",
+            file=file,
+            tokens=int_list("tokens", tokens),
+            max_tokens=max_tokens,
+            returns=returns_to_wire(returns),
+            stop_ids=int_list("stop_ids", stop_ids),
+            stop=list(stop),
+            before=int_list("before", before),
+        )
+
     # --- processes -------------------------------------------------------------------------------
 
     async def spawn(
@@ -673,6 +742,14 @@ class LIP:
 
     async def sleep(self, seconds: float) -> None:
         await self._call("sleep", seconds=seconds)
+
+    async def whoami(self) -> Identity:
+        """Who this process is: its pid and name, its user and that user's home directory."""
+        return await self._call("whoami")
+
+    async def own_trace(self, after_seq: int | None = None) -> OwnTrace:
+        """This process's trace: the batches its calls were in, the spans it waited."""
+        return await self._call("own_trace", after_seq=after_seq)
 
     # --- tools -----------------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ for the widgets and the tests alike. Torch-free, so a notebook imports it withou
 
 from __future__ import annotations
 
+import collections
 from typing import Any, NamedTuple
 
-from engine.wire.records import Event
+from engine.wire.records import BatchShare, Event, OwnTrace, Wait
 
 # The kinds of event, by name (what `Trace.query(kinds=...)` takes)
 CALL_SUBMITTED = "call.submitted"
@@ -169,6 +170,39 @@ RECORDS: dict[str, type[TraceRecord]] = {
 }
 
 
+def own_trace(events: list[Event], pid: int) -> OwnTrace:
+    """What events (earliest first) say of process pid: the batches its calls were in and the
+    spans it waited (torch-free: the engine's `own_trace` call and a notebook both use it)."""
+    batches: list[BatchShare] = []
+    waits: list[Wait] = []
+    tool: str | None = None  # the tool it is calling now
+    calls, waited = 0, 0.0
+    started = collections.Counter(  # its calls that began in each batch
+        e.data["batch"] for e in events if e.pid == pid and e.kind == CALL_STARTED
+    )
+    for e in events:
+        r = record_of(e)
+        if type(r) is BatchRan and pid in r.pids:
+            mine = max(started[r.batch], 1)  # (a chunk of a long prefill started before)
+            share = BatchShare(r.batch, e.t, mine, len(r.calls), len(r.pids), r.tokens, r.seconds)
+            batches.append(share)
+        elif e.pid != pid:
+            continue
+        elif type(r) is ToolStarted:
+            tool = r.tool
+        elif type(r) is ToolFinished:
+            tool = None
+        elif type(r) is CallFinished:
+            calls, waited = calls + 1, waited + r.waited
+        elif type(r) is ProcessChanged:
+            if waits and waits[-1].end is None:
+                waits[-1] = waits[-1]._replace(end=e.t)
+            if r.new in ("waiting", "suspended"):
+                waits.append(Wait(e.t, None, r.new, tool if r.new == "waiting" else None))
+    last = events[-1].seq if events else None
+    return OwnTrace(pid, batches, waits, calls, waited, last)
+
+
 def record_of(event: Event) -> TraceRecord:
     """The record an event carries (fields it lacks take their defaults; unknown ones are
     ignored, so an engine newer or older than the notebook still reads)."""
@@ -198,5 +232,6 @@ __all__ = [
     "ToolFinished",
     "ToolStarted",
     "TraceRecord",
+    "own_trace",
     "record_of",
 ]

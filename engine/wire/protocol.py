@@ -18,6 +18,9 @@ binds it to its session, so it cannot be moved into another. This is Jupyter's d
 (jupyter_client.session rejects a signature it has seen), made exact: a per-session window of
 serial numbers rather than a culled set of digests.
     request  {"id": int, "op": str, "args": {...}, "pid": int | None}   (pid: the acting LIP)
+             or a list of such maps: calls a client made at once (an asyncio.gather), which
+             the engine starts together, before its next forward, so that they batch as the
+             same calls made in the engine's own process do; each gets its own reply
     reply    {"id": int, "ok": true, "result": ...}
              {"id": int | None, "ok": false, "error": {"type": "PermissionDenied",
                                                        "message": "...", "attrs": {...}}}

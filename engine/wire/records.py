@@ -170,6 +170,66 @@ class SpecialTokens(NamedTuple):
     unk: int | None
 
 
+class Generation(NamedTuple):
+    """What the `generate` call (and `workbench.lib.generate`) sampled."""
+
+    tokens: list[int]  # the new tokens; the last one ended it if it stopped early
+    text: str  # the generation's text, cut before the stop string that matched
+    stop: str  # why it ended: "length", "token", or the stop string that matched
+    held: int = 0  # trailing characters of text that could begin a stop string (not shown yet)
+
+
+class PolicyInfo(NamedTuple):
+    """The engine's batch policy (engine.scheduler): its name and its settings."""
+
+    name: str  # "adaptive", "eager", "wait-for-k", "wait-for-t", or a notebook's own class
+    settings: dict[str, Any]  # e.g. {"max_wait": 0.005}
+
+
+class Identity(NamedTuple):
+    """Who a process is (`whoami`)."""
+
+    pid: int
+    name: str
+    user: str  # who owns it, and its files
+    home: str  # the user's KV directory, kept after the process exits: /home/<user>
+    proc: str  # its private KV directory, gone when it exits: /proc/<pid>
+    parent: int | None
+    priority: int
+
+
+class BatchShare(NamedTuple):
+    """One forward pass that held calls of a process (`own_trace`)."""
+
+    batch: int
+    t: float  # when it ended (the trace's clock: seconds since the engine started)
+    calls: int  # of this process's calls
+    size: int  # calls in the whole batch, every process's
+    processes: int  # processes in the batch
+    tokens: int  # tokens in the whole batch
+    seconds: float  # how long the forward took
+
+
+class Wait(NamedTuple):
+    """A span in which a process did not run its own code (`own_trace`)."""
+
+    start: float  # the trace's clock
+    end: float | None  # None: it still waits
+    state: str  # "waiting" (in a system call: forwards, a tool, a message, a timer) or "suspended"
+    tool: str | None = None  # the engine-side tool it waited for, if that was the call
+
+
+class OwnTrace(NamedTuple):
+    """What the trace holds of one process (`own_trace`), from the ring's oldest event on."""
+
+    pid: int
+    batches: list[BatchShare]
+    waits: list[Wait]
+    calls: int  # forward calls that finished
+    waited: float  # seconds its forwards waited for their first batch, summed
+    last_seq: int | None  # the newest event read: pass it as after_seq to read only what is new
+
+
 class Message(NamedTuple):
     sender: int
     data: Any
@@ -344,6 +404,12 @@ RECORDS: dict[str, Any] = {  # name -> NamedTuple class
         Stop,
         Grammar,
         Spliced,
+        Generation,
+        PolicyInfo,
+        Identity,
+        BatchShare,
+        Wait,
+        OwnTrace,
     )
 }
 TUPLE_FIELDS: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,7 @@ from test_library import PROMPT, run
 
 from engine.wire.records import SamplingParams
 from workbench.client import Client
-from workbench.lib import beam_search, parallel_samples, score, speculative_decode
+from workbench.lib import beam_search, generate, parallel_samples, score, speculative_decode
 
 HOT = SamplingParams(temperature=1.0)
 
@@ -50,3 +50,39 @@ def test_library_programs_give_the_same_results_over_rpc(
     assert [b.tokens for b in beams] == [b.tokens for b in beams_here]
     assert [s.tokens for s in samples] == [s.tokens for s in samples_here]
     assert scores == pytest.approx(scores_here, abs=1e-4)
+
+
+def test_a_generation_over_rpc_is_one_round_trip_with_the_same_stops(
+    engine: EngineProcess, tiny_loaded
+) -> None:  # noqa: ANN001
+    async def program(sys: Any) -> tuple:
+        whole = await generate(sys, await sys.kv.create(), PROMPT, 20)
+        stop = whole.text[len(whole.text) // 2 : len(whole.text) // 2 + 3]
+        streamed: list[str] = []
+        cut = await generate(
+            sys, await sys.kv.create(), PROMPT, 20, stop=[stop], on_text=streamed.append
+        )
+        return whole, stop, cut, streamed
+
+    async def remote() -> tuple:
+        client = await Client.connect(engine.conn, user="alice")
+        async with client, await client.attach("generate") as lip:
+            sent: list[str] = []
+            call = client.call
+
+            async def counted(op: str, args: Any = None, pid: Any = None) -> Any:
+                sent.append(op)
+                return await call(op, args, pid)
+
+            client.call = counted  # type: ignore[method-assign]
+            f = await lip.kv.create()
+            sent.clear()
+            one = await generate(lip, f, PROMPT, 20)
+            return one, sent[:], await program(lip)
+
+    one, sent, (whole, stop, cut, streamed) = asyncio.run(remote())
+    (whole_here, stop_here, cut_here, streamed_here), _ = run(tiny_loaded, program)
+    assert sent == ["generate"]  # 20 tokens, one round trip
+    assert one.tokens == whole.tokens == whole_here.tokens and stop == stop_here
+    assert cut == cut_here and cut.stop == stop and "".join(streamed) == cut.text
+    assert streamed == streamed_here

@@ -42,7 +42,7 @@ from workbench.client import KVCalls as ClientKV
 from workbench.widgets.live import Source
 
 # A session call that `Client` offers as a method of the same name and parameters.
-CLIENT_SESSION_METHODS = ("attach", "trace", "stat_engine", "sessions")
+CLIENT_SESSION_METHODS = ("attach", "trace", "stat_engine", "sessions", "policy", "set_policy")
 
 
 def shape(fn: Callable[..., Any]) -> list[tuple[str, Any, Any]]:

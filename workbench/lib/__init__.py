@@ -19,8 +19,12 @@ engine batches the calls of every program that runs at once.
 | `tree_of_thought` | thoughts forked from thoughts, the best kept by a value function |
 | `skeleton_of_thought` | a skeleton of points, each expanded by a spawned child process |
 | `graph_of_thought` | n thoughts merged by `kv.splice` (nothing computed again), aggregated |
+| `Chat` | a multi-turn conversation that keeps its KV file across turns |
+| `react` | a ReAct agent calling engine-side tools, its steps in the ReAct format by grammar |
 """
 
+from workbench.lib.agent import AgentRun, Step, react
+from workbench.lib.chat import Chat, Turn
 from workbench.lib.constrained import (
     Constrained,
     Incomplete,
@@ -46,8 +50,10 @@ from workbench.lib.thought import (
 from workbench.lib.windows import Windowed, attention_sink, sliding_window
 
 __all__ = [
+    "AgentRun",
     "Beam",
     "CachedPrompt",
+    "Chat",
     "Constrained",
     "Generation",
     "Graph",
@@ -55,6 +61,8 @@ __all__ = [
     "Skeleton",
     "Speculation",
     "Thought",
+    "Step",
+    "Turn",
     "Vote",
     "Windowed",
     "attention_sink",
@@ -67,6 +75,7 @@ __all__ = [
     "generate_regex",
     "graph_of_thought",
     "parallel_samples",
+    "react",
     "score",
     "self_consistency",
     "skeleton_of_thought",

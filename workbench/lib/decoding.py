@@ -1,31 +1,22 @@
-"""`generate`: the sampling loop, with a token limit, stop tokens, stop strings and streaming."""
+"""`generate`: the sampling loop, with a token limit, stop tokens, stop strings and streaming.
+
+The loop runs in the engine (the `generate` call): it checks the stop tokens and strings as
+tokens come, so a LIP does not detokenize after every token, and over RPC a generation is one
+round trip, or one per `STREAM_CHUNK` tokens while it streams its text.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from engine.wire.records import Sample, SamplingParams
+from engine.wire.records import Generation, Sample, SamplingParams
+from engine.wire.stops import held_back
 from workbench.lib.system import System, ids_of, next_seed, seeds
 
+STREAM_CHUNK = 8  # tokens per `generate` call while streaming text to on_text
 
-class Generation(NamedTuple):
-    tokens: list[int]  # the new tokens; the last one ended it if it stopped early
-    text: str  # their text, without the stop string
-    stop: str  # why it ended: "length", "token", or the stop string that matched
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of text could be the start of a stop string (not shown yet)."""
-    return max(
-        (
-            n
-            for s in stops
-            for n in range(min(len(s) - 1, len(text)), 0, -1)
-            if text.endswith(s[:n])
-        ),
-        default=0,
-    )
+__all__ = ["STREAM_CHUNK", "Generation", "generate", "held_back"]
 
 
 async def generate(
@@ -43,31 +34,27 @@ async def generate(
 
     Ends at a token in `stop_ids` (kept in `tokens`) or when the text contains a string of
     `stop` (cut from `text`). `on_text` receives the text as it grows, never a part that could
-    still turn out to be a stop string. `seed` makes the samples reproducible (greedy needs
-    none). Afterwards the file holds the prompt and every new token but the last.
+    still turn out to be a stop string (the engine says how much to hold back). `seed` makes
+    the samples reproducible (greedy needs none). Afterwards the file holds the prompt and
+    every new token but the last.
     """
-    params = params or SamplingParams()
+    if max_tokens < 1:
+        return Generation([], "", "length")
     stream = seeds(seed)
-    ids = ids_of(sys, prompt)
+    chunk = max_tokens if on_text is None else STREAM_CHUNK
+    fed, shown = ids_of(sys, prompt), 0
     tokens: list[int] = []
-    shown = 0
-    text, why = "", "length"
-    for step in range(max_tokens):
-        fed = ids if step == 0 else tokens[-1:]
-        tokens.append(await sys.forward(file, fed, returns=Sample(params, next_seed(stream))))
-        text = sys.detokenize(tokens)
-        hit = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-        if hit >= 0:
-            text, why = text[:hit], next(s for s in stop if text.find(s) == hit)
-        elif tokens[-1] in stop_ids:
-            why = "token"
-        if on_text is not None:
-            safe = len(text) if why != "length" else len(text) - held_back(text, stop)
-            if safe > shown:
-                on_text(text[shown:safe])
-                shown = safe
-        if why != "length":
+    while True:
+        step = min(chunk, max_tokens - len(tokens))
+        sample = Sample(params or SamplingParams(), next_seed(stream))
+        g = await sys.generate(file, fed, step, sample, stop_ids, stop, before=tokens)
+        tokens = [*tokens, *g.tokens]
+        if on_text is not None and len(g.text) - g.held > shown:
+            on_text(g.text[shown : len(g.text) - g.held])
+            shown = len(g.text) - g.held
+        if g.stop != "length" or len(tokens) >= max_tokens:
             break
-    if on_text is not None and len(text) > shown:
-        on_text(text[shown:])
-    return Generation(tokens, text, why)
+        fed = tokens[-1:]
+    if on_text is not None and len(g.text) > shown:  # the held-back end: no stop string came
+        on_text(g.text[shown:])
+    return Generation(tokens, g.text, g.stop)
