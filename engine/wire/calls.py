@@ -4,9 +4,10 @@ A declaration (`Call`) gives a call's name, its parameters with their types and 
 result type, who makes it (`By`), whether it may wait, and whether the engine serves it as an op
 of that name. The in-process `engine.syscalls.Syscalls`, the server's op table
 (`engine.server`), the client's `LIP`, `KVCalls` and `Client` (`workbench.client`), the names a
-`%%lip` cell gets (`workbench.names`) and the CLI commands are checked against these
-declarations (tests/unit/test_calls.py), and the server checks every request's arguments by them
-before anything runs (`engine.wire.arguments.check_call`).
+`%%lip` cell gets (`workbench.names`), the calls the widgets make (`workbench.widgets.live.Source`)
+and the CLI commands are checked against these declarations (tests/unit/test_calls.py), and the
+server checks every request's arguments by them before anything runs, then gives the handler
+the op's record made from them (`engine.wire.arguments.arguments_of`).
 
 Adding a call: declare it here, then write its handler (a `Syscalls` or `KVCalls` method for a
 process's call, an `EngineServer` method for a session call) and the client's method; the test

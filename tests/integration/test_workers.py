@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -59,10 +60,11 @@ class Output:
         return "".join(t for s, t in self.chunks if s == stream)
 
     async def os_pid(self) -> int:
-        """The worker's OS pid, once it printed `os <pid>`."""
-        while "os " not in self.text():
+        """The worker's OS pid, once it printed the whole line `os <pid>` (print may write it in
+        pieces, each its own chunk)."""
+        while (printed := re.search(r"os (\d+)\n", self.text())) is None:
             await asyncio.sleep(0.02)
-        return int(self.text().split("os ")[1].split()[0])
+        return int(printed.group(1))
 
 
 async def os_pid_gone(pid: int, within: float = 5.0) -> bool:

@@ -68,8 +68,9 @@ def check(out: dict[str, Any], loaded: Any) -> None:
     past, not_a_list, no_role = out["errors"]
     assert past[0] == "ContextTooLong" and past[2] == 512
     assert "position 512 is past the model's context length (512 positions" in past[1]
-    assert not_a_list[0] == no_role[0] == "InvalidArgument"
-    assert "messages must be a list" in not_a_list[1]  # checked by the call's declaration
+    assert not_a_list[0] == "BadArgument"  # refused by the call's declaration, which names
+    assert "chat_template: messages must be a list" in not_a_list[1]  # the op and the argument
+    assert no_role[0] == "InvalidArgument"
 
 
 def test_model_calls_in_process(tiny_loaded) -> None:  # noqa: ANN001

@@ -1,8 +1,8 @@
 """The calls are declared once (engine.wire.calls): everything that offers them agrees.
 
 Each test names the call and the side that drifted from its declaration: the in-process
-`Syscalls`, the client's `LIP` and `Client`, the server's op table, a `%%lip` cell's names and
-the CLI commands.
+`Syscalls`, the client's `LIP` and `Client`, the server's op table and its handlers' records, a
+`%%lip` cell's names, the widgets' `Source` and the CLI commands.
 """
 
 from __future__ import annotations
