@@ -30,6 +30,7 @@ def test_the_speculative_lesson_colours_the_drafts_the_engine_verified(
     page: Any, lab: Lab, artifacts: Path
 ) -> None:
     cells = run_lesson(page, lab, NOTEBOOK)
+    engine = Engine(lab)
     greedy = re.search(
         r"greedy: \d+ tokens in \d+ forwards: (.*)$", cell_text(cells, GREEDY_CELL), re.M
     )
@@ -40,10 +41,14 @@ def test_the_speculative_lesson_colours_the_drafts_the_engine_verified(
     )
     assert numbers, said
     tokens, forwards, accepted, drafted = (int(g) for g in numbers.groups())
-    assert tokens == N and "the same tokens as greedy decoding: True" in said
+    assert tokens == N
+    # float32: greedy decoding's tokens; bfloat16 (the demo model here, where the CPU has
+    # bfloat16 arithmetic) rounds a forward of several tokens apart from one of one token
+    float32 = engine("stat_engine")["dtype"] == "float32"
+    same = "the same tokens as greedy decoding: True" in said
+    assert same or not float32, said
 
     # the engine's record: the speculative process's forwards, how many tokens each fed
-    engine = Engine(lab)
     ran = [p for p in lab.get("processes?exited=1000")["processes"] if p["notebook"] == NOTEBOOK]
     (pid,) = [p["pid"] for p in ran if p["name"] == "speculative"]
     fed = [
@@ -60,9 +65,9 @@ def test_the_speculative_lesson_colours_the_drafts_the_engine_verified(
     def rows_match() -> None:
         rows = box.evaluate(TOKEN_ROWS)
         assert len(rows) == N
-        # the text: greedy decoding's, token by token
-        chosen = "".join(r["text"][1] for r in rows).replace("\xa0", " ")
-        assert chosen == shown(ast.literal_eval(greedy.group(1)))
+        if same:  # the text: greedy decoding's, token by token
+            chosen = "".join(r["text"][1] for r in rows).replace("\xa0", " ")
+            assert chosen == shown(ast.literal_eval(greedy.group(1)))
         green = [f"background:{ACCEPTED_COLOUR}" in r["style"] for r in rows]
         red = [f"background:{REJECTED_COLOUR}" in r["style"] for r in rows]
         verdicts = [r["text"][5] for r in rows]  # the draft column

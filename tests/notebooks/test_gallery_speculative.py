@@ -28,6 +28,7 @@ def test_speculative_decoding_notebook(run_notebook) -> None:  # type: ignore[no
     assert shown == tokens and green == accepted  # a row per token, each accepted one green
     assert red < forwards  # at most one rejected guess per verifying forward
     assert (red > 0) == (accepted < drafted)  # a wrong guess shows red
+    assert red > 0 and green > 0  # the schedule's next day is a guess the model refuses
     outputs = nb.cell("speculative").get("outputs", [])
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert wait_gone(nb.engine_pid(), IDLE_EXIT + 30)

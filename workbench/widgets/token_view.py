@@ -71,7 +71,7 @@ class TokenView(widgets.VBox):
         self, dist: Distribution, chosen: int, note: str = "", colour: str | None = None
     ) -> TokenStep:
         """One more step: chosen was picked from dist. `note` says something of the step, and
-        `colour` (any CSS colour) marks its row, e.g. accepted and rejected draft tokens."""
+        `colour` (any CSS colour) marks its row."""
         step = token_step(len(self.steps), dist, int(chosen), self.detokenize, self.k, note)
         return self.add_step(step, colour)
 
