@@ -18,6 +18,7 @@ records; every file it makes is removed before it returns.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -128,13 +129,10 @@ class Skeleton(NamedTuple):
 
 
 def skeleton_points(text: str, most: int) -> list[str]:
-    """The points of a skeleton: its non-empty lines, list markers and numbers stripped."""
-    lines = (line.strip().lstrip("-*•").strip() for line in text.splitlines())
-    points = [
-        line.split(".", 1)[1].strip() if line[:1].isdigit() and "." in line[:4] else line
-        for line in lines
-    ]
-    return [p for p in points if p][:most]
+    """The points of a skeleton: its lines with a list marker or a number stripped; lines left
+    empty (or only a number: a list cut short) are not points."""
+    lines = (re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.isdigit()][:most]
 
 
 async def expand_point(
@@ -145,6 +143,7 @@ async def expand_point(
     temperature: float,
     seed: int,
     keep: str | None = None,
+    stop: list[str] | None = None,
 ) -> str:
     """A skeleton point expanded: a child process forks the shared file (into `keep`, left
     there, or into its /proc), appends the point and writes on. (A spawned main is shipped as
@@ -155,7 +154,13 @@ async def expand_point(
     f = await sys.kv.fork(path, keep)
     try:
         g = await generate(
-            sys, f, point, max_tokens, SamplingParams(temperature=temperature), seed=seed
+            sys,
+            f,
+            point,
+            max_tokens,
+            SamplingParams(temperature=temperature),
+            stop=stop or (),
+            seed=seed,
         )
     finally:
         if keep is None:
@@ -174,6 +179,8 @@ async def skeleton_of_thought(
     temperature: float = 0.0,
     seed: int = 0,
     point_prefix: str = "\n",
+    point_suffix: str = "",
+    stop: Sequence[str] = (),
     folder: str | None = None,
 ) -> Skeleton:
     """A skeleton first, then every point expanded at once by a child process of its own.
@@ -181,10 +188,11 @@ async def skeleton_of_thought(
     The prompt should ask for a short list of points (a chat-templated prompt, say). The model
     writes the skeleton into one file (or `points` are given: they are appended as the
     skeleton), which is linked under this user's /home so that the children can fork it; child i
-    appends `point_prefix + points[i]` and writes up to `point_tokens` tokens with seed
-    `seed + i`. The children run as processes of their own, batched together by the engine.
-    With `folder` the shared file (`skeleton`) and the children's (`point-i`) are made there and
-    left for the views.
+    appends `point_prefix + points[i] + point_suffix` (a chat turn asking to expand it, say) and
+    writes up to `point_tokens` tokens (or to a `stop` string) with seed `seed + i`. The
+    children run as processes of their own, batched together by the engine. With `folder` the
+    shared file (`skeleton`) and the children's (`point-i`) are made there and left for the
+    views.
     """
     ids = ids_of(sys, prompt)
     shared = await sys.kv.create(_name(folder, "skeleton"))
@@ -206,11 +214,12 @@ async def skeleton_of_thought(
                 sys,
                 expand_point,
                 path,
-                sys.tokenize(point_prefix + point),
+                sys.tokenize(point_prefix + point + point_suffix),
                 point_tokens,
                 temperature,
                 seed + i,
                 _name(folder, f"point-{i}"),
+                list(stop),
                 name=f"point {i}",
             )
             for i, point in enumerate(chosen)
