@@ -284,6 +284,9 @@ class KVSequence:
             )
         if start == stop:
             return
+        if stop == n:  # the tail: what is left is a plain prefix (it may still be shared)
+            self.truncate(pool, start)
+            return
         self._need_resident("drop from")
         kept = KVSequence()
         kept.splice(pool, self, 0, start)  # all by reference: it takes no fresh page

@@ -137,3 +137,29 @@ def test_skeleton_of_thought_expands_each_point_in_a_spawned_child(tiny_loaded) 
     assert out.points == points and out.expansions == want
     children = {p.pid: p for p in kernel.ps() if p.pid in out.children}
     assert len(children) == 3 and all(p.parent == me for p in children.values())
+
+
+def test_with_a_folder_the_kept_files_stay_for_the_views(tiny_loaded) -> None:  # noqa: ANN001
+    async def program(sys: Syscalls) -> tuple:
+        owner = sys.process.owner
+        tree, graph = f"/home/{owner}/tree", f"/home/{owner}/graph"
+        await tree_of_thought(
+            sys, PROMPT, lambda t: 0.0, 2, 2, thought_tokens=3, stop=(), folder=tree
+        )
+        await graph_of_thought(sys, PROMPT, 2, 3, [7], 2, folder=graph)
+        walked = {s.path: s.parent for s in await sys.kv.walk(f"/home/{owner}")}
+        for path in walked:
+            await sys.kv.unlink(path)
+        return tree, graph, walked
+
+    (tree, graph, walked), _ = run(tiny_loaded, program)
+    # depth 1: two children of the prompt, one kept; depth 2: its two children, one kept
+    assert walked == {
+        f"{tree}/prompt": None,
+        f"{tree}/depth1-0": f"{tree}/prompt",
+        f"{tree}/depth2-0": f"{tree}/depth1-0",
+        f"{graph}/prompt": None,
+        f"{graph}/branch-0": f"{graph}/prompt",
+        f"{graph}/branch-1": f"{graph}/prompt",
+        f"{graph}/merged": None,
+    }

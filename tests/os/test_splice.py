@@ -18,6 +18,7 @@ from engine.syscalls import Syscalls
 from engine.wire import events as ev
 from engine.wire.errors import InvalidArgument, PermissionDenied
 from engine.wire.records import Grammar, Logits
+from workbench.widgets.prefix_data import reason
 
 PS = 4  # page size of every kernel here
 ATOL = 1e-5  # float32, as tests/os/test_prefix_sharing.py
@@ -227,6 +228,8 @@ def test_edited_files_neither_publish_nor_take_pages_of_another_prefix(tiny_load
     report, (logits, second) = run(on, body)
     assert report.dirty_from == 16 and report.published_pages == 4
     assert report.reuses[-1].stop.kind == "edited"
+    why = reason(report.reuses[-1].stop, PS, lambda ids: str(ids))  # what the prefix view says
+    assert why.startswith("at token 24") and "spliced in or dropped" in why, why  # the lookup
     assert second.cached_tokens == 16  # p and a, published by `merged` before the splice
     off = Kernel(tiny_loaded, num_pages=64, page_size=PS, prefix_sharing=False)
     want, _ = one(off, plain)

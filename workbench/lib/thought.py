@@ -18,6 +18,7 @@ records; every file it makes is removed before it returns.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,6 +27,19 @@ from workbench.lib.decoding import Generation, generate
 from workbench.lib.system import System, discard, home, ids_of, next_seed, seeds, spawn
 
 WARM = SamplingParams(temperature=0.8)
+
+
+def _name(folder: str | None, name: str) -> str | None:
+    """A file's path in `folder` (None: the process's next /proc name)."""
+    return None if folder is None else f"{folder}/{name}"
+
+
+async def _close(sys: System, handle: Any, folder: str | None) -> None:
+    """Done with a file: removed (no folder), or kept there for the views (its handle closed)."""
+    if folder is None:
+        await discard(sys, handle)
+    else:
+        await sys.kv.close(handle)
 
 
 class Thought(NamedTuple):
@@ -52,19 +66,22 @@ async def tree_of_thought(
     params: SamplingParams | None = None,
     seed: int = 0,
     stop: Sequence[str] = ("\n",),
+    folder: str | None = None,
 ) -> list[Thought]:
     """Breadth-first tree search over thoughts: the `keep` best paths found, best first.
 
     At each depth every kept path forks `branches` children, each writes one thought (up to
     `thought_tokens` tokens, or to a `stop` string) in the same batches, and `value(text of the
     path)` ranks them all; the `keep` best go on, the files of the others are removed at once.
-    Child i of the whole search samples with seed `seed + i`.
+    Child i of the whole search samples with seed `seed + i`. With `folder` (a directory
+    under /home/<user> or /shared) the files are made there and the paths kept are left for the
+    views (the fork graph shows the tree); the pruned ones are removed all the same.
     """
     if min(branches, depth, keep, thought_tokens) < 1:
         raise ValueError("branches, depth, keep and thought_tokens must be at least 1")
     ids = ids_of(sys, prompt)
     params = params or WARM
-    root = await sys.kv.create()
+    root = await sys.kv.create(_name(folder, "prompt"))
     if len(ids) > 1:
         await sys.forward(root, ids[:-1], outputs=[])
     kept = [_Node(root, [], ids[-1])]
@@ -72,7 +89,10 @@ async def tree_of_thought(
     born = 0  # children so far: each one's seed
     try:
         for level in range(1, depth + 1):
-            children = [(n, await sys.kv.fork(n.file)) for n in kept for _ in range(branches)]
+            children = [
+                (n, await sys.kv.fork(n.file, _name(folder, f"depth{level}-{i}")))
+                for i, n in enumerate(n for n in kept for _ in range(branches))
+            ]
             gens = await asyncio.gather(
                 *(
                     generate(sys, f, [n.pending], thought_tokens, params, stop=stop, seed=seed + i)
@@ -91,14 +111,14 @@ async def tree_of_thought(
                 key=lambda scored: -scored[0],
             )
             for n in kept:
-                await discard(sys, n.file)
+                await _close(sys, n.file, folder)
             kept = [n for _, n in ranked[:keep]]
             for _, n in ranked[keep:]:
                 await discard(sys, n.file)
             best = [Thought(n.path, sys.detokenize(n.path), v, level) for v, n in ranked[:keep]]
     finally:
         for n in kept:
-            await discard(sys, n.file)
+            await _close(sys, n.file, folder)
     return best
 
 
@@ -109,30 +129,42 @@ class Skeleton(NamedTuple):
 
 
 def skeleton_points(text: str, most: int) -> list[str]:
-    """The points of a skeleton: its non-empty lines, list markers and numbers stripped."""
-    lines = (line.strip().lstrip("-*•").strip() for line in text.splitlines())
-    points = [
-        line.split(".", 1)[1].strip() if line[:1].isdigit() and "." in line[:4] else line
-        for line in lines
-    ]
-    return [p for p in points if p][:most]
+    """The points of a skeleton: its lines with a list marker or a number stripped; lines left
+    empty (or only a number: a list cut short) are not points."""
+    lines = (re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.isdigit()][:most]
 
 
 async def expand_point(
-    sys: Any, path: str, point: list[int], max_tokens: int, temperature: float, seed: int
+    sys: Any,
+    path: str,
+    point: list[int],
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    keep: str | None = None,
+    stop: list[str] | None = None,
 ) -> str:
-    """A skeleton point expanded: a child process forks the shared file, appends the point and
-    writes on. (A spawned main is shipped as source over RPC: its imports are inside.)"""
+    """A skeleton point expanded: a child process forks the shared file (into `keep`, left
+    there, or into its /proc), appends the point and writes on. (A spawned main is shipped as
+    source over RPC: its imports are inside.)"""
     from engine.wire.records import SamplingParams
     from workbench.lib.decoding import generate
 
-    f = await sys.kv.fork(path)
+    f = await sys.kv.fork(path, keep)
     try:
         g = await generate(
-            sys, f, point, max_tokens, SamplingParams(temperature=temperature), seed=seed
+            sys,
+            f,
+            point,
+            max_tokens,
+            SamplingParams(temperature=temperature),
+            stop=stop or (),
+            seed=seed,
         )
     finally:
-        await sys.kv.unlink(f.path)
+        if keep is None:
+            await sys.kv.unlink(f.path)
         await sys.kv.close(f)
     return g.text
 
@@ -147,17 +179,23 @@ async def skeleton_of_thought(
     temperature: float = 0.0,
     seed: int = 0,
     point_prefix: str = "\n",
+    point_suffix: str = "",
+    stop: Sequence[str] = (),
+    folder: str | None = None,
 ) -> Skeleton:
     """A skeleton first, then every point expanded at once by a child process of its own.
 
     The prompt should ask for a short list of points (a chat-templated prompt, say). The model
     writes the skeleton into one file (or `points` are given: they are appended as the
     skeleton), which is linked under this user's /home so that the children can fork it; child i
-    appends `point_prefix + points[i]` and writes up to `point_tokens` tokens with seed
-    `seed + i`. The children run as processes of their own, batched together by the engine.
+    appends `point_prefix + points[i] + point_suffix` (a chat turn asking to expand it, say) and
+    writes up to `point_tokens` tokens (or to a `stop` string) with seed `seed + i`. The
+    children run as processes of their own, batched together by the engine. With `folder` the
+    shared file (`skeleton`) and the children's (`point-i`) are made there and left for the
+    views.
     """
     ids = ids_of(sys, prompt)
-    shared = await sys.kv.create()
+    shared = await sys.kv.create(_name(folder, "skeleton"))
     if points is None:
         sketch = await generate(
             sys, shared, ids, skeleton_tokens, SamplingParams(temperature=temperature), seed=seed
@@ -167,26 +205,30 @@ async def skeleton_of_thought(
     else:
         chosen = list(points)[:most]
         await sys.forward(shared, ids + sys.tokenize("\n".join(chosen)), outputs=[])
-    path = f"{await home(sys)}/skeleton-{sys.pid}-{shared.fd}"
-    await sys.kv.link(shared, path)
+    path = shared.path if folder else f"{await home(sys)}/skeleton-{sys.pid}-{shared.fd}"
+    if folder is None:
+        await sys.kv.link(shared, path)
     try:
         pids = [
             await spawn(
                 sys,
                 expand_point,
                 path,
-                sys.tokenize(point_prefix + point),
+                sys.tokenize(point_prefix + point + point_suffix),
                 point_tokens,
                 temperature,
                 seed + i,
+                _name(folder, f"point-{i}"),
+                list(stop),
                 name=f"point {i}",
             )
             for i, point in enumerate(chosen)
         ]
         expansions = [str(await sys.wait(pid)) for pid in pids]
     finally:
-        await sys.kv.unlink(path)
-        await discard(sys, shared)
+        if folder is None:
+            await sys.kv.unlink(path)
+        await _close(sys, shared, folder)
     return Skeleton(chosen, expansions, pids)
 
 
@@ -206,6 +248,7 @@ async def graph_of_thought(
     params: SamplingParams | None = None,
     seed: int = 0,
     stop: Sequence[str] = (),
+    folder: str | None = None,
 ) -> Graph:
     """n thoughts on one prompt, merged without computing them again, then aggregated.
 
@@ -215,16 +258,17 @@ async def graph_of_thought(
     where its pages line up, else its keys and values copied): nothing is computed. Every token
     keeps its position, so the branches sit side by side at the same positions, each having
     seen only the prompt. `merge_prompt` goes after all of them (at the first position none of
-    them used) and the aggregation is sampled from there, attending to every branch.
+    them used) and the aggregation is sampled from there, attending to every branch. With
+    `folder` the files (prompt, branch-i, merged) are made there and left for the views.
     """
     if n < 1 or branch_tokens < 1 or merge_tokens < 1:
         raise ValueError("n, branch_tokens and merge_tokens must be at least 1")
     ids = ids_of(sys, prompt)
     params = params or WARM
-    root = await sys.kv.create()
+    root = await sys.kv.create(_name(folder, "prompt"))
     if len(ids) > 1:
         await sys.forward(root, ids[:-1], outputs=[])
-    files = [await sys.kv.fork(root) for _ in range(n)]
+    files = [await sys.kv.fork(root, _name(folder, f"branch-{i}")) for i in range(n)]
     merged = None
     try:
         branches = list(
@@ -242,7 +286,7 @@ async def graph_of_thought(
                 for f, b in zip(files, branches, strict=True)
             )
         )
-        merged = await sys.kv.create()
+        merged = await sys.kv.create(_name(folder, "merged"))
         spliced = [await sys.kv.splice(merged, files[0])]
         spliced += [await sys.kv.splice(merged, f, len(ids)) for f in files[1:]]
         top = len(ids) + max(len(b.tokens) for b in branches)  # the first position no one used
@@ -267,5 +311,5 @@ async def graph_of_thought(
         merge = Generation(tokens, text[:cut], rest.stop)
     finally:
         for f in [*files, root, *([merged] if merged is not None else [])]:
-            await discard(sys, f)
+            await _close(sys, f, folder)
     return Graph(branches, merge, spliced)

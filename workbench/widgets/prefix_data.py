@@ -81,8 +81,8 @@ def reason(stop: Stop, page_size: int, detokenize: Detokenize) -> str:
             )
         case "edited":
             return (
-                f"{at} tokens were spliced in or dropped here (kv.splice, kv.drop): the keys and"
-                " values after it were computed after another prefix"
+                f"{at} the file had tokens spliced in or dropped before it (kv.splice, kv.drop):"
+                " its keys and values are not a plain prefix's"
             )
         case "off":
             return "prefix sharing is off for this file"
