@@ -98,9 +98,10 @@ async def react(
     try:
         for n in range(max_steps):
             length = (await sys.kv.stat(file)).tokens
-            answer = n >= min_tool_calls
-            act = not (answer and n == max_steps - 1)  # the last step answers
-            await sys.kv.constrain(file, step_grammar(tools, act, answer), start=length + len(fed))
+            may_answer = n >= min_tool_calls
+            act = not (may_answer and n == max_steps - 1)  # the last step answers
+            grammar = step_grammar(tools, act, may_answer)
+            await sys.kv.constrain(file, grammar, start=length + len(fed))
             forwarded.append(len(fed))
             context.append(length + len(fed))
             seed_n = None if seed is None else seed + n
