@@ -21,6 +21,7 @@ WORKLOADS = (
     "agent",
     "rpc",
     "constrained",
+    "speculative",
 )
 DEMO_PROMPTS = ["The return value of", "A list is", "To open a file", "def "]
 
@@ -87,12 +88,13 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import constrained, programs, rpc, runtime
+    from engine.bench import constrained, programs, rpc, runtime, speculative
     from engine.bench.common import print_table, ratio_text, write_json
 
     bench = programs if args.workload in programs.WORKLOADS else runtime
     bench = rpc if args.workload in rpc.WORKLOADS else bench
     bench = constrained if args.workload in constrained.WORKLOADS else bench
+    bench = speculative if args.workload in speculative.WORKLOADS else bench
     rows = []
     for name in args.models.split(","):
         for pair in _pairs(args, name):
@@ -132,7 +134,7 @@ def _pairs(args: argparse.Namespace, model: str) -> list[Pair]:
 
     if args.dtype is not None or args.baseline_dtype != "auto":
         return [Pair(args.dtype, args.baseline_dtype, "as asked")]
-    if args.workload in ("api-overhead", "rpc", "constrained"):  # the engine on both sides
+    if args.workload in ("api-overhead", "rpc", "constrained", "speculative"):  # engine both sides
         return [Pair(None, "auto", "defaults")]
     return comparisons(model, args.device, args.compare.split(","))
 

@@ -414,6 +414,8 @@ class Syscalls:
         sample = Sample() if returns is None else returns
         if not isinstance(sample, Sample):
             raise InvalidArgument(f"generate: returns must be a Sample, not {sample!r:.40}")
+        if isinstance(stop, str):  # (a str is a sequence of one-character strings)
+            raise InvalidArgument(f"generate: stop is a list of strings, not the str {stop!r:.40}")
         check_arg("generate", "stop", Sequence[str], list(stop))
         if any(not s for s in stop):
             raise InvalidArgument("generate: a stop string must not be empty")

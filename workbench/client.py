@@ -213,6 +213,7 @@ class Client:
             self._reader.close()
             self._reader = None
         self._fail_all(ClientClosed("the client was closed"))
+        self._outbox.clear()  # never sent, and their callers were told: not for a new session
         self._sock.close(linger=0)
         self._ctx.destroy(linger=0)
 

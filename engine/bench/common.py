@@ -31,7 +31,7 @@ class Row:
 
 
 LATENCY_UNITS = ("s", "ms", "µs")
-LOWER_IS_BETTER = (*LATENCY_UNITS, "MB/step")  # latencies, and bytes moved
+LOWER_IS_BETTER = (*LATENCY_UNITS, "MB/step", "forwards")  # latencies, bytes moved, forwards
 
 
 def lower_is_better(row: Row) -> bool:

@@ -85,6 +85,7 @@ def test_a_generation_in_pieces_is_one_generation(tiny_loaded) -> None:  # noqa:
     [
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": [""]}, "stop string"),
+        ({"stop": "end"}, "list of strings"),
         ({"stop_ids": [10**9]}, "stop_ids"),
         ({"returns": Sample(SamplingParams(temperature=0.5), generator="x")}, "generator"),
     ],

@@ -16,7 +16,7 @@ from test_library import PROMPT, run
 
 from engine.wire.records import SamplingParams
 from workbench.client import Client
-from workbench.lib import beam_search, generate, parallel_samples, score, speculative_decode
+from workbench.lib import Chat, beam_search, generate, parallel_samples, score, speculative_decode
 
 HOT = SamplingParams(temperature=1.0)
 
@@ -86,3 +86,22 @@ def test_a_generation_over_rpc_is_one_round_trip_with_the_same_stops(
     assert one.tokens == whole.tokens == whole_here.tokens and stop == stop_here
     assert cut == cut_here and cut.stop == stop and "".join(streamed) == cut.text
     assert streamed == streamed_here
+
+
+async def chat_program(sys: Any) -> tuple:
+    chat = await Chat.start(sys, system="You are terse.")
+    first = await chat.say("Name a prime.", max_tokens=8)
+    second = await chat.say("And another?", max_tokens=6)
+    return first, second, chat.messages
+
+
+def test_a_chat_over_rpc_keeps_its_file_as_in_process(engine: EngineProcess, tiny_loaded) -> None:  # noqa: ANN001
+    async def remote() -> tuple:
+        client = await Client.connect(engine.conn, user="alice")
+        async with client, await client.attach("chat") as lip:
+            return await chat_program(lip)
+
+    first, second, messages = asyncio.run(remote())
+    (first_here, second_here, messages_here), _ = run(tiny_loaded, chat_program)
+    assert (first, second, messages) == (first_here, second_here, messages_here)
+    assert second.reused > 0 and second.forwarded < second.reused + second.forwarded

@@ -23,6 +23,7 @@ WIRE = {
     "engine.wire.events",
     "engine.wire.protocol",
     "engine.wire.records",
+    "engine.wire.stops",
     "engine.wire.tables",
 }
 LOADED = """
@@ -68,4 +69,8 @@ def test_only_the_engines_client_programs_import_workbench() -> None:
         for path in (REPO / "engine").rglob("*.py")
         if any(n == "workbench" or n.startswith("workbench.") for n in _imports(path))
     }
-    assert importers == {"engine/programs/worker.py", "engine/programs/rpc_probe.py"}
+    assert importers == {
+        "engine/programs/worker.py",
+        "engine/programs/rpc_probe.py",
+        "engine/programs/library_bench.py",
+    }

@@ -44,19 +44,18 @@ class Step(NamedTuple):
 class AgentRun(NamedTuple):
     answer: str | None  # the final answer, None when the steps ran out first
     steps: list[Step]
-    forwarded: list[
-        int
-    ]  # tokens each step forwarded before sampling (the prompt, then the observations)
+    forwarded: list[int]  # tokens each step forwarded first: the prompt, then observations
+    context: list[int]  # tokens the file held as each step sampled: what a client re-sends
 
 
-def step_grammar(tools: Mapping[str, str], answer: bool) -> Grammar:
-    """The ReAct format of one step: a thought, then an action on a tool (or, if answer, a final
-    answer instead), then a newline."""
+def step_grammar(tools: Mapping[str, str], act: bool, answer: bool) -> Grammar:
+    """The ReAct format of one step: a thought, then an action on a tool (if act) or a final
+    answer (if answer), then a newline."""
     names = "|".join(re.escape(t) for t in tools)
     action = rf"Action: ({names})\[[^\]\n]{{1,{ARGUMENT_CHARS}}}\]"
     final = rf"Final Answer: [^\n]{{1,{ANSWER_CHARS}}}"
-    ends = f"({action}|{final})" if answer else action
-    return Grammar.regex(rf"Thought: [^\n]{{1,{THOUGHT_CHARS}}}\n{ends}\n")
+    ends = "|".join(e for e, on in ((action, act), (final, answer)) if on)
+    return Grammar.regex(rf"Thought: [^\n]{{1,{THOUGHT_CHARS}}}\n({ends})\n")
 
 
 def parse_step(text: str) -> tuple[str | None, str | None, str | None]:
@@ -80,7 +79,8 @@ async def react(
     """Answer `question` in at most `max_steps` steps, calling the engine-side tools named in
     `tools` (name -> what it does, as the model is told). Each action calls the tool with its
     argument (a str); its result, as text, is the observation the next step reads. A step may
-    give the final answer once `min_tool_calls` tools have been called.
+    give the final answer once `min_tool_calls` tools have been called, and the last step
+    (`max_steps`) must give it then.
     """
     if not tools:
         raise ValueError("react needs at least one tool")
@@ -94,25 +94,29 @@ async def react(
     stops = (await sys.special_tokens()).stop
     steps: list[Step] = []
     forwarded: list[int] = []
+    context: list[int] = []
     try:
         for n in range(max_steps):
-            length = len(await sys.kv.read(file))
-            grammar = step_grammar(tools, answer=n >= min_tool_calls)
+            length = (await sys.kv.stat(file)).tokens
+            may_answer = n >= min_tool_calls
+            act = not (may_answer and n == max_steps - 1)  # the last step answers
+            grammar = step_grammar(tools, act, may_answer)
             await sys.kv.constrain(file, grammar, start=length + len(fed))
             forwarded.append(len(fed))
+            context.append(length + len(fed))
             seed_n = None if seed is None else seed + n
             g = await generate(sys, file, fed, STEP_TOKENS, params, stops, seed=seed_n)
             await sys.kv.constrain(file, None)
             text = sys.detokenize(g.tokens[:-1]) if g.stop == "token" else g.text
-            tool, argument, answer = parse_step(text)
+            tool, argument, final = parse_step(text)
             if tool is None or argument is None:
                 steps.append(Step(text, None, None, None))
-                return AgentRun(answer, steps, forwarded)
+                return AgentRun(final, steps, forwarded, context)
             observation = await call_tool(sys, tool, argument)
             steps.append(Step(text, tool, argument, observation))
             ending = g.tokens[-1:] if g.stop != "token" else []  # the step's last token, if kept
             fed = ending + sys.tokenize(f"Observation: {observation}\n")
-        return AgentRun(None, steps, forwarded)
+        return AgentRun(None, steps, forwarded, context)
     finally:
         await discard(sys, file)
 

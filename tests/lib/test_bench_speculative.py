@@ -1,0 +1,24 @@
+"""`symphony bench speculative`: its rows, measured by its program on the demo model."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.bench import speculative
+from engine.bench.common import Row
+from engine.programs.library_bench import LIPS, NEW
+
+
+def test_the_speculative_bench_reports_tokens_per_second_and_forwards_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # (a loaded machine: one thread each is faster)
+    reported: list[Row] = []
+    rows = speculative.run("speculative", ["tiny"], 1, None, "auto", reported.append)
+    assert rows == reported and [r.unit for r in rows] == ["tok/s", "forwards"]
+    speed, forwards = rows
+    assert speed.case == f"repetitive {LIPS}x{NEW}" and speed.engine > 0 and speed.baseline > 0
+    assert forwards.baseline == NEW  # greedy: one forward per token
+    assert 1 <= forwards.engine < NEW  # the repetitive listing's drafts were accepted
+    assert forwards.ratio == round(forwards.engine / forwards.baseline, 3)
+    assert speed.dtypes == forwards.dtypes == "float32/same"
