@@ -261,7 +261,7 @@ class Spliced(NamedTuple):
     a page of the source does not line up with a page of the file)."""
 
     tokens: int
-    shared_pages: int
+    num_shared_pages: int
     copied_tokens: int
 
 

@@ -52,11 +52,11 @@ def test_an_attention_sinks_pages_stay_flat_over_500_tokens_and_dropping_equals_
     assert len(dropped.tokens) == steps and dropped.tokens == hidden.tokens
     close(a, b)  # the dropped tokens have no effect: the logits of hiding them
     bound = -(-(sink + window + PS) // PS)  # pages before a drop: sink + window + one chunk
-    assert dropped.pages and set(dropped.pages) == {bound}  # flat, from the first drop on
-    assert hidden.pages[-1] > 5 * bound  # hiding keeps every page
+    assert dropped.num_pages and set(dropped.num_pages) == {bound}  # flat, from the first drop on
+    assert hidden.num_pages[-1] > 5 * bound  # hiding keeps every page
     assert dropped.left == hidden.left == st_hide.hidden
     assert st_drop.tokens == len(PROMPT) + steps - dropped.left and st_drop.hidden == 0
-    assert st_drop.pages <= bound and st_hide.pages == -(-(len(PROMPT) + steps) // PS)
+    assert st_drop.num_pages <= bound and st_hide.num_pages == -(-(len(PROMPT) + steps) // PS)
 
 
 def test_a_sliding_window_keeps_only_the_latest_tokens(tiny_loaded) -> None:  # noqa: ANN001
@@ -68,7 +68,7 @@ def test_a_sliding_window_keeps_only_the_latest_tokens(tiny_loaded) -> None:  # 
     (out, kept), _ = run(tiny_loaded, program)
     everything = [*PROMPT, *out.tokens[:-1]]  # what the file would hold without the window
     assert kept == everything[-len(kept) :] and 8 <= len(kept) < 8 + PS
-    assert set(out.pages) == {-(-(8 + PS) // PS)}
+    assert set(out.num_pages) == {-(-(8 + PS) // PS)}
 
 
 def test_graph_of_thought_merges_by_splicing_and_computes_nothing_again(tiny_loaded) -> None:  # noqa: ANN001
@@ -86,7 +86,7 @@ def test_graph_of_thought_merges_by_splicing_and_computes_nothing_again(tiny_loa
     assert computed == prompt + n - 1 + branches + 2 + merge_tokens - 1
     first, *others = graph.spliced
     assert first.tokens == prompt + branch_tokens and first.copied_tokens == 0
-    assert first.shared_pages == -(-(prompt + branch_tokens) // PS)
+    assert first.num_shared_pages == -(-(prompt + branch_tokens) // PS)
     assert all(s.tokens == branch_tokens for s in others)
     assert len({tuple(b.tokens) for b in graph.branches}) > 1 and len(graph.merged.tokens) == 5
 

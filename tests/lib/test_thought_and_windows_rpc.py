@@ -38,7 +38,7 @@ async def programs(sys: Any) -> list[Any]:
     skeleton = await skeleton_of_thought(sys, PROMPT, ["alpha", "beta"], point_tokens=4)
     return [
         sink.tokens,
-        sink.pages,
+        sink.num_pages,
         [b.tokens for b in graph.branches],
         graph.merged.tokens,
         [tuple(s) for s in graph.spliced],
@@ -56,7 +56,7 @@ async def in_worker(sys: Any, prompt: list[int]) -> list[Any]:
     sink = await attention_sink(sys, f, prompt, 40, 4, 16)
     hot = SamplingParams(temperature=1.0)
     graph = await graph_of_thought(sys, prompt, 3, 5, [7, 8], 4, hot, seed=3)
-    return [sink.tokens, sink.pages, graph.merged.tokens]
+    return [sink.tokens, sink.num_pages, graph.merged.tokens]
 
 
 def test_the_programs_give_the_same_results_over_rpc_and_in_a_worker(

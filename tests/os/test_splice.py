@@ -110,12 +110,12 @@ def test_spliced_logits_equal_a_fresh_prefill_and_the_merge_computes_nothing(
     )
     close(got, want)
     assert whole.tokens == prompt_len + len(a) and whole.copied_tokens == 0
-    assert whole.shared_pages == len(first.page_table)  # the first branch, every page by reference
+    assert whole.num_shared_pages == len(first.page_table)  # the first branch, every page by reference
     full = (prompt_len + len(a)) // PS  # its partly filled last page was copied on write
     assert stat.page_table[:full] == first.page_table[:full]
     assert seam.tokens == len(b)
     if prompt_len == 8:  # the second branch starts at offset 0 of a page and lands at offset 3
-        assert seam.shared_pages == 0 and seam.copied_tokens == len(b)
+        assert seam.num_shared_pages == 0 and seam.copied_tokens == len(b)
     assert stat.tokens == prompt_len + len(a) + len(b)
 
 
@@ -165,7 +165,7 @@ def test_a_dropped_range_has_no_effect_beyond_hiding_it_and_keeps_no_page(
     want, got, stat = one(Kernel(tiny_loaded, num_pages=64, page_size=PS), program)
     close(got, want)
     kept = len(tokens) - (stop - start) + len(more)
-    assert stat.tokens == kept and stat.pages == -(-kept // PS)
+    assert stat.tokens == kept and stat.num_pages == -(-kept // PS)
 
 
 def test_a_dropped_range_nobody_attended_leaves_a_fresh_files_logits(tiny_loaded) -> None:  # noqa: ANN001
@@ -179,9 +179,9 @@ def test_a_dropped_range_nobody_attended_leaves_a_fresh_files_logits(tiny_loaded
         await sys.kv.hide(f, list(range(len(p), len(p) + len(d))))
         at = len(p) + len(d)
         await sys.forward(f, q, positions=list(range(at, at + len(q))), returns=Logits())
-        used = (await sys.kv.stat(f)).pages
+        used = (await sys.kv.stat(f)).num_pages
         await sys.kv.drop(f, len(p), len(p) + len(d))
-        freed = used - (await sys.kv.stat(f)).pages
+        freed = used - (await sys.kv.stat(f)).num_pages
         got = await sys.forward(f, r, outputs=[0, 1, 2], returns=Logits())
         fresh = await sys.kv.create()
         positions = [*range(len(p)), *range(at, at + len(q) + len(r))]
@@ -226,7 +226,7 @@ def test_edited_files_neither_publish_nor_take_pages_of_another_prefix(tiny_load
 
     on = Kernel(tiny_loaded, num_pages=64, page_size=PS)
     report, (logits, second) = run(on, body)
-    assert report.dirty_from == 16 and report.published_pages == 4
+    assert report.dirty_from == 16 and report.num_published_pages == 4
     assert report.reuses[-1].stop.kind == "edited"
     why = reason(report.reuses[-1].stop, PS, lambda ids: str(ids))  # what the prefix view says
     assert why.startswith("at token 24") and "spliced in or dropped" in why, why  # the lookup

@@ -232,7 +232,7 @@ class KVFSMachine(RuleBasedStateMachine):
             assert len(f.seq) == n and self.pool.num_free == free
             self.fs.close(h)
             return
-        event(f"splice shared pages: {done.shared_pages > 0}")
+        event(f"splice shared pages: {done.num_shared_pages > 0}")
         assert done.tokens == stop - start and len(f.seq) == n + done.tokens
         for x, y in zip(want, gather_kv(self.pool, f.seq), strict=True):
             assert torch.equal(x, y), "spliced K/V differ from the source's"

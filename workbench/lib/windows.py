@@ -26,7 +26,7 @@ class Windowed(NamedTuple):
     tokens: list[int]  # the new tokens; the last one ended it if it was a stop token
     text: str
     left: int  # tokens that left attention (dropped from the file, or hidden with free=False)
-    pages: list[int]  # the file's page count before each drop: flat once the window is full
+    num_pages: list[int]  # the file's page count before each drop: flat once the window is full
 
 
 async def attention_sink(
@@ -67,7 +67,7 @@ async def attention_sink(
         length += len(fed)
         fed = tokens[-1:]
         while length - sink - (0 if free else left) >= window + chunk:
-            pages.append((await sys.kv.stat(file)).pages)
+            pages.append((await sys.kv.stat(file)).num_pages)
             if free:
                 await sys.kv.drop(file, sink, sink + chunk)
                 length -= chunk
