@@ -110,7 +110,9 @@ def test_spliced_logits_equal_a_fresh_prefill_and_the_merge_computes_nothing(
     )
     close(got, want)
     assert whole.tokens == prompt_len + len(a) and whole.copied_tokens == 0
-    assert whole.num_shared_pages == len(first.page_table)  # the first branch, every page by reference
+    assert whole.num_shared_pages == len(
+        first.page_table
+    )  # the first branch, every page by reference
     full = (prompt_len + len(a)) // PS  # its partly filled last page was copied on write
     assert stat.page_table[:full] == first.page_table[:full]
     assert seam.tokens == len(b)
