@@ -46,7 +46,7 @@ def test_an_attention_sinks_pages_stay_flat_over_500_tokens_and_dropping_equals_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model's decode steps run faster on one thread
     try:
-        (dropped, hidden, a, b, st_drop, st_hide), _ = run(tiny_loaded, program, pages=256)
+        (dropped, hidden, a, b, st_drop, st_hide), _ = run(tiny_loaded, program, num_pages=256)
     finally:
         torch.set_num_threads(threads)
     assert len(dropped.tokens) == steps and dropped.tokens == hidden.tokens
