@@ -232,7 +232,7 @@ def test_edited_files_neither_publish_nor_take_pages_of_another_prefix(tiny_load
     assert report.reuses[-1].stop.kind == "edited"
     why = reason(report.reuses[-1].stop, PS, lambda ids: str(ids))  # what the prefix view says
     assert why.startswith("at token 24") and "spliced in or dropped" in why, why  # the lookup
-    assert second.cached_tokens == 16  # p and a, published by `merged` before the splice
+    assert second.tokens_cached == 16  # p and a, published by `merged` before the splice
     off = Kernel(tiny_loaded, num_pages=64, page_size=PS, prefix_sharing=False)
     want, _ = one(off, plain)
     close(logits, want)
