@@ -238,7 +238,7 @@ class EngineServer:
             types = members(p.type)
             if FileHandle in types:
                 decoders[p.name] = self._handle
-            elif TopK in types or Sample in types:  # Returns; generate's Sample
+            elif TopK in types or Sample in types:  # Returns; sample_loop's Sample
                 decoders[p.name] = lambda session, value: returns_from_wire(value)
         return decoders
 

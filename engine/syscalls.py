@@ -388,7 +388,7 @@ class Syscalls:
         result = _plain(await k.submit(call))
         return result if outputs is not None else result[0]
 
-    async def generate(
+    async def sample_loop(
         self,
         file: Handle,
         tokens: Sequence[int],
@@ -408,22 +408,22 @@ class Syscalls:
         text counts for stop strings and comes back in `text`. `returns`' int seed seeds one
         stream for the whole call. The file then holds tokens and every new token but the last.
         """
-        check_arg("generate", "max_tokens", int, max_tokens)
+        check_arg("sample_loop", "max_tokens", int, max_tokens)
         if max_tokens < 1:
-            raise InvalidArgument(f"generate: max_tokens must be >= 1, not {max_tokens}")
+            raise InvalidArgument(f"sample_loop: max_tokens must be >= 1, not {max_tokens}")
         sample = Sample() if returns is None else returns
         if not isinstance(sample, Sample):
-            raise InvalidArgument(f"generate: returns must be a Sample, not {sample!r:.40}")
+            raise InvalidArgument(f"sample_loop: returns must be a Sample, not {sample!r:.40}")
         if isinstance(stop, str):  # (a str is a sequence of one-character strings)
-            raise InvalidArgument(f"generate: stop is a list of strings, not the str {stop!r:.40}")
-        check_arg("generate", "stop", Sequence[str], list(stop))
+            raise InvalidArgument(f"sample_loop: stop is a list of strings, not {stop!r:.40}")
+        check_arg("sample_loop", "stop", Sequence[str], list(stop))
         if any(not s for s in stop):
-            raise InvalidArgument("generate: a stop string must not be empty")
+            raise InvalidArgument("sample_loop: a stop string must not be empty")
         vocab = self.kernel.tokenizer.vocab_size
         ends = set(int_list("stop_ids", stop_ids))
         earlier = int_list("before", before)
         if not all(0 <= t < vocab for t in [*ends, *earlier]):
-            raise InvalidArgument(f"generate: stop_ids and before take token ids in 0..{vocab - 1}")
+            raise InvalidArgument(f"sample_loop: stop_ids and before take ids in 0..{vocab - 1}")
         if type(sample.generator) is not torch.Generator:  # one stream for every step
             sample = sample._replace(generator=self._generator(sample.generator))
         backend = self.kernel.tokenizer.backend

@@ -671,7 +671,7 @@ class LIP:
             returns=returns_to_wire(returns),
         )
 
-    async def generate(
+    async def sample_loop(
         self,
         file: FileHandle,
         tokens: Sequence[int],
@@ -682,13 +682,13 @@ class LIP:
         before: Sequence[int] = (),
     ) -> Generation:
         """Append tokens, then sample up to max_tokens in the engine, in one round trip (see
-        `engine.syscalls.Syscalls.generate`): ends at a stop token or a stop string."""
+        `engine.syscalls.Syscalls.sample_loop`): ends at a stop token or a stop string."""
         if not isinstance(file, FileHandle):
-            raise InvalidArgument("generate needs a KV file handle this process opened")
+            raise InvalidArgument("sample_loop needs a KV file handle this process opened")
         if returns is not None and not isinstance(returns, Sample):
-            raise InvalidArgument(f"generate: returns must be a Sample, not {returns!r:.40}")
+            raise InvalidArgument(f"sample_loop: returns must be a Sample, not {returns!r:.40}")
         return await self._call(
-            "generate",
+            "sample_loop",
             file=file,
             tokens=int_list("tokens", tokens),
             max_tokens=max_tokens,

@@ -152,7 +152,7 @@ CALLS: tuple[Call, ...] = (
         doc="append tokens to a KV file and compute what `returns` asks for",
     ),
     _call(
-        "generate",
+        "sample_loop",
         PROCESS,
         Generation,
         P("file", FileHandle),

@@ -1,6 +1,6 @@
 """Stop strings: where one matched, and how much text could still turn into one.
 
-Torch-free: the engine's `generate` call checks stop strings with it as tokens come, and a
+Torch-free: the engine's `sample_loop` call checks stop strings with it as tokens come, and a
 client that streams text holds back what `held_back` says.
 """
 

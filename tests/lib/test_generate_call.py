@@ -1,4 +1,4 @@
-"""The engine's `generate` call: the sampling loop with stop tokens and strings, in the engine."""
+"""The engine's `sample_loop` call: the sampling loop, with stop tokens and strings, in it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_generate_is_greedy_decoding_and_leaves_the_file_as_forward_does(tiny_lo
     async def program(sys: Syscalls) -> tuple:
         free = await greedy_tokens(sys, PROMPT, 10)
         f = await sys.kv.create()
-        g = await sys.generate(f, PROMPT, 10)
+        g = await sys.sample_loop(f, PROMPT, 10)
         return free, g, await sys.kv.read(f), sys.detokenize(free)
 
     (free, g, held, text), _ = run(tiny_loaded, program)
@@ -28,8 +28,8 @@ def test_generate_stops_at_a_token_and_at_the_token_completing_a_string(tiny_loa
         free = await greedy_tokens(sys, PROMPT, 16)
         full = sys.detokenize(free)
         stop = full[len(full) // 2 : len(full) // 2 + 3]
-        by_token = await sys.generate(await sys.kv.create(), PROMPT, 16, stop_ids=[free[4]])
-        by_string = await sys.generate(await sys.kv.create(), PROMPT, 16, stop=["\x00", stop])
+        by_token = await sys.sample_loop(await sys.kv.create(), PROMPT, 16, stop_ids=[free[4]])
+        by_string = await sys.sample_loop(await sys.kv.create(), PROMPT, 16, stop=["\x00", stop])
         n = len(by_string.tokens)
         texts = sys.detokenize(free[: n - 1]), sys.detokenize(free[:n])
         return free, full, stop, by_token, by_string, texts
@@ -45,7 +45,7 @@ def test_generate_holds_back_what_could_begin_a_stop_string(tiny_loaded) -> None
     async def program(sys: Syscalls) -> tuple:
         full = sys.detokenize(await greedy_tokens(sys, PROMPT, 8))
         stop = full[-2:] + "\x00"  # begins with the text's last two characters, never completes
-        g = await sys.generate(await sys.kv.create(), PROMPT, 8, stop=[stop])
+        g = await sys.sample_loop(await sys.kv.create(), PROMPT, 8, stop=[stop])
         return full, g
 
     (full, g), _ = run(tiny_loaded, program)
@@ -55,13 +55,13 @@ def test_generate_holds_back_what_could_begin_a_stop_string(tiny_loaded) -> None
 
 def test_a_generation_in_pieces_is_one_generation(tiny_loaded) -> None:  # noqa: ANN001
     async def program(sys: Syscalls) -> tuple:
-        whole = await sys.generate(await sys.kv.create(), PROMPT, 12)
+        whole = await sys.sample_loop(await sys.kv.create(), PROMPT, 12)
         stop = whole.text[len(whole.text) // 2 - 1 : len(whole.text) // 2 + 2]
         f = await sys.kv.create()
         pieces, fed = [], PROMPT
         while sum(len(p.tokens) for p in pieces) < 12:
             before = [t for p in pieces for t in p.tokens]
-            piece = await sys.generate(f, fed, 1, stop=[stop], before=before)
+            piece = await sys.sample_loop(f, fed, 1, stop=[stop], before=before)
             pieces.append(piece)
             if piece.stop != "length":
                 break
@@ -94,7 +94,7 @@ def test_bad_generate_arguments_are_named(tiny_loaded, kwargs: dict, named: str)
     async def program(sys: Syscalls) -> str:
         f = await sys.kv.create()
         with pytest.raises(InvalidArgument) as e:
-            await sys.generate(f, PROMPT, **kwargs)
+            await sys.sample_loop(f, PROMPT, **kwargs)
         assert await sys.kv.read(f) == []  # nothing appended
         return str(e.value)
 

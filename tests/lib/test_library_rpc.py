@@ -82,7 +82,7 @@ def test_a_generation_over_rpc_is_one_round_trip_with_the_same_stops(
 
     one, sent, (whole, stop, cut, streamed) = asyncio.run(remote())
     (whole_here, stop_here, cut_here, streamed_here), _ = run(tiny_loaded, program)
-    assert sent == ["generate"]  # 20 tokens, one round trip
+    assert sent == ["sample_loop"]  # 20 tokens, one round trip
     assert one.tokens == whole.tokens == whole_here.tokens and stop == stop_here
     assert cut == cut_here and cut.stop == stop and "".join(streamed) == cut.text
     assert streamed == streamed_here

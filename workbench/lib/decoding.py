@@ -1,6 +1,6 @@
 """`generate`: the sampling loop, with a token limit, stop tokens, stop strings and streaming.
 
-The loop runs in the engine (the `generate` call): it checks the stop tokens and strings as
+The loop runs in the engine (the `sample_loop` call): it checks the stop tokens and strings as
 tokens come, so a LIP does not detokenize after every token, and over RPC a generation is one
 round trip, or one per `STREAM_CHUNK` tokens while it streams its text.
 """
@@ -14,7 +14,7 @@ from engine.wire.records import Generation, Sample, SamplingParams
 from engine.wire.stops import held_back
 from workbench.lib.system import System, ids_of, next_seed, seeds
 
-STREAM_CHUNK = 8  # tokens per `generate` call while streaming text to on_text
+STREAM_CHUNK = 8  # tokens per `sample_loop` call while streaming text to on_text
 
 __all__ = ["STREAM_CHUNK", "Generation", "generate", "held_back"]
 
@@ -47,7 +47,7 @@ async def generate(
     while True:
         step = min(chunk, max_tokens - len(tokens))
         sample = Sample(params or SamplingParams(), next_seed(stream))
-        g = await sys.generate(file, fed, step, sample, stop_ids, stop, before=tokens)
+        g = await sys.sample_loop(file, fed, step, sample, stop_ids, stop, before=tokens)
         tokens = [*tokens, *g.tokens]
         if on_text is not None and len(g.text) - g.held > shown:
             on_text(g.text[shown : len(g.text) - g.held])

@@ -54,7 +54,7 @@ class System(Protocol):
     def spawn(
         self, main: Any, *args: Any, name: str | None = None, priority: int | None = None
     ) -> Any: ...
-    def generate(
+    def sample_loop(
         self,
         file: Any,
         tokens: Sequence[int],
