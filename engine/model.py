@@ -49,10 +49,10 @@ def packs_bf16_weights(device: torch.device) -> bool:
 # blocked layout, on every call: for a decode step, where each weight meets a few rows, that
 # copy costs about as much as the product. `pack_weights` reorders each matrix once, at load;
 # `linear` then multiplies by the packed copy. Same kernel, same accumulation: the results are
-# bit for bit those of `F.linear`. Measured side by side (`symphony bench decode --cases
-# "weights"`, the "packed vs plain" row): SmolLM2-135M's shape decodes about 1.3-1.6x faster at
-# batch 1 and 16; a float32 model gains nothing (its matmuls go to MKL, with no reorder), so it
-# packs nothing. The packed copies double the memory of the matrices.
+# bit for bit those of `F.linear`. Measured side by side by `symphony bench decode --cases
+# "packed vs plain"`: SmolLM2-135M's shape decodes about 1.3-1.6x faster at batch 1 and 16.
+# A float32 model gains nothing (its matmuls go to MKL, which reorders nothing), so it packs
+# nothing. The packed copies double the memory of the matrices.
 
 
 def linear(
