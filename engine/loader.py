@@ -16,7 +16,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from engine.config import ModelConfig
-from engine.model import LlamaModel, bf16_matmul_is_slow, rope_inv_freq
+from engine.model import LlamaModel, bf16_matmul_is_slow, packs_bf16_weights, rope_inv_freq
 from engine.tokenizer import Tokenizer
 from engine.wire.errors import ModelLoadError
 
@@ -263,3 +263,5 @@ def _assign(
     model.requires_grad_(False).eval()
     if dtype == torch.bfloat16 and bf16_matmul_is_slow(device):
         model.keep_float32_copies()
+    elif dtype == torch.bfloat16 and packs_bf16_weights(device):
+        model.pack_weights()

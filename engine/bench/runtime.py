@@ -11,7 +11,9 @@ Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole gen
 the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`). The
 "bytes per step" rows count (not time) what a batch-16 decode step moves, weights and keys and
 values, beside the least it must read: each weight and each distinct key and value once; the
-"resident vs gathering" row times batch-16 decode steps with the two ways of attending.
+"resident vs gathering" row times batch-16 decode steps with the two ways of attending, and
+the "packed vs plain" rows batch-1 and batch-16 decode steps with oneDNN-packed weights and
+plain ones (bfloat16 models on CPUs with bf16 arithmetic: `engine.model.linear`).
 Prefill: forward of the prompts keeping the KV cache and the last logits, against a
 `transformers` forward with `logits_to_keep=1`.
 """
@@ -40,6 +42,7 @@ TRAFFIC_BACKENDS: dict[str, Callable[[], TorchBackend]] = {
     "resident": TorchBackend,
     "gathering": lambda: TorchBackend(resident=False),
 }
+WEIGHTS_BATCHES = (1, 16)  # the "packed vs plain" rows
 PREFILL_CASES = {"1x512": (1, 512), "16x128": (16, 128)}
 PROMPT, NEW = 128, 128
 
@@ -230,28 +233,50 @@ def traffic_row(loaded: LoadedModel, backend: TorchBackend, label: str, batch: i
     )
 
 
+def decode_steps(runner: Runner, batch: int, steps: int) -> Callable[[], None]:
+    """A run of `steps` batch-wide decode steps after PROMPT-token prompts (prefilled now);
+    each run ends back at the prompts, so that every run times the same steps."""
+    prompts = random_prompts(batch, PROMPT, runner.model.cfg.vocab_size).tolist()
+    seqs = [KVSequence() for _ in range(batch)]
+    runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
+
+    def decode() -> None:
+        for _ in range(steps):
+            runner.forward([Segment(s, [1], returns=Sample()) for s in seqs])
+        for s in seqs:  # back to the prompts (resident rows keep the prefix the files still have)
+            s.truncate(runner.pool, PROMPT)
+
+    return decode
+
+
 def attention_row(loaded: LoadedModel, runs: int, batch: int = 16, steps: int = 32) -> Row:
     """Decode steps (after PROMPT-token prompts) attending resident copies, beside the same
     steps gathering every file's pages every step: the speed-up `engine.attention.resident`
     exists for, measured side by side in one process."""
-    prompts = random_prompts(batch, PROMPT, loaded.config.vocab_size).tolist()
 
     def side(backend: TorchBackend) -> Callable[[], None]:
         runner = _runner(loaded, batch, PROMPT + steps)
         runner.backend = backend
-        seqs = [KVSequence() for _ in range(batch)]
-        runner.forward([Segment(s, p) for s, p in zip(seqs, prompts, strict=True)])
-
-        def decode() -> None:
-            for _ in range(steps):
-                runner.forward([Segment(s, [1], returns=Sample()) for s in seqs])
-            for s in seqs:  # back to the prompts (rows keep the prefix the files still have)
-                s.truncate(runner.pool, PROMPT)
-
-        return decode
+        return decode_steps(runner, batch, steps)
 
     timing = side_by_side(side(TorchBackend()), side(TorchBackend(resident=False)), runs)
     case = f"batch {batch} attention: resident vs gathering"
+    return throughput_row("decode", case, "", batch * steps, "tok/s", timing, dtypes(loaded, None))
+
+
+def weights_row(loaded: LoadedModel, runs: int, batch: int, steps: int = 32) -> Row | None:
+    """Decode steps multiplying by oneDNN-packed weights, beside the same steps with the plain
+    ones (a second copy of the model, unpacked): the speed-up `LlamaModel.pack_weights` exists
+    for, side by side in one process. None where the model packs nothing (float32, or a CPU
+    without bf16 arithmetic)."""
+    if loaded.model.head_packed is None:
+        return None
+    plain = load_model(loaded.path, loaded.model.device, loaded.model.dtype, show_progress=False)
+    plain.model.pack_weights(False)
+    packed_steps = decode_steps(_runner(loaded, batch, PROMPT + steps), batch, steps)
+    plain_steps = decode_steps(_runner(plain, batch, PROMPT + steps), batch, steps)
+    timing = side_by_side(packed_steps, plain_steps, runs)
+    case = f"batch {batch} weights: packed vs plain"
     return throughput_row("decode", case, "", batch * steps, "tok/s", timing, dtypes(loaded, None))
 
 
@@ -314,6 +339,12 @@ def run(
             row.model = name
             report(row)
             rows.append(row)
+        for batch in WEIGHTS_BATCHES if workload == "decode" and wanted("packed vs plain") else []:
+            packed_row = weights_row(loaded, runs, batch)
+            if packed_row is not None:
+                packed_row.model = name
+                report(packed_row)
+                rows.append(packed_row)
         if workload == "decode" and (not cases or "bytes per step" in cases):
             for label, backend in TRAFFIC_BACKENDS.items():
                 row = traffic_row(loaded, backend(), label)

@@ -274,3 +274,37 @@ def test_bfloat16_many_rows_through_float32_copies(case: Case, pools: list[PageP
     hf = hf_logits(copy.deepcopy(case.hf).to(torch.bfloat16), tokens)
     assert (bulk - row_by_row).abs().max().item() <= 0.01
     assert (bulk - hf).abs().max().item() <= 0.25  # a few bfloat16 steps at |logit| ~ 5
+
+
+def test_bfloat16_packed_weights_multiply_as_the_plain_ones(
+    case: Case, pools: list[PagePool]
+) -> None:
+    """On a CPU with bf16 arithmetic, a bfloat16 model multiplies by oneDNN-packed copies of its
+    matrices (engine.model, "oneDNN-packed weights"). Its logits, prefill and decode steps, are
+    bit for bit those of the plain matmuls, and near transformers' in bfloat16."""
+    from engine.model import packs_bf16_weights
+
+    if not packs_bf16_weights(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 arithmetic: bfloat16 models keep float32 copies instead")
+    loaded = load_model(case.loaded.path, dtype="bfloat16", show_progress=False)
+    model = loaded.model
+    assert model.head_packed is not None and all(layer.packed for layer in model.layers)
+    tokens = rand_tokens(23, 11)
+
+    def logits() -> torch.Tensor:
+        pool = PagePool.for_model(loaded.config, 64, PAGE, torch.bfloat16)
+        pools.append(pool)
+        runner = Runner(model, pool)
+        seq = KVSequence()
+        (prefill,) = runner.forward([Segment(seq, tokens[:20], outputs=all_rows(20))])
+        steps = [runner.forward([Segment(seq, [t])])[0] for t in tokens[20:]]
+        seq.release(runner.pool)
+        return torch.cat([prefill, *steps])
+
+    packed = logits()
+    model.pack_weights(False)
+    assert model.head_packed is None and not any(layer.packed for layer in model.layers)
+    plain = logits()
+    assert torch.equal(packed, plain)
+    hf = hf_logits(copy.deepcopy(case.hf).to(torch.bfloat16), tokens)
+    assert (packed - hf).abs().max().item() <= 0.25  # a few bfloat16 steps at |logit| ~ 5

@@ -63,3 +63,18 @@ def test_low_temperature_sharpens() -> None:
 def test_bad_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(InvalidArgument):
         SamplingParams(**kwargs)
+
+
+def test_plain_temperature_keeps_every_token() -> None:
+    """top_p 1.0 is off: a token whose probability is lost in the rounding of the cumulative sum
+    (here ~1e-18 after a token of probability ~1) stays possible."""
+    logits = torch.tensor([[0.0] + [-40.0] * 100])
+    assert torch.isfinite(filter_logits(logits, [SamplingParams(temperature=1.0)])).all()
+
+
+def test_each_row_filters_by_its_own_settings_in_a_mixed_batch() -> None:
+    plain, top2 = SamplingParams(temperature=0.5), SamplingParams(temperature=1.0, top_k=2)
+    got = filter_logits(LOGITS.repeat(3, 1), [plain, top2, plain])
+    assert torch.equal(got[1:2], filter_logits(LOGITS, [top2]))
+    assert torch.isfinite(got[1]).sum() == 2
+    assert torch.equal(got[[0, 2]], (LOGITS / 0.5).repeat(2, 1))
