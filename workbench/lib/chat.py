@@ -8,6 +8,7 @@ not turn 1 again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -22,16 +23,6 @@ class Turn(NamedTuple):
     reused: int  # tokens of the file kept from earlier turns (not computed again)
     forwarded: int  # tokens of the conversation this turn computed before its reply
     stop: str  # why the reply ended: "token", "length" or a stop string
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens a and b have in common."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Chat:
@@ -69,7 +60,8 @@ class Chat:
         self.messages.append({"role": "user", "content": content})
         ids = await sys.chat_template(self.messages)
         held = await sys.kv.read(self.file)
-        keep = min(common_prefix(held, ids), len(ids) - 1)  # at least one token to feed
+        same = len(os.path.commonprefix([held, ids]))
+        keep = min(same, len(ids) - 1)  # at least one token to feed
         if keep < len(held):
             await sys.kv.truncate(self.file, keep)  # what differs, or an unfinished reply
         stops = (await sys.special_tokens()).stop

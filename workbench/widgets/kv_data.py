@@ -12,6 +12,7 @@ A `Filter` keeps files under a path and/or made by one process (FileStat.pid).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -186,12 +187,8 @@ class ForkGraphData(NamedTuple):
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """How many leading tokens a and b have in common."""
+    return len(os.path.commonprefix([list(a), list(b)]))
 
 
 def unique_files(stats: Iterable[FileStat]) -> list[FileStat]:
