@@ -54,6 +54,8 @@ class System(Protocol):
     def spawn(
         self, main: Any, *args: Any, name: str | None = None, priority: int | None = None
     ) -> Any: ...
+    # who this process is (an Identity): at once in process, awaited over RPC
+    def whoami(self) -> Any: ...
     def sample_loop(
         self,
         file: Any,
@@ -104,5 +106,5 @@ async def spawn(sys: System, main: Any, *args: Any, name: str | None = None) -> 
 
 async def home(sys: System) -> str:
     """This process's user's home directory (`/home/<user>`), where its children see files."""
-    me = next(p for p in await sys.ps() if p.pid == sys.pid)
-    return f"/home/{me.owner}"
+    me = sys.whoami()
+    return str((await me if inspect.isawaitable(me) else me).home)
