@@ -22,6 +22,7 @@ from workbench.lib import (
     speculative_decode,
 )
 from workbench.lib.decoding import held_back
+from workbench.lib.draft_lip import DraftLIP
 from workbench.lib.speculative import lookup
 
 PROMPT = [5, 17, 3, 99, 42, 7, 7, 120, 64, 31, 8, 200]
@@ -226,3 +227,49 @@ def test_a_cached_prompt_refuses_another_prompt_at_its_path(tiny_loaded) -> None
         await sys.kv.unlink("/shared/p")
 
     run(tiny_loaded, program)
+
+
+def submitted(kernel: Kernel, pid: int) -> list[int]:
+    """The tokens of each forward call a process made, from the engine's trace."""
+    return [ev.record_of(e).tokens for e in kernel.trace.query(pid=pid, kinds=[ev.CALL_SUBMITTED])]
+
+
+def test_speculative_decoding_with_a_draft_lip_is_greedy(tiny_loaded) -> None:  # noqa: ANN001
+    repetitive = PROMPT * 3
+
+    async def program(sys: Syscalls) -> tuple:
+        greedy = await greedy_tokens(sys, repetitive, 30)
+        async with await DraftLIP.start(sys) as drafter:
+            fast = await speculative_decode(
+                sys, await sys.kv.create(), repetitive, 30, draft=3, drafter=drafter
+            )
+        return greedy, fast, drafter.pid
+
+    (greedy, fast, pid), kernel = run(tiny_loaded, program)
+    assert fast.tokens == greedy
+    assert fast.forwards == 30 - fast.accepted and fast.accepted > 0
+    fed = submitted(kernel, pid)  # the draft LIP's forwards, as the engine saw them
+    assert fast.draft_forwards == len(fed) == fast.drafted
+    # every token of the text is fed to the draft LIP once; only rejected drafts go again
+    assert sum(fed) <= len(repetitive) + len(fast.tokens) + fast.drafted - fast.accepted
+
+
+def test_a_draft_lip_truncates_its_file_when_a_draft_is_rejected(tiny_loaded) -> None:  # noqa: ANN001
+    async def program(sys: Syscalls) -> tuple:
+        drafter = await DraftLIP.start(sys)
+        first = await drafter.propose(PROMPT, 3)
+        held = await sys.kv.read(drafter.path)
+        await drafter.verified(first, 1)  # the second drafted token is rejected:
+        other = next(t for t in range(1, 300) if t != first.tokens[1])  # the model wrote this
+        history = [*PROMPT, first.tokens[0], other]
+        second = await drafter.propose(history, 3)
+        held_after = await sys.kv.read(drafter.path)
+        await drafter.close()
+        return first, held, history, second, held_after, drafter.pid
+
+    (first, held, history, second, held_after, pid), kernel = run(tiny_loaded, program)
+    assert first.forwards == second.forwards == 3
+    assert held == PROMPT + first.tokens[:2]  # the draft's last token is not fed yet
+    assert held_after == history + second.tokens[:2]  # the rejected tail is gone
+    # the second draft fed the model's token, then its own two: the accepted text not again
+    assert submitted(kernel, pid) == [len(PROMPT), 1, 1, 1, 1, 1]

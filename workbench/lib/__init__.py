@@ -10,7 +10,7 @@ engine batches the calls of every program that runs at once.
 | `parallel_samples` | n continuations of one prompt: one prefill, n forks |
 | `self_consistency` | a majority vote over parallel samples' answers |
 | `beam_search` | the `width` most likely continuations, beams forked and dropped |
-| `speculative_decode` | greedy decoding with prompt-lookup drafts verified in one forward |
+| `speculative_decode` | greedy decoding, drafts (prompt lookup, a draft LIP) verified at once |
 | `score` | each candidate continuation's log-probability under the model |
 | `cached_prompt` | a prompt computed once into a named file, forked by every process after |
 | `generate_regex`, `generate_json` | text a regex matches, JSON a schema validates |
@@ -34,11 +34,12 @@ from workbench.lib.constrained import (
     generate_regex,
 )
 from workbench.lib.decoding import Generation, generate
+from workbench.lib.draft_lip import DraftLIP
 from workbench.lib.prompt_cache import CachedPrompt, cached_prompt
 from workbench.lib.sampling import Vote, parallel_samples, self_consistency
 from workbench.lib.scoring import score
 from workbench.lib.search import Beam, beam_search
-from workbench.lib.speculative import Speculation, speculative_decode
+from workbench.lib.speculative import Draft, Drafter, PromptLookup, Speculation, speculative_decode
 from workbench.lib.thought import (
     Graph,
     Skeleton,
@@ -55,9 +56,13 @@ __all__ = [
     "CachedPrompt",
     "Chat",
     "Constrained",
+    "Draft",
+    "DraftLIP",
+    "Drafter",
     "Generation",
     "Graph",
     "Incomplete",
+    "PromptLookup",
     "Skeleton",
     "Speculation",
     "Thought",

@@ -1,16 +1,23 @@
-"""`speculative_decode`: greedy decoding that drafts ahead by prompt lookup and verifies the
-draft in one forward.
+"""`speculative_decode`: greedy decoding that drafts ahead and verifies the draft in one
+forward.
 
-The draft is what followed the last earlier occurrence of the text's final n-gram (in the
-prompt or in what was generated): free to make, and often right on repetitive text (code,
-extraction, quoting). One forward feeds the last token and the draft and asks for the greedy
-token after each; the draft's longest prefix that matches is accepted, plus the model's own
-next token, and the rejected tail is truncated from the file. The output is greedy decoding's,
-token for token, in fewer forwards.
+A `Drafter` proposes the next k tokens. One forward feeds the last token and the draft and asks
+for the greedy token after each; the draft's longest prefix that matches is accepted, plus the
+model's own next token, and the rejected tail is truncated from the file. The output is greedy
+decoding's, token for token, whatever the drafter proposes; a good drafter only makes it take
+fewer verifying forwards.
+
+Two drafters:
+- `PromptLookup` (the default): what followed the last earlier occurrence of the text's final
+  n-gram (in the prompt or in what was generated). Free to make, and often right on
+  repetitive text (code, extraction, quoting).
+- `DraftLIP` (`workbench.lib.draft_lip`): a second process that decodes k tokens greedily in a
+  KV file of its own and truncates it when the verifier rejects a tail.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +30,14 @@ class Speculation(NamedTuple):
     forwards: int  # forward calls made, the prompt's included (plain greedy: one per token)
     drafted: int  # draft tokens proposed
     accepted: int  # draft tokens the model agreed with
+    draft_forwards: int = 0  # forward calls the drafter made (prompt lookup: none)
+
+
+class Draft(NamedTuple):
+    """What a `Drafter` proposes."""
+
+    tokens: list[int]  # the proposed next tokens, at most the k asked for
+    forwards: int  # forward calls the drafter made to propose them (0: no model call)
 
 
 class Verification(NamedTuple):
@@ -45,6 +60,36 @@ def lookup(history: Sequence[int], ngram: int, k: int) -> list[int]:
     return []
 
 
+class Drafter(ABC):
+    """Proposes the tokens that speculative decoding verifies.
+
+    `propose(history, k)` is given the whole text so far (prompt and output, token ids) and
+    returns up to k tokens it guesses come next. After the verifier's forward, `verified` is
+    told how many of them (from the first) the model agreed with, so a drafter that keeps
+    state (a KV file) can drop the rest. A wrong draft costs time, never correctness.
+    """
+
+    @abstractmethod
+    async def propose(self, history: Sequence[int], k: int) -> Draft:
+        """Up to k tokens guessed to follow `history`."""
+
+    async def verified(self, draft: Draft, accepted: int) -> None:  # noqa: B027 (a hook)
+        """The verifier accepted the first `accepted` tokens of `draft`; by default nothing."""
+
+
+class PromptLookup(Drafter):
+    """Drafts what followed the latest earlier occurrence of the text's last n-gram
+    (n from `ngram` down to 1): no model call."""
+
+    def __init__(self, ngram: int = 3) -> None:
+        if ngram < 1:
+            raise ValueError(f"ngram must be at least 1, not {ngram}")
+        self.ngram = ngram
+
+    async def propose(self, history: Sequence[int], k: int) -> Draft:
+        return Draft(lookup(history, self.ngram, k), 0)
+
+
 async def speculative_decode(
     sys: System,
     file: Any,
@@ -54,11 +99,16 @@ async def speculative_decode(
     draft: int = 4,
     stop_ids: Sequence[int] = (),
     on_step: Callable[[Verification], None] | None = None,
+    drafter: Drafter | None = None,
 ) -> Speculation:
     """Greedy decoding of up to `max_tokens` after `prompt` (appended to `file`), drafting
-    up to `draft` tokens per forward by prompt lookup. Ends after a token in `stop_ids`.
-    Afterwards the file holds the prompt and every new token but the last. `on_step` sees
-    each verifying forward (the first forward, the prompt's, drafts nothing)."""
+    up to `draft` tokens per forward with `drafter` (default: `PromptLookup(ngram)`). Ends
+    after a token in `stop_ids`. Afterwards the file holds the prompt and every new token but
+    the last. `on_step` sees each verifying forward (the first forward, the prompt's, drafts
+    nothing). A drafter passed in is left running (the caller closes it)."""
+    if draft < 1:
+        raise ValueError(f"draft must be at least 1, not {draft}")
+    drafter = drafter if drafter is not None else PromptLookup(ngram)
     ids = ids_of(sys, prompt)
     top = TopK(5)  # greedy: the most likely token; the rest shows what it beat
     first = await sys.forward(file, ids, returns=top)
@@ -67,9 +117,12 @@ async def speculative_decode(
         on_step(Verification([], 0, [first], out[:]))
     length = start = (await sys.kv.stat(file)).tokens  # (out[-1] is not in the file yet)
     forwards = 1
-    drafted = accepted = 0
+    drafted = accepted = draft_forwards = 0
     while len(out) < max_tokens and out[-1] not in stop_ids:
-        guess = lookup(ids + out, ngram, draft)[: max_tokens - len(out) - 1]
+        room = min(draft, max_tokens - len(out) - 1)
+        proposal = await drafter.propose(ids + out, room) if room > 0 else Draft([], 0)
+        draft_forwards += proposal.forwards
+        guess = proposal.tokens[:room]
         fed = [out[-1], *guess]
         dists = await sys.forward(file, fed, outputs=list(range(len(fed))), returns=top)
         got = [d.argmax() for d in dists]
@@ -78,6 +131,8 @@ async def speculative_decode(
         while n < len(guess) and guess[n] == got[n]:
             n += 1
         drafted, accepted = drafted + len(guess), accepted + n
+        if guess:
+            await drafter.verified(proposal, n)
         length += 1 + n  # the last token and the accepted draft stay in the file
         if n < len(guess):
             await sys.kv.truncate(file, length)
@@ -89,4 +144,4 @@ async def speculative_decode(
             on_step(Verification(guess, n, dists[: len(new)], new))
     if length > start + len(out) - 1:  # a stop token came inside the accepted draft
         await sys.kv.truncate(file, start + len(out) - 1)
-    return Speculation(out, forwards, drafted, accepted)
+    return Speculation(out, forwards, drafted, accepted, draft_forwards)
