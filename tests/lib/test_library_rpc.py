@@ -16,7 +16,15 @@ from test_library import PROMPT, run
 
 from engine.wire.records import SamplingParams
 from workbench.client import Client
-from workbench.lib import Chat, beam_search, generate, parallel_samples, score, speculative_decode
+from workbench.lib import (
+    Chat,
+    DraftLIP,
+    beam_search,
+    generate,
+    parallel_samples,
+    score,
+    speculative_decode,
+)
 
 HOT = SamplingParams(temperature=1.0)
 
@@ -105,3 +113,28 @@ def test_a_chat_over_rpc_keeps_its_file_as_in_process(engine: EngineProcess, tin
     (first_here, second_here, messages_here), _ = run(tiny_loaded, chat_program)
     assert (first, second, messages) == (first_here, second_here, messages_here)
     assert second.reused > 0 and second.forwarded < second.reused + second.forwarded
+
+
+async def draft_lip_program(sys: Any) -> tuple:
+    async with await DraftLIP.start(sys) as drafter:
+        fast = await speculative_decode(
+            sys, await sys.kv.create(), PROMPT * 3, 24, draft=3, drafter=drafter
+        )
+        fed = drafter.fed
+    greedy = await generate(sys, await sys.kv.create(), PROMPT * 3, 24)  # default: greedy
+    return fast, fed, greedy.tokens
+
+
+def test_speculative_decoding_with_a_draft_lip_over_rpc_is_as_in_process(
+    engine: EngineProcess, tiny_loaded
+) -> None:  # noqa: ANN001
+    async def remote() -> tuple:
+        client = await Client.connect(engine.conn, user="alice")
+        async with client, await client.attach("draft-lip") as lip:
+            return await draft_lip_program(lip)
+
+    fast, fed, greedy = asyncio.run(remote())
+    (fast_here, fed_here, _), _ = run(tiny_loaded, draft_lip_program)
+    assert fast.tokens == greedy  # the draft LIP ran engine-side, the verifier here
+    assert fast == fast_here and fed == fed_here
+    assert fast.draft_forwards == fast.drafted > 0 and fast.forwards == 24 - fast.accepted
