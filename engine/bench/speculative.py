@@ -8,6 +8,10 @@ described there), which reports each case's side-by-side timing. Two rows per mo
 - `repetitive 4x96 forwards` (forwards per LIP, lower is better): the forwards each made, the
   prompt's included (greedy: one per token). A model that repeats the listing accepts most
   drafts; one that does not (a random checkpoint) accepts few and saves nothing.
+The same two rows for `draft LIP 4x96` (drafts from a draft LIP, a child process decoding with
+the same model), and a third, `draft LIP 4x96 all forwards`: the verifier's and the drafter's
+forwards together, against greedy's. With one model the drafter's forwards cost what the
+verifier saved, which this row shows.
 """
 
 from __future__ import annotations
@@ -63,6 +67,20 @@ def run(
                     dtypes=label,
                 ),
             ]
+            if m["draft_forwards"]:
+                both = fwd["engine"] + m["draft_forwards"]
+                made.append(
+                    Row(
+                        workload,
+                        f"{case} all forwards",
+                        name,
+                        "forwards",
+                        round(both, 2),
+                        round(fwd["baseline"], 2),
+                        round(both / fwd["baseline"], 3),
+                        dtypes=label,
+                    )
+                )
             for row in made:
                 if cases and row.case not in cases:
                     continue
