@@ -184,6 +184,9 @@ class EngineServer:
         self._stopping: asyncio.Task | None = None
         self._last_reap = time.monotonic()
         self._inflight: set[asyncio.Task] = set()  # requests being served
+        # replies made in this loop turn, per connection (identity, session, credential): they
+        # leave together at the turn's end (see _reply)
+        self._replies: dict[tuple[bytes, str, str], list[tuple[int | None, dict[str, Any]]]] = {}
         self.workers = Workers(kernel, on_exit=self._cancel_dead_tasks)
         self._ops = self._op_table()
 
@@ -277,6 +280,7 @@ class EngineServer:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        self._send_replies()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -367,6 +371,36 @@ class EngineServer:
 
     def _reply(
         self, identity: bytes, session: str, rid: int | None, body: dict[str, Any], cred: str = ""
+    ) -> None:
+        """Reply at the end of this loop turn, in one message with the other replies to the same
+        connection made in the turn. The calls of one batch finish in one turn, so a client's
+        tasks waiting on them resume together and send their next calls together (one
+        message): the calls of a remote LIP's independent tasks batch as in process, where
+        the step loop lets every process whose call finished submit its next before it plans
+        again (engine.kernel)."""
+        if not self._replies:
+            asyncio.get_running_loop().call_soon(self._send_replies)
+        self._replies.setdefault((identity, session, cred), []).append((rid, body))
+
+    def _send_replies(self) -> None:
+        """Send the replies of this loop turn: one message per connection whose body lists
+        them (a single reply is its own body); one by one where together they are over the
+        message size limit."""
+        replies, self._replies = self._replies, {}
+        for (identity, session, cred), bodies in replies.items():
+            wire = self._wire_for(cred)
+            if len(bodies) > 1:
+                header = {"kind": REPLY, "session": session, "id": bodies[0][0]}
+                with contextlib.suppress(Exception):  # then each is sent (or fails) alone
+                    frames = wire.frames(header, [body for _, body in bodies])
+                    if sum(map(len, frames)) <= wire.max_message:
+                        self._send(identity, frames)
+                        continue
+            for rid, body in bodies:
+                self._send_reply(identity, session, rid, body, cred)
+
+    def _send_reply(
+        self, identity: bytes, session: str, rid: int | None, body: dict[str, Any], cred: str
     ) -> None:
         header = {"kind": REPLY, "session": session, "id": rid}
         wire = self._wire_for(cred)

@@ -294,11 +294,16 @@ class Client:
             if getattr(e, "session", None) == self.session:  # ... or a reply this side refuses
                 self._fail(getattr(e, "request_id", None), e)
             return
-        body = msg.body
         if msg.header.get("kind") != REPLY or msg.header.get("session") != self.session:
             return  # a reply that is not this session's (a replay, say)
-        if not isinstance(body, dict):
-            return
+        # the replies the engine made in one loop turn come in one message, a list of them
+        # (the calls of one batch): every task waiting on them resumes in this loop turn, so
+        # their next calls go out together (see call) and batch as in process
+        for body in msg.body if isinstance(msg.body, list) else [msg.body]:
+            if isinstance(body, dict):
+                self._on_reply(body)
+
+    def _on_reply(self, body: dict[str, Any]) -> None:
         future = self._pending.get(body.get("id"))  # type: ignore[arg-type]
         if body.get("id") is None and not body.get("ok"):
             self._fail_all(rebuild_error(body.get("error")))

@@ -12,6 +12,7 @@ import pytest
 from engine_process import EngineProcess, engine_process
 
 from engine.kernel import Kernel
+from engine.scheduler import Eager
 from engine.wire import connection
 from engine.wire import events as ev
 from engine.wire.errors import InvalidArgument, PermissionDenied
@@ -112,3 +113,50 @@ def test_a_client_reads_the_batch_policy_and_only_the_owner_sets_it(
             assert await owner.policy() == PolicyInfo("adaptive", {"max_wait": 0.005})
 
     asyncio.run(body())
+
+
+TASKS = 6
+
+
+async def independent(sys: Any) -> list[list[int]]:
+    """One prefill, then TASKS tasks of their own (not gathered step by step): task i forks the
+    prompt and decodes i + 2 tokens, each task awaiting only its own calls."""
+    f = await sys.kv.create()
+    first = await sys.forward(f, PROMPT, returns=Sample())
+
+    async def task(i: int) -> list[int]:
+        g = await sys.kv.fork(f)
+        out = [first]
+        for _ in range(i + 2):
+            out.append(await sys.forward(g, [out[-1]], returns=Sample()))
+        return out
+
+    return list(await asyncio.gather(*(task(i) for i in range(TASKS))))
+
+
+def test_independent_tasks_of_a_remote_lip_batch_as_in_process(
+    engine: EngineProcess, tiny_loaded
+) -> None:  # noqa: ANN001
+    async def remote() -> tuple[list[list[int]], list[int]]:
+        async with await Client.connect(engine.conn, user="alice") as client:
+            before = await client.policy()
+            await client.set_policy("eager")  # no wait: only how calls arrive decides
+            try:
+                lip = await client.attach("independent")
+                tokens = await independent(lip)
+                await lip.exit()
+            finally:
+                await client.set_policy(before.name, before.settings)
+            return tokens, batch_sizes(await client.trace(pid=lip.pid), lip.pid)
+
+    async def here() -> tuple[list[list[int]], list[int]]:
+        async with Kernel(tiny_loaded, num_pages=256, page_size=4) as kernel:
+            kernel.scheduler.policy = Eager()
+            pid = kernel.spawn(independent)
+            tokens = await kernel.wait(pid)
+            return tokens, batch_sizes(kernel.trace.query(pid=pid), pid)
+
+    tokens_here, sizes_here = asyncio.run(here())
+    tokens, sizes = asyncio.run(remote())
+    assert tokens == tokens_here
+    assert sizes == sizes_here  # the same batches, step by step
