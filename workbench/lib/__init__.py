@@ -39,7 +39,13 @@ from workbench.lib.prompt_cache import CachedPrompt, cached_prompt
 from workbench.lib.sampling import Vote, parallel_samples, self_consistency
 from workbench.lib.scoring import score
 from workbench.lib.search import Beam, beam_search
-from workbench.lib.speculative import Draft, Drafter, PromptLookup, Speculation, speculative_decode
+from workbench.lib.speculative import (
+    Drafter,
+    PromptLookup,
+    Proposal,
+    Speculation,
+    speculative_decode,
+)
 from workbench.lib.thought import (
     Graph,
     Skeleton,
@@ -56,13 +62,13 @@ __all__ = [
     "CachedPrompt",
     "Chat",
     "Constrained",
-    "Draft",
     "DraftLIP",
     "Drafter",
     "Generation",
     "Graph",
     "Incomplete",
     "PromptLookup",
+    "Proposal",
     "Skeleton",
     "Speculation",
     "Thought",

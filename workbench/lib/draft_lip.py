@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from workbench.lib.speculative import Draft, Drafter
+from workbench.lib.speculative import Drafter, Proposal
 from workbench.lib.system import System, home, spawn
 
 _serial = itertools.count()  # tells apart the drafters one process starts
@@ -92,7 +92,7 @@ class DraftLIP(Drafter):
         pid = await spawn(sys, draft_main, path, name=name)
         return cls(sys, pid, path)
 
-    async def propose(self, history: Sequence[int], k: int) -> Draft:
+    async def propose(self, history: Sequence[int], k: int) -> Proposal:
         keep = 0
         while keep < min(len(self.held), len(history)) and self.held[keep] == history[keep]:
             keep += 1
@@ -109,9 +109,9 @@ class DraftLIP(Drafter):
         self.fed += fed
         self._asked = list(history)
         self.held = self._asked + list(tokens[:-1])  # its last token is not fed yet
-        return Draft([int(t) for t in tokens], int(forwards))
+        return Proposal([int(t) for t in tokens], int(forwards))
 
-    async def verified(self, draft: Draft, accepted: int) -> None:
+    async def verified(self, draft: Proposal, accepted: int) -> None:
         """What the child holds past the accepted draft is wrong: the next proposal truncates
         it there (in the same message, so rejection costs no extra round trip)."""
         self.held = self.held[: len(self._asked) + accepted]

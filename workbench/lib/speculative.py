@@ -33,7 +33,7 @@ class Speculation(NamedTuple):
     draft_forwards: int = 0  # forward calls the drafter made (prompt lookup: none)
 
 
-class Draft(NamedTuple):
+class Proposal(NamedTuple):
     """What a `Drafter` proposes."""
 
     tokens: list[int]  # the proposed next tokens, at most the k asked for
@@ -70,10 +70,10 @@ class Drafter(ABC):
     """
 
     @abstractmethod
-    async def propose(self, history: Sequence[int], k: int) -> Draft:
+    async def propose(self, history: Sequence[int], k: int) -> Proposal:
         """Up to k tokens guessed to follow `history`."""
 
-    async def verified(self, draft: Draft, accepted: int) -> None:  # noqa: B027 (a hook)
+    async def verified(self, draft: Proposal, accepted: int) -> None:  # noqa: B027 (a hook)
         """The verifier accepted the first `accepted` tokens of `draft`; by default nothing."""
 
 
@@ -86,8 +86,8 @@ class PromptLookup(Drafter):
             raise ValueError(f"ngram must be at least 1, not {ngram}")
         self.ngram = ngram
 
-    async def propose(self, history: Sequence[int], k: int) -> Draft:
-        return Draft(lookup(history, self.ngram, k), 0)
+    async def propose(self, history: Sequence[int], k: int) -> Proposal:
+        return Proposal(lookup(history, self.ngram, k), 0)
 
 
 async def speculative_decode(
@@ -120,7 +120,7 @@ async def speculative_decode(
     drafted = accepted = draft_forwards = 0
     while len(out) < max_tokens and out[-1] not in stop_ids:
         room = min(draft, max_tokens - len(out) - 1)
-        proposal = await drafter.propose(ids + out, room) if room > 0 else Draft([], 0)
+        proposal = await drafter.propose(ids + out, room) if room > 0 else Proposal([], 0)
         draft_forwards += proposal.forwards
         guess = proposal.tokens[:room]
         fed = [out[-1], *guess]
