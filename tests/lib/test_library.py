@@ -273,3 +273,22 @@ def test_a_draft_lip_truncates_its_file_when_a_draft_is_rejected(tiny_loaded) ->
     assert held_after == history + second.tokens[:2]  # the rejected tail is gone
     # the second draft fed the model's token, then its own two: the accepted text not again
     assert submitted(kernel, pid) == [len(PROMPT), 1, 1, 1, 1, 1]
+
+
+def test_a_draft_lip_ends_when_its_verifier_ends_without_closing_it(tiny_loaded) -> None:  # noqa: ANN001
+    async def verifier(sys: Syscalls) -> tuple:
+        drafter = await DraftLIP.start(sys)
+        await drafter.propose(PROMPT, 2)
+        return drafter.pid  # no close: an interrupted cell, say
+
+    async def main() -> tuple:
+        async with kernel:
+            child = await kernel.wait(kernel.spawn(verifier))
+            forwards = await kernel.wait(child)  # it noticed its parent had ended
+            return forwards, [p.state for p in kernel.ps() if p.pid == child]
+
+    kernel = Kernel(tiny_loaded, num_pages=64, page_size=4)
+    forwards, states = asyncio.run(main())
+    assert forwards == 2 and states in ([], ["exited"])
+    kernel.pool.check()
+    assert kernel.pool.num_free == kernel.pool.num_pages  # its file went with it

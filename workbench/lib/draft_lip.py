@@ -39,8 +39,9 @@ _serial = itertools.count()  # tells apart the drafters one process starts
 
 async def draft_main(sys: Any, path: str) -> int:
     """The draft LIP: a file at `path` that it keeps, messages `[keep, new, k]` answered with
-    `[drafted tokens, forwards, tokens fed]` to the sender, until a message `None`. Returns the
-    forwards it made. (A spawned main is shipped as source over RPC: its imports are inside.)"""
+    `[drafted tokens, forwards, tokens fed]` to the sender, until a message `None` or until its
+    parent has ended. Returns the forwards it made. (A spawned main is shipped as source over
+    RPC: its imports are inside.)"""
     import inspect
 
     from engine.wire.records import TopK
@@ -48,11 +49,18 @@ async def draft_main(sys: Any, path: str) -> int:
     async def done(result: Any) -> Any:
         return await result if inspect.isawaitable(result) else result
 
+    parent = (await done(sys.whoami())).parent
     f = await sys.kv.create(path)
     length = total = 0  # tokens in the file, forwards made
     try:
         while True:
-            message = await sys.receive()
+            try:
+                message = await sys.receive(timeout=1.0)
+            except TimeoutError:  # a verifier that ended without closing it: end too
+                alive = [p for p in await done(sys.ps()) if p.pid == parent]
+                if not alive or alive[0].state == "exited":
+                    return total
+                continue
             if message.data is None:
                 return total
             keep, new, k = message.data
