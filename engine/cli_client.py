@@ -76,11 +76,14 @@ class SyncClient:
             if rejected is not None:
                 raise rejected
             msg = self.wire.parse(frames)
-            body = msg.body
-            if msg.header.get("kind") == REPLY and isinstance(body, dict) and body["id"] == rid:
-                if body.get("ok"):
-                    return body.get("result")
-                raise rebuild_error(body.get("error"))
+            if msg.header.get("kind") != REPLY:
+                continue
+            # the replies the engine made in one loop turn come in one message, as a list
+            for body in msg.body if isinstance(msg.body, list) else [msg.body]:
+                if isinstance(body, dict) and body.get("id") == rid:
+                    if body.get("ok"):
+                        return body.get("result")
+                    raise rebuild_error(body.get("error"))
         raise EngineNotRunning(f"no answer from the engine at {self.info.address} in {timeout:g}s")
 
     def close(self) -> None:

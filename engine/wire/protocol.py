@@ -24,6 +24,9 @@ serial numbers rather than a culled set of digests.
     reply    {"id": int, "ok": true, "result": ...}
              {"id": int | None, "ok": false, "error": {"type": "PermissionDenied",
                                                        "message": "...", "attrs": {...}}}
+             or a list of such maps: the replies the engine made to one connection in one
+             loop turn (the calls of one batch), so that the client's tasks waiting on them
+             resume together and their next calls batch as in process (engine.server)
 
 Values are plain msgpack; the records of `engine.wire.records` (Distribution, FileStat, ProcessInfo,
 Message, Event, PageMap) travel as msgpack extension 1 holding `[name, [values in field order]]`

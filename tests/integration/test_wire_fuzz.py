@@ -187,13 +187,14 @@ class Peer:
             if frames[0] == b"":  # the engine's unsigned "wrong token" reply
                 continue
             msg = self.wire.parse(frames)
-            body = msg.body
             if msg.header["kind"] != REPLY:  # a pong
                 continue
-            if not body["ok"]:
-                self.errors.append(rebuild_error(body["error"]))
-            if body["id"] == rid:
-                return body.get("result")
+            # the replies the engine made in one loop turn come in one message, as a list
+            for body in msg.body if isinstance(msg.body, list) else [msg.body]:
+                if not body["ok"]:
+                    self.errors.append(rebuild_error(body["error"]))
+                if body["id"] == rid:
+                    return body.get("result")
         raise AssertionError(f"no answer to {op} in 10 s")
 
     def close(self) -> None:
