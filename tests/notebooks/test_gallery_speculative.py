@@ -1,4 +1,5 @@
-"""gallery/04-speculative-decoding.ipynb: prompt-lookup drafts; greedy tokens, fewer forwards."""
+"""gallery/04-speculative-decoding.ipynb: prompt-lookup drafts and a draft LIP; greedy tokens,
+fewer forwards."""
 
 from __future__ import annotations
 
@@ -31,4 +32,12 @@ def test_speculative_decoding_notebook(run_notebook) -> None:  # type: ignore[no
     assert red > 0 and green > 0  # the schedule's next day is a guess the model refuses
     outputs = nb.cell("speculative").get("outputs", [])
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    drafted = nb.text("drafted")  # a draft LIP, a child process drafting with the same model
+    match = re.search(
+        r"draft LIP: (\d+) tokens in (\d+) verifying forwards and (\d+) drafting forwards", drafted
+    )
+    assert match, drafted
+    tokens, verifying, drafting = (int(g) for g in match.groups())
+    assert tokens == N and verifying < N and drafting > 0
+    assert "the same tokens as greedy decoding: True" in drafted, drafted
     assert wait_gone(nb.engine_pid(), IDLE_EXIT + 30)
