@@ -14,7 +14,10 @@ with the same model as the verifier: each drafted token is one forward of every 
 costly as a verifying forward except for attention (a verifying forward feeds k+1 tokens,
 a draft step one). With the same weights and greedy decoding the draft is nearly always
 accepted, so the verifier makes about one forward per k+1 tokens, but the drafter makes about
-k: the forwards move from one process to the other and their sum does not drop. Speculation
+k: the forwards move from one process to the other and their sum does not drop. Nor do they
+overlap: the verifier waits for the draft, so the drafter's k forwards and the verifier's one
+run one after another, each a batch of its own unless other processes fill it (`symphony bench
+speculative`, `draft LIP` rows: the same number of forwards as greedy, fewer tokens/s). Speculation
 pays off when a draft token is much cheaper than a verifying forward: a smaller model, an
 early exit after a few layers, or a draft on a cheaper view of the context (a sliding window
 of a long text bounds its attention, at the price of drafts the verifier sometimes rejects).
