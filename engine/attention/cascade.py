@@ -12,8 +12,12 @@ outputs and log-sum-exps:
 `shared_prefixes` finds the groups from a batch's page tables (pure, no tensors);
 `attend_with_lse` and `merge` are the two halves of the arithmetic; `cascade_plan` and
 `attend_cascade` are what the torch backend runs for such a batch. A group decodes over the same
-shared pages step after step, so `SharedCopies` keeps them as float32 keys and values from one
-step to the next instead of gathering and converting them in every layer of every step.
+shared pages step after step, so `SharedCopies` keeps them as contiguous keys and values from
+one step to the next instead of gathering them in every layer of every step.
+
+On a CPU, in float32 or bfloat16, both halves run torch's fused flash-attention kernel, which
+returns the log-sum-exp too (`flash_with_lse`); `attend_with_lse`, in float32 with separate
+operations, is the reference it is tested against and the path everywhere else.
 """
 
 from __future__ import annotations
@@ -77,14 +81,46 @@ def attend_with_lse(
     return torch.exp(scores - lse) @ v.float(), lse
 
 
+FLASH_DTYPES = (torch.float32, torch.bfloat16)  # what `flash_with_lse` runs in
+
+
+def flash_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `flash_with_lse` runs for tensors of this dtype on this device."""
+    return device.type == "cpu" and dtype in FLASH_DTYPES
+
+
+def flash_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`attend_with_lse` by torch's fused CPU flash-attention kernel (see `flash_applies`).
+
+    q [B, H, M, D], k/v [B, H, N, D], all of one dtype; bias: None, or additive (0 where a key
+    is visible, -inf where not) in q's dtype, broadcastable to [B, H, M, N]. Returns out
+    [B, H, M, D] in q's dtype and lse [B, H, M, 1] in float32 (natural log of the scaled
+    scores' sum of exps, as `attend_with_lse`'s).
+    """
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)[
+        :2
+    ]
+    return out, lse.unsqueeze(-1)
+
+
+def visible_bias(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool `visible` mask as the additive bias `flash_with_lse` takes."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, float("-inf")
+    )
+
+
 def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
-    """The attention output over the union of two disjoint key sets, from each set's own."""
+    """The attention output over the union of two disjoint key sets, from each set's own.
+
+    In float32, whatever the outputs' dtype (the lse are float32)."""
     lse = torch.logaddexp(lse_a, lse_b)
     return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
 
 
 class SharedCopy(NamedTuple):
-    """A group's shared pages as float32 keys and values, [layers, Hkv, tokens, D] each."""
+    """A group's shared pages as contiguous keys and values, [layers, Hkv, tokens, D] each:
+    in the pool's dtype where `flash_with_lse` reads them, else float32."""
 
     k: Tensor
     v: Tensor
@@ -123,7 +159,8 @@ class SharedCopies:
 
         def one(x: Tensor) -> Tensor:
             x = x.index_select(1, index).view(layers, len(pages) * ps, hkv, d)
-            return x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+            dtype = x.dtype if flash_applies(x.device, x.dtype) else torch.float32
+            return x.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format)
 
         return SharedCopy(one(pool.k), one(pool.v), pool.clock)
 
@@ -135,6 +172,7 @@ class CascadePlan:
     slots: Tensor  # [T] where each new token's K/V goes
     suffix_pages: Tensor  # [B, max_pages] each segment's pages after its group's shared ones
     suffix_visible: Tensor  # [B, 1, 1, max_pages * page_size] bool: the suffix's real keys
+    suffix_bias: Tensor | None  # suffix_visible as `flash_with_lse`'s bias; None: no flash
     groups: list[tuple[Tensor, SharedCopy]]  # (segments [n], their shared keys) per group
     copied: int  # tokens of shared pages this plan copied (0 when every copy was kept)
 
@@ -156,10 +194,13 @@ def cascade_plan(
     visible = torch.arange(width * ps)[None, :] < lens[:, None]
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
     copies, copied = shared.for_groups(groups, pool)
+    visible = visible[:, None, None, :].to(device)
+    flash = flash_applies(device, pool.k.dtype)
     return CascadePlan(
         layout.slot_mapping,
         suffix.to(device),
-        visible[:, None, None, :].to(device),
+        visible,
+        visible_bias(visible, pool.k.dtype) if flash else None,
         [(as_long(g.segments), c) for g, c in zip(groups, copies, strict=True)],
         copied,
     )
@@ -178,11 +219,20 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
         gathered = pool_kv[layer].index_select(0, plan.suffix_pages.view(-1))
         return gathered.view(t, width, hkv, d).transpose(1, 2)
 
-    out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
+    flash = plan.suffix_bias is not None and q.dtype == pool.k.dtype
+    if flash:
+        out, lse = flash_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_bias)
+        out = out.float()
+    else:
+        out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
     for rows, shared in plan.groups:
         n = len(rows)
         qs = qg[rows].transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
-        prefix_out, prefix_lse = attend_with_lse(qs, shared.k[layer], shared.v[layer], None)
+        k, v = shared.k[layer], shared.v[layer]
+        if flash:
+            prefix_out, prefix_lse = flash_with_lse(qs, k[None], v[None], None)
+        else:
+            prefix_out, prefix_lse = attend_with_lse(qs, k, v, None)
         prefix_out = prefix_out.view(hkv, n, g, d).transpose(0, 1)
         prefix_lse = prefix_lse.view(hkv, n, g, 1).transpose(0, 1)
         out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
