@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -30,6 +32,25 @@ def test_a_row_samples_the_same_whatever_batch_it_is_in() -> None:
     g, other = make_generator(7), make_generator(99)
     batched = [sample(LOGITS.repeat(2, 1), [p, p], [other, g])[1] for _ in range(50)]
     assert alone == batched
+
+
+def test_rows_sharing_a_generator_draw_as_if_one_at_a_time() -> None:
+    p = SamplingParams(temperature=1.0)
+    g = make_generator(3)
+    one_by_one = [sample(LOGITS, [p], [g])[0] for _ in range(60)]
+    g = make_generator(3)
+    together = [t for _ in range(20) for t in sample(LOGITS.repeat(3, 1), [p] * 3, [g] * 3)]
+    assert together == one_by_one
+
+
+def test_the_largest_uniform_draws_the_last_token_allowed_not_a_filtered_one() -> None:
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3, 1e-3]]))
+    p = SamplingParams(temperature=1.0, top_k=3)  # the last token is filtered out
+    last_float32_below_1 = torch.tensor([1 - 2**-24], dtype=torch.float64)
+    with mock.patch("engine.sampler.uniforms", return_value=last_float32_below_1):
+        assert sample(logits, [p], [None]) == [2]
+    with mock.patch("engine.sampler.uniforms", return_value=torch.zeros(1, dtype=torch.float64)):
+        assert sample(logits, [p], [None]) == [0]
 
 
 def test_frequencies_follow_the_distribution() -> None:
