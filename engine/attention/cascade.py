@@ -12,12 +12,13 @@ outputs and log-sum-exps:
 `shared_prefixes` finds the groups from a batch's page tables (pure, no tensors);
 `attend_with_lse` and `merge` are the two halves of the arithmetic; `cascade_plan` and
 `attend_cascade` are what the torch backend runs for such a batch. A group decodes over the same
-shared pages step after step, so `SharedCopies` keeps them as contiguous keys and values from
-one step to the next instead of gathering them in every layer of every step.
+shared pages step after step, so `SharedCopies` keeps them as float32 keys and values from
+one step to the next instead of gathering and converting them in every layer of every step.
 
-On a CPU, in float32 or bfloat16, both halves run torch's fused flash-attention kernel, which
-returns the log-sum-exp too (`flash_with_lse`); `attend_with_lse`, in float32 with separate
-operations, is the reference it is tested against and the path everywhere else.
+On a CPU both halves run torch's fused flash-attention kernel in float32, which returns the
+log-sum-exp too (`flash_with_lse`); `attend_with_lse`, in float32 with separate operations, is
+the reference it is tested against and the path everywhere else. (In bfloat16 the same kernel
+ran slower than in float32 on an AVX512-BF16 CPU without AMX, conversions included.)
 """
 
 from __future__ import annotations
@@ -81,12 +82,9 @@ def attend_with_lse(
     return torch.exp(scores - lse) @ v.float(), lse
 
 
-FLASH_DTYPES = (torch.float32, torch.bfloat16)  # what `flash_with_lse` runs in
-
-
-def flash_applies(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether `flash_with_lse` runs for tensors of this dtype on this device."""
-    return device.type == "cpu" and dtype in FLASH_DTYPES
+def flash_applies(device: torch.device) -> bool:
+    """Whether cascade attention runs `flash_with_lse` (else `attend_with_lse`) on this device."""
+    return device.type == "cpu"
 
 
 def flash_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -95,11 +93,10 @@ def flash_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tupl
     q [B, H, M, D], k/v [B, H, N, D], all of one dtype; bias: None, or additive (0 where a key
     is visible, -inf where not) in q's dtype, broadcastable to [B, H, M, N]. Returns out
     [B, H, M, D] in q's dtype and lse [B, H, M, 1] in float32 (natural log of the scaled
-    scores' sum of exps, as `attend_with_lse`'s).
+    scores' sum of exps, as `attend_with_lse`'s). Cascade attention calls it in float32.
     """
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)[
-        :2
-    ]
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    out, lse = kernel(q, k, v, attn_mask=bias)
     return out, lse.unsqueeze(-1)
 
 
@@ -119,8 +116,7 @@ def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
 
 
 class SharedCopy(NamedTuple):
-    """A group's shared pages as contiguous keys and values, [layers, Hkv, tokens, D] each:
-    in the pool's dtype where `flash_with_lse` reads them, else float32."""
+    """A group's shared pages as float32 keys and values, [layers, Hkv, tokens, D] each."""
 
     k: Tensor
     v: Tensor
@@ -159,8 +155,7 @@ class SharedCopies:
 
         def one(x: Tensor) -> Tensor:
             x = x.index_select(1, index).view(layers, len(pages) * ps, hkv, d)
-            dtype = x.dtype if flash_applies(x.device, x.dtype) else torch.float32
-            return x.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format)
+            return x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
 
         return SharedCopy(one(pool.k), one(pool.v), pool.clock)
 
@@ -172,7 +167,7 @@ class CascadePlan:
     slots: Tensor  # [T] where each new token's K/V goes
     suffix_pages: Tensor  # [B, max_pages] each segment's pages after its group's shared ones
     suffix_visible: Tensor  # [B, 1, 1, max_pages * page_size] bool: the suffix's real keys
-    suffix_bias: Tensor | None  # suffix_visible as `flash_with_lse`'s bias; None: no flash
+    suffix_bias: Tensor | None  # suffix_visible as `flash_with_lse`'s float32 bias; None: no flash
     groups: list[tuple[Tensor, SharedCopy]]  # (segments [n], their shared keys) per group
     copied: int  # tokens of shared pages this plan copied (0 when every copy was kept)
 
@@ -195,12 +190,12 @@ def cascade_plan(
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
     copies, copied = shared.for_groups(groups, pool)
     visible = visible[:, None, None, :].to(device)
-    flash = flash_applies(device, pool.k.dtype)
+    flash = flash_applies(device)
     return CascadePlan(
         layout.slot_mapping,
         suffix.to(device),
         visible,
-        visible_bias(visible, pool.k.dtype) if flash else None,
+        visible_bias(visible, torch.float32) if flash else None,
         [(as_long(g.segments), c) for g, c in zip(groups, copies, strict=True)],
         copied,
     )
@@ -219,10 +214,11 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
         gathered = pool_kv[layer].index_select(0, plan.suffix_pages.view(-1))
         return gathered.view(t, width, hkv, d).transpose(1, 2)
 
-    flash = plan.suffix_bias is not None and q.dtype == pool.k.dtype
+    flash = plan.suffix_bias is not None
     if flash:
-        out, lse = flash_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_bias)
-        out = out.float()
+        qg = qg.float()
+        k, v = suffix(pool.k).float(), suffix(pool.v).float()
+        out, lse = flash_with_lse(qg, k, v, plan.suffix_bias)
     else:
         out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
     for rows, shared in plan.groups:
