@@ -170,6 +170,7 @@ class CascadePlan:
     suffix_bias: Tensor | None  # suffix_visible as `flash_with_lse`'s float32 bias; None: no flash
     groups: list[tuple[Tensor, SharedCopy]]  # (segments [n], their shared keys) per group
     copied: int  # tokens of shared pages this plan copied (0 when every copy was kept)
+    whole: bool  # one group of every segment in batch order (all forks of one file): no indexing
 
 
 def cascade_plan(
@@ -198,6 +199,7 @@ def cascade_plan(
         visible_bias(visible, torch.float32) if flash else None,
         [(as_long(g.segments), c) for g, c in zip(groups, copies, strict=True)],
         copied,
+        len(groups) == 1 and groups[0].segments == list(range(layout.num_segments)),
     )
 
 
@@ -223,7 +225,8 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
         out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
     for rows, shared in plan.groups:
         n = len(rows)
-        qs = qg[rows].transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
+        mine = qg if plan.whole else qg[rows]
+        qs = mine.transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
         k, v = shared.k[layer], shared.v[layer]
         if flash:
             prefix_out, prefix_lse = flash_with_lse(qs, k[None], v[None], None)
@@ -231,5 +234,8 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
             prefix_out, prefix_lse = attend_with_lse(qs, k, v, None)
         prefix_out = prefix_out.view(hkv, n, g, d).transpose(0, 1)
         prefix_lse = prefix_lse.view(hkv, n, g, 1).transpose(0, 1)
-        out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
+        if plan.whole:
+            out = merge(prefix_out, prefix_lse, out, lse)
+        else:
+            out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
     return out.to(q.dtype).reshape(t, h, d)

@@ -129,8 +129,13 @@ def test_forks_of_a_long_prompt_take_the_cascade_path(tiny_loaded) -> None:  # n
     files = [root.fork(pool) for _ in range(4)]
     layout, _, _ = runner._layout([Segment(f, [1]) for f in files])
     plan = backend.plan(layout, pool)
-    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1
-    for f in [root, *files]:
+    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1 and plan.whole
+    other = KVSequence()  # a file of its own in the batch: the group's rows are picked out
+    runner.forward([Segment(other, list(range(30)))])
+    layout, _, _ = runner._layout([Segment(f, [1]) for f in [other, *files]])
+    plan = backend.plan(layout, pool)
+    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1 and not plan.whole
+    for f in [root, other, *files]:
         f.release(pool)
 
 
