@@ -59,10 +59,11 @@ def sample(
     if all(p.greedy for p in params):
         return greedy.tolist()
     probs = filter_logits(logits, params).softmax(-1)
-    # Inverse CDF: token j when cdf[j-1] <= u * total < cdf[j]; one uniform u per row. In float64,
-    # u * total (u <= 1 - 2**-24, a float32) stays below the total, and a token of probability
-    # 0 has an empty interval: it is never drawn.
-    cdf = probs.double().cumsum(-1)
+    # Inverse CDF: token j when cdf[j-1] <= u * total < cdf[j], one uniform u per row. A token
+    # of probability 0 has an empty interval, never drawn. u <= 1 - 2**-24 keeps u * total
+    # below the total in float32 (rounded, it falls at most to the float just below), so the
+    # draw is never past the last token.
+    cdf = probs.cumsum(-1)
     u = uniforms(generators).to(cdf.device)[:, None] * cdf[:, -1:]
     drawn = torch.searchsorted(cdf, u, right=True)[:, 0]
     pick = torch.tensor([p.greedy for p in params], device=logits.device)
@@ -70,18 +71,18 @@ def sample(
 
 
 def uniforms(generators: list[torch.Generator | None]) -> Tensor:
-    """One float32 draw from [0, 1) per row, row i's from generators[i] (None: torch's default),
-    as float64 on the CPU.
+    """One float32 draw from [0, 1) per row, on the CPU, row i's from generators[i] (None:
+    torch's default).
 
     The rows of one generator are drawn in one call, in row order: the same numbers as drawing
     them one at a time, so a row's draws do not depend on the rest of its batch.
     """
-    out = torch.empty(len(generators), dtype=torch.float64)
+    out = torch.empty(len(generators))
     rows_of: dict[int, list[int]] = {}
     for i, g in enumerate(generators):
         rows_of.setdefault(id(g), []).append(i)
     for rows in rows_of.values():
-        out[rows] = torch.rand(len(rows), generator=generators[rows[0]]).double()
+        out[rows] = torch.rand(len(rows), generator=generators[rows[0]])
     return out
 
 

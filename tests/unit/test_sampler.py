@@ -43,14 +43,16 @@ def test_rows_sharing_a_generator_draw_as_if_one_at_a_time() -> None:
     assert together == one_by_one
 
 
-def test_the_largest_uniform_draws_the_last_token_allowed_not_a_filtered_one() -> None:
-    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3, 1e-3]]))
-    p = SamplingParams(temperature=1.0, top_k=3)  # the last token is filtered out
-    last_float32_below_1 = torch.tensor([1 - 2**-24], dtype=torch.float64)
-    with mock.patch("engine.sampler.uniforms", return_value=last_float32_below_1):
-        assert sample(logits, [p], [None]) == [2]
-    with mock.patch("engine.sampler.uniforms", return_value=torch.zeros(1, dtype=torch.float64)):
-        assert sample(logits, [p], [None]) == [0]
+@pytest.mark.parametrize("size", [4, 5, 49152])
+def test_the_extreme_uniforms_draw_the_first_and_last_tokens_allowed(size: int) -> None:
+    # the largest u lands on the last token allowed, not past it nor on a filtered one
+    probs = torch.zeros(1, size)
+    probs[0, :3] = torch.tensor([0.25, 0.5, 0.25])
+    probs[0, -1] = 1e-3  # the last token, filtered out by top-k
+    p = SamplingParams(temperature=1.0, top_k=3)
+    for u, token in ((1 - 2**-24, 2), (0.0, 0)):  # the largest float32 below 1, and 0
+        with mock.patch("engine.sampler.uniforms", return_value=torch.tensor([u])):
+            assert sample(probs.log(), [p], [None]) == [token]
 
 
 def test_frequencies_follow_the_distribution() -> None:
