@@ -110,9 +110,9 @@ def visible_bias(visible: Tensor, dtype: torch.dtype) -> Tensor:
 def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
     """The attention output over the union of two disjoint key sets, from each set's own.
 
-    In float32, whatever the outputs' dtype (the lse are float32)."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
+    The module's formula, with exp(lse_a - lse) = sigmoid(lse_a - lse_b): out_b moved towards
+    out_a by that weight, in three operations. Outputs and lse in float32."""
+    return torch.lerp(out_b, out_a, torch.sigmoid(lse_a - lse_b))
 
 
 class SharedCopy(NamedTuple):
