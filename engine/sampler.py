@@ -1,7 +1,8 @@
 """Turning logits into tokens for a whole batch at once: greedy, temperature, top-k, top-p, min-p.
 
 Each row has its own settings and its own random stream (a seeded `torch.Generator`), so a
-sequence samples the same tokens whichever batch it lands in.
+sequence samples the same tokens whichever batch it lands in. A sampled row costs one uniform
+draw (inverse CDF), not one per vocabulary entry.
 """
 
 from __future__ import annotations
@@ -58,16 +59,31 @@ def sample(
     if all(p.greedy for p in params):
         return greedy.tolist()
     probs = filter_logits(logits, params).softmax(-1)
-    # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p; each row from its own stream.
-    noise = torch.stack(
-        [
-            torch.empty(probs.shape[-1], device="cpu").exponential_(generator=g).to(probs.device)
-            for g in generators
-        ]
-    )
-    drawn = (probs / noise).argmax(-1)
+    # Inverse CDF: token j when cdf[j-1] <= u * total < cdf[j], one uniform u per row. A token
+    # of probability 0 has an empty interval, never drawn. u <= 1 - 2**-24 keeps u * total
+    # below the total in float32 (rounded, it falls at most to the float just below), so the
+    # draw is never past the last token.
+    cdf = probs.cumsum(-1)
+    u = uniforms(generators).to(cdf.device)[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u, right=True)[:, 0]
     pick = torch.tensor([p.greedy for p in params], device=logits.device)
     return torch.where(pick, greedy, drawn).tolist()
+
+
+def uniforms(generators: list[torch.Generator | None]) -> Tensor:
+    """One float32 draw from [0, 1) per row, on the CPU, row i's from generators[i] (None:
+    torch's default).
+
+    The rows of one generator are drawn in one call, in row order: the same numbers as drawing
+    them one at a time, so a row's draws do not depend on the rest of its batch.
+    """
+    out = torch.empty(len(generators))
+    rows_of: dict[int, list[int]] = {}
+    for i, g in enumerate(generators):
+        rows_of.setdefault(id(g), []).append(i)
+    for rows in rows_of.values():
+        out[rows] = torch.rand(len(rows), generator=generators[rows[0]])
+    return out
 
 
 def make_generator(seed: int | None) -> torch.Generator:

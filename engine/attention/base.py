@@ -89,7 +89,13 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
-    traffic: Traffic | None = None  # the latest plan's, where the backend counts it
+
+    @property
+    def traffic(self) -> Traffic | None:
+        """What the latest plan's attention moves, where the backend counts it, else None.
+
+        Computed when asked, not by every plan: only benches and tests want it."""
+        return None
 
     @abstractmethod
     def plan(self, layout: BatchLayout, pool: PagePool) -> Any:

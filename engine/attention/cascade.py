@@ -12,8 +12,13 @@ outputs and log-sum-exps:
 `shared_prefixes` finds the groups from a batch's page tables (pure, no tensors);
 `attend_with_lse` and `merge` are the two halves of the arithmetic; `cascade_plan` and
 `attend_cascade` are what the torch backend runs for such a batch. A group decodes over the same
-shared pages step after step, so `SharedCopies` keeps them as float32 keys and values from one
-step to the next instead of gathering and converting them in every layer of every step.
+shared pages step after step, so `SharedCopies` keeps them as float32 keys and values from
+one step to the next instead of gathering and converting them in every layer of every step.
+
+On a CPU both halves run torch's fused flash-attention kernel in float32, which returns the
+log-sum-exp too (`flash_with_lse`); `attend_with_lse`, in float32 with separate operations, is
+the reference it is tested against and the path everywhere else. (In bfloat16 the same kernel
+ran slower than in float32 on an AVX512-BF16 CPU without AMX, conversions included.)
 """
 
 from __future__ import annotations
@@ -77,10 +82,37 @@ def attend_with_lse(
     return torch.exp(scores - lse) @ v.float(), lse
 
 
+def flash_applies(device: torch.device) -> bool:
+    """Whether cascade attention runs `flash_with_lse` (else `attend_with_lse`) on this device."""
+    return device.type == "cpu"
+
+
+def flash_with_lse(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`attend_with_lse` by torch's fused CPU flash-attention kernel (see `flash_applies`).
+
+    q [B, H, M, D], k/v [B, H, N, D], all of one dtype; bias: None, or additive (0 where a key
+    is visible, -inf where not) in q's dtype, broadcastable to [B, H, M, N]. Returns out
+    [B, H, M, D] in q's dtype and lse [B, H, M, 1] in float32 (natural log of the scaled
+    scores' sum of exps, as `attend_with_lse`'s). Cascade attention calls it in float32.
+    """
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    out, lse = kernel(q, k, v, attn_mask=bias)
+    return out, lse.unsqueeze(-1)
+
+
+def visible_bias(visible: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool `visible` mask as the additive bias `flash_with_lse` takes."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, float("-inf")
+    )
+
+
 def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
-    """The attention output over the union of two disjoint key sets, from each set's own."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    return out_a * torch.exp(lse_a - lse) + out_b * torch.exp(lse_b - lse)
+    """The attention output over the union of two disjoint key sets, from each set's own.
+
+    The module's formula, with exp(lse_a - lse) = sigmoid(lse_a - lse_b): out_b moved towards
+    out_a by that weight, in three operations. Outputs and lse in float32."""
+    return torch.lerp(out_b, out_a, torch.sigmoid(lse_a - lse_b))
 
 
 class SharedCopy(NamedTuple):
@@ -135,8 +167,10 @@ class CascadePlan:
     slots: Tensor  # [T] where each new token's K/V goes
     suffix_pages: Tensor  # [B, max_pages] each segment's pages after its group's shared ones
     suffix_visible: Tensor  # [B, 1, 1, max_pages * page_size] bool: the suffix's real keys
+    suffix_bias: Tensor | None  # suffix_visible as `flash_with_lse`'s float32 bias; None: no flash
     groups: list[tuple[Tensor, SharedCopy]]  # (segments [n], their shared keys) per group
     copied: int  # tokens of shared pages this plan copied (0 when every copy was kept)
+    whole: bool  # one group of every segment in batch order (all forks of one file): no indexing
 
 
 def cascade_plan(
@@ -156,12 +190,16 @@ def cascade_plan(
     visible = torch.arange(width * ps)[None, :] < lens[:, None]
     as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
     copies, copied = shared.for_groups(groups, pool)
+    visible = visible[:, None, None, :].to(device)
+    flash = flash_applies(device)
     return CascadePlan(
         layout.slot_mapping,
         suffix.to(device),
-        visible[:, None, None, :].to(device),
+        visible,
+        visible_bias(visible, torch.float32) if flash else None,
         [(as_long(g.segments), c) for g, c in zip(groups, copies, strict=True)],
         copied,
+        len(groups) == 1 and groups[0].segments == list(range(layout.num_segments)),
     )
 
 
@@ -178,12 +216,26 @@ def attend_cascade(layer: int, q: Tensor, plan: CascadePlan, pool: PagePool) -> 
         gathered = pool_kv[layer].index_select(0, plan.suffix_pages.view(-1))
         return gathered.view(t, width, hkv, d).transpose(1, 2)
 
-    out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
+    flash = plan.suffix_bias is not None
+    if flash:
+        qg = qg.float()
+        k, v = suffix(pool.k).float(), suffix(pool.v).float()
+        out, lse = flash_with_lse(qg, k, v, plan.suffix_bias)
+    else:
+        out, lse = attend_with_lse(qg, suffix(pool.k), suffix(pool.v), plan.suffix_visible)
     for rows, shared in plan.groups:
         n = len(rows)
-        qs = qg[rows].transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
-        prefix_out, prefix_lse = attend_with_lse(qs, shared.k[layer], shared.v[layer], None)
+        mine = qg if plan.whole else qg[rows]
+        qs = mine.transpose(0, 1).reshape(1, hkv, n * g, d)  # all n queries at once
+        k, v = shared.k[layer], shared.v[layer]
+        if flash:
+            prefix_out, prefix_lse = flash_with_lse(qs, k[None], v[None], None)
+        else:
+            prefix_out, prefix_lse = attend_with_lse(qs, k, v, None)
         prefix_out = prefix_out.view(hkv, n, g, d).transpose(0, 1)
         prefix_lse = prefix_lse.view(hkv, n, g, 1).transpose(0, 1)
-        out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
+        if plan.whole:
+            out = merge(prefix_out, prefix_lse, out, lse)
+        else:
+            out[rows] = merge(prefix_out, prefix_lse, out[rows], lse[rows])
     return out.to(q.dtype).reshape(t, h, d)

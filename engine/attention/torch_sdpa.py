@@ -48,10 +48,15 @@ class TorchBackend(AttentionBackend):
         self.shared = SharedCopies()  # the shared prefixes' keys, kept across steps
         self.resident: Resident | None = None  # decode over resident copies (None: gather)
         self.use_resident = resident
+        self.latest: tuple[BatchLayout, TorchPlan | CascadePlan | ResidentPlan] | None = None
+
+    @property
+    def traffic(self) -> Traffic | None:
+        return None if self.latest is None else traffic(*self.latest)
 
     def plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:
         plan = self._plan(layout, pool)
-        self.traffic = traffic(layout, plan)
+        self.latest = (layout, plan)
         return plan
 
     def _plan(self, layout: BatchLayout, pool: PagePool) -> TorchPlan | CascadePlan | ResidentPlan:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.attention import BatchLayout, TorchBackend
-from engine.attention.cascade import CascadePlan, Group, attend_with_lse, merge, shared_prefixes
+from engine.attention.cascade import (
+    CascadePlan,
+    Group,
+    attend_with_lse,
+    flash_with_lse,
+    merge,
+    shared_prefixes,
+    visible_bias,
+)
 from engine.attention.resident import ResidentPlan
 from engine.loader import LoadedModel
 from engine.page_pool import PagePool
@@ -45,6 +55,21 @@ def test_merging_two_halves_is_softmax_over_the_union() -> None:
     a, la = attend_with_lse(q, k[:, :, :4], v[:, :, :4], None)
     b, lb = attend_with_lse(q, k[:, :, 4:], v[:, :, 4:], None)
     torch.testing.assert_close(merge(a, la, b, lb), whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_flash_kernel_gives_the_reference_output_and_lse(dtype: torch.dtype, tol: float) -> None:
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(6, 3, n, 16, generator=gen) for n in (4, 37, 37))
+    visible = torch.arange(37)[None, :] < torch.tensor([1, 5, 16, 17, 36, 37])[:, None]
+    visible = visible[:, None, None, :]  # each row of the batch sees its own number of keys
+    for mask in (None, visible):
+        out, lse = attend_with_lse(q, k, v, mask)
+        bias = None if mask is None else visible_bias(mask, dtype)
+        fast_out, fast_lse = flash_with_lse(q.to(dtype), k.to(dtype), v.to(dtype), bias)
+        assert fast_out.dtype == dtype and fast_lse.dtype == torch.float32
+        torch.testing.assert_close(fast_out.float(), out, rtol=0, atol=tol)
+        torch.testing.assert_close(fast_lse, lse, rtol=0, atol=tol)
 
 
 def run_script(
@@ -87,9 +112,12 @@ def test_cascade_equals_plain_attention_over_forks(
         r = random.Random(seed)
         script.append((forks, [r.randrange(vocab) for _ in range(16)]))
     plain = run_script(tiny_loaded, False, page_size, script)
-    fast = run_script(tiny_loaded, True, page_size, script)
-    for a, b in zip(plain, fast, strict=True):
+    fast = run_script(tiny_loaded, True, page_size, script)  # torch's flash kernel
+    with mock.patch("engine.attention.cascade.flash_applies", return_value=False):
+        reference = run_script(tiny_loaded, True, page_size, script)  # attend_with_lse
+    for a, b, c in zip(plain, fast, reference, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+        torch.testing.assert_close(c, a, rtol=0, atol=1e-5)
 
 
 def test_forks_of_a_long_prompt_take_the_cascade_path(tiny_loaded) -> None:  # noqa: ANN001
@@ -101,8 +129,13 @@ def test_forks_of_a_long_prompt_take_the_cascade_path(tiny_loaded) -> None:  # n
     files = [root.fork(pool) for _ in range(4)]
     layout, _, _ = runner._layout([Segment(f, [1]) for f in files])
     plan = backend.plan(layout, pool)
-    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1
-    for f in [root, *files]:
+    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1 and plan.whole
+    other = KVSequence()  # a file of its own in the batch: the group's rows are picked out
+    runner.forward([Segment(other, list(range(30)))])
+    layout, _, _ = runner._layout([Segment(f, [1]) for f in [other, *files]])
+    plan = backend.plan(layout, pool)
+    assert isinstance(plan, CascadePlan) and len(plan.groups) == 1 and not plan.whole
+    for f in [root, other, *files]:
         f.release(pool)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -30,6 +32,27 @@ def test_a_row_samples_the_same_whatever_batch_it_is_in() -> None:
     g, other = make_generator(7), make_generator(99)
     batched = [sample(LOGITS.repeat(2, 1), [p, p], [other, g])[1] for _ in range(50)]
     assert alone == batched
+
+
+def test_rows_sharing_a_generator_draw_as_if_one_at_a_time() -> None:
+    p = SamplingParams(temperature=1.0)
+    g = make_generator(3)
+    one_by_one = [sample(LOGITS, [p], [g])[0] for _ in range(60)]
+    g = make_generator(3)
+    together = [t for _ in range(20) for t in sample(LOGITS.repeat(3, 1), [p] * 3, [g] * 3)]
+    assert together == one_by_one
+
+
+@pytest.mark.parametrize("size", [4, 5, 49152])
+def test_the_extreme_uniforms_draw_the_first_and_last_tokens_allowed(size: int) -> None:
+    # the largest u lands on the last token allowed, not past it nor on a filtered one
+    probs = torch.zeros(1, size)
+    probs[0, :3] = torch.tensor([0.25, 0.5, 0.25])
+    probs[0, -1] = 1e-3  # the last token, filtered out by top-k
+    p = SamplingParams(temperature=1.0, top_k=3)
+    for u, token in ((1 - 2**-24, 2), (0.0, 0)):  # the largest float32 below 1, and 0
+        with mock.patch("engine.sampler.uniforms", return_value=torch.tensor([u])):
+            assert sample(probs.log(), [p], [None]) == [token]
 
 
 def test_frequencies_follow_the_distribution() -> None:
