@@ -8,7 +8,9 @@ device synchronize, so a side's time includes all of its GPU work.
 Decode: 128-token prompts, 128 new tokens, greedy, throughput over the whole generation
 (prefill included), against `transformers` `generate`. Its last row sets batch-1 decode steps
 (prefill excluded) beside the memory-bandwidth bound: the bytes of weights a step reads, over
-the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`). The
+the read bandwidth this process reaches (measured on the spot, see `read_bandwidth`), and
+after it the same step's matrix products alone ("batch 1 matmuls vs bound"): how far the
+kernels are from the bound, and how much of a step is spent around them. The
 "bytes per step" rows count (not time) what a batch-16 decode step moves, weights and keys and
 values, beside the least it must read: each weight and each distinct key and value once; the
 "resident vs gathering" row times batch-16 decode steps with the two ways of attending, and
@@ -23,7 +25,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -32,6 +34,7 @@ from engine.bench.common import Row, Timing, side_by_side, throughput_row, timed
 from engine.bench.models import bench_model, checkpoint_dtype, load_transformers
 from engine.generate import generate
 from engine.loader import LoadedModel, default_dtype, load_model
+from engine.model import MATRICES, DecoderLayer
 from engine.page_pool import PagePool
 from engine.runner import Runner, Sample, Segment
 from engine.sequence import KVSequence, pages_for
@@ -183,18 +186,55 @@ def bound_row(loaded: LoadedModel, runs: int, steps: int = 64) -> Row:
     for _ in range(runs + 1):
         decode()
     rate = steps / statistics.median(times[1:])  # the first run warms up
+    return _bound_row(loaded, "batch 1 vs bound", rate)
+
+
+def matmuls_row(loaded: LoadedModel, runs: int, steps: int = 16) -> Row:
+    """The matrix products of a batch-1 decode step alone (each layer's `MATRICES` through
+    `DecoderLayer.project`, then the final norm and LM head through `LlamaModel.logits`, as a
+    step calls them, on one row of zeros) beside the bandwidth bound. Beside "batch 1 vs bound",
+    it splits a step's time into the products and everything around them."""
+    model = loaded.model
+    layers = cast("list[DecoderLayer]", list(model.layers))
+    device, dtype = model.device, model.dtype
+    rows = {
+        n: torch.zeros(1, getattr(layers[0], n).shape[1], dtype=dtype, device=device)
+        for n in MATRICES
+    }
+    hidden = torch.zeros(1, model.cfg.hidden_size, dtype=dtype, device=device)
+
+    def products() -> None:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(steps):
+                for layer in layers:
+                    for name in MATRICES:
+                        layer.project(name, rows[name])
+                model.logits(hidden)
+        sync(device)
+        times.append(time.perf_counter() - start)
+
+    times: list[float] = []
+    for _ in range(runs + 1):
+        products()
+    rate = steps / statistics.median(times[1:])  # the first run warms up
+    return _bound_row(loaded, "batch 1 matmuls vs bound", rate)
+
+
+def _bound_row(loaded: LoadedModel, case: str, rate: float) -> Row:
+    """A row of `rate` (steps per second) beside the memory-bandwidth bound on steps per second:
+    the read bandwidth measured now over the bytes of weights a step reads."""
     bound = read_bandwidth(loaded.model.device) / weight_bytes(loaded)
-    label = dtype_name(loaded.model.dtype)
     return Row(
         "decode",
-        "batch 1 vs bound",
+        case,
         "",
         "tok/s",
         round(rate, 2),
         round(bound, 2),
         round(rate / bound, 3),
         None,
-        label,
+        dtype_name(loaded.model.dtype),
     )
 
 
@@ -330,10 +370,10 @@ def run(
             report(row)
             rows.append(row)
         if workload == "decode" and (not cases or "batch 1 vs bound" in cases):
-            row = bound_row(loaded, runs)
-            row.model = name
-            report(row)
-            rows.append(row)
+            for row in (bound_row(loaded, runs), matmuls_row(loaded, runs)):
+                row.model = name
+                report(row)
+                rows.append(row)
         if workload == "decode" and (not cases or "resident vs gathering" in cases):
             row = attention_row(loaded, runs)
             row.model = name
