@@ -75,6 +75,8 @@ class KVFile:
     last_use: float
     names: set[str] = field(default_factory=set)
     open_handles: int = 0
+    # the path each splice took tokens from -> tokens taken, summed (FileStat.spliced_from)
+    spliced_from: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(eq=False, slots=True)
@@ -274,7 +276,10 @@ class KVFS:
         src_path, g = self._resolve(caller, src, READ)
         self.bring_back(handle.path, f)
         self.bring_back(src_path, g)
-        return f.seq.splice(self.pool, g.seq, start, len(g.seq) if stop is None else stop)
+        got = f.seq.splice(self.pool, g.seq, start, len(g.seq) if stop is None else stop)
+        if got.tokens:
+            f.spliced_from[src_path] = f.spliced_from.get(src_path, 0) + got.tokens
+        return got
 
     def drop(self, handle: Handle, start: int, stop: int) -> None:
         """Remove tokens [start, stop) of a writable file; the pages only they filled are freed
@@ -470,6 +475,7 @@ class KVFS:
             names=tuple(sorted(f.names)),
             open_handles=f.open_handles,
             cached_from=_cached_from(f.seq),
+            spliced_from=dict(sorted(f.spliced_from.items())),
         )
 
     def _first_readable_names(self, caller: Caller) -> list[tuple[str, KVFile]]:

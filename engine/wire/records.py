@@ -253,6 +253,10 @@ class FileStat(NamedTuple):
     open_handles: int
     # file (its name when it computed them) -> pages this file took from the prefix cache
     cached_from: dict[str, int] = {}
+    # file (its name when spliced from) -> tokens `kv.splice` appended from it, summed over every
+    # splice. A record of where the tokens came from, like `parent`: a later drop or truncate
+    # leaves it as it is, and a fork does not inherit it (its parent edge leads to the splices)
+    spliced_from: dict[str, int] = {}
 
 
 class Spliced(NamedTuple):

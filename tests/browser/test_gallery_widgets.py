@@ -73,8 +73,9 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
     assert set(forks.values()) == {prompt.tokens}  # each fork holds the prompt, then its own
 
     def graph_matches() -> None:
-        lines, labels, nodes, cached = figure(graph)["traces"]
+        lines, labels, nodes, cached, spliced = figure(graph)["traces"]
         assert not cached.get("x")  # forks only: no page came from the prefix cache
+        assert not spliced.get("x")  # and nothing was spliced
         xy_ids = nodes["x"], nodes["y"], nodes["customdata"]
         at = {(x, y): node for x, y, node in zip(*xy_ids, strict=True)}
         assert sorted(nodes["customdata"]) == sorted(stats)
@@ -83,9 +84,10 @@ def test_the_fork_and_share_notebooks_views_show_what_the_engine_reports(
         assert len(xs) == 3 * len(forks) and drawn == set(forks)
         assert sorted(labels["text"]) == sorted(str(n) for n in forks.values())
         # plotly's SVG: a marker per file with its name, a line and a label per fork (and the
-        # prefix cache's dotted lines, none here: plotly may leave that trace out)
+        # prefix cache's dotted lines and the splices' dashed ones, none here: plotly may leave
+        # those traces out)
         svg = graph.locator(".js-plotly-plot .scatterlayer .trace")
-        assert svg.count() in (3, 4)
+        assert svg.count() in (3, 4, 5)
         segments = svg.nth(0).evaluate(D_OF, "path.js-line")  # one path per edge
         assert len(segments) == len(forks) and all(d.count("M") == 1 for d in segments), segments
         edge_labels = svg.nth(1).evaluate(TEXTS, ".textpoint text")

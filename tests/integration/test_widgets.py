@@ -284,8 +284,9 @@ def test_token_view_steps_are_the_distributions(seen: Seen) -> None:
 def test_figures_hold_the_expected_marks(seen: Seen) -> None:
     tree, forks, pages, timeline = (seen.views[k] for k in ("tree", "forks", "pages", "timeline"))
     assert len(tree.figure.data[0].ids) == len(tree.data)
-    lines, labels, nodes, cached = forks.figure.data
+    lines, labels, nodes, cached, spliced = forks.figure.data
     assert len(cached.x or ()) == 3 * len(forks.data.cached)  # prefix-cache lines, if any
+    assert not spliced.x and not forks.data.spliced  # forks only: nothing spliced
     assert len(nodes.x) == len(forks.data.nodes) == 4
     assert len(labels.text) == len(forks.data.edges) == 3
     assert sorted(labels.text) == ["10", "13", "6"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from runner import GALLERY, IDLE_EXIT, Executed, wait_gone
+from runner import GALLERY, IDLE_EXIT, Executed, silent_cells, wait_gone
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def run_notebook(
         NotebookClient(nb, timeout=300, kernel_name="python3").execute(
             cwd=str(GALLERY)
         )  # raises CellExecutionError, naming the cell, when one fails
+        assert not silent_cells(nb), f"{name}: cells that showed nothing: {silent_cells(nb)}"
         executed = Executed(nb, runtime)
         if executed.started_engine:  # (a lab notebook may run engines of its own instead)
             started.append(executed.engine_pid())

@@ -3,6 +3,7 @@ the notebook starts for itself (no engine is running in the test's Jupyter runti
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -42,6 +43,37 @@ class Executed:
 
     def engine_pid(self) -> int:
         return json.loads((self.runtime / "symphony-engine.json").read_text())["pid"]
+
+
+def shows_something(source: str) -> bool:
+    """Whether a code cell is written to show something: it prints, runs a `%lip` line magic
+    (`%lip ps`), or (outside a `%%lip` cell) its last statement is a name or a call whose value
+    Jupyter displays (a view, say). An awaited last call (`await view.refresh()`) is not
+    counted."""
+    lines = source.splitlines()
+    lip = bool(lines) and lines[0].startswith("%%lip")
+    if any(line.startswith("%lip ") for line in lines):
+        return True
+    code = "\n".join(line for line in lines if not line.lstrip().startswith("%"))
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = compile(code, "<cell>", "exec", flags=flags, dont_inherit=True)
+    prints = any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
+        for n in ast.walk(tree)
+    )
+    last = tree.body[-1] if tree.body else None
+    shown = isinstance(last, ast.Expr) and isinstance(last.value, ast.Name | ast.Call)
+    return prints or (shown and not lip)
+
+
+def silent_cells(nb: Any) -> list[str]:
+    """The code cells written to show something that showed nothing (their tags, or their
+    first line): a lesson that silently shows nothing fails its test."""
+    return [
+        ",".join(c.metadata.get("tags", [])) or c.source.splitlines()[0]
+        for c in nb.cells
+        if c.cell_type == "code" and shows_something(c.source) and not c.get("outputs")
+    ]
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

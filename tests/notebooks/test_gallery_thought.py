@@ -53,7 +53,14 @@ def test_thought_structures_notebook(run_notebook) -> None:  # type: ignore[no-u
     assert tokens > sum(s[0] for s in spliced) and 0 < spliced[0][1] - 1 <= shared <= held
     assert "'shared'" in pages
 
-    for tag in ("setup", "tree-graph", "skeleton-timeline", "graph-pages"):  # each shows a widget
+    # the fork graph draws the merge: one splice edge from each branch into the merged file,
+    # with the tokens each splice of the graph cell reported taking from it
+    edges = re.findall(r"^splice edge: (\S+) -> (\S+), (\d+) tokens$", nb.text("graph-forks"), re.M)
+    assert [(src.rsplit("/", 1)[1], dst.rsplit("/", 1)[1], int(n)) for src, dst, n in edges] == [
+        (f"branch-{i}", "merged", s[0]) for i, s in enumerate(spliced)
+    ], edges
+
+    for tag in ("setup", "tree-graph", "skeleton-timeline", "graph-pages", "graph-forks"):
         outputs = nb.cell(tag).get("outputs", [])
         assert any(
             "application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs

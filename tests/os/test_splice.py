@@ -140,6 +140,38 @@ def test_a_range_that_lines_up_is_shared_by_reference_and_only_the_seam_is_copie
     assert sg.page_table[1:] == sf.page_table[2:]
 
 
+def test_a_file_remembers_which_files_its_spliced_tokens_came_from(tiny_loaded) -> None:  # noqa: ANN001
+    """`FileStat.spliced_from`: source path -> tokens taken, summed over splices; kept after a
+    drop of everything (a record, as `parent` is); not inherited by a fork; an empty range adds
+    nothing."""
+
+    async def program(sys: Syscalls) -> tuple:
+        a = await sys.kv.create("/home/local/a")
+        b = await sys.kv.create("/home/local/b")
+        await sys.forward(a, prompt(20, 9), returns=Logits())
+        await sys.forward(b, prompt(21, 6), returns=Logits())
+        m = await sys.kv.create("/home/local/m")
+        await sys.kv.splice(m, a)  # all 9
+        await sys.kv.splice(m, b, 2, 5)  # 3
+        await sys.kv.splice(m, a, 1, 3)  # 2 more from a
+        await sys.kv.splice(m, b, 4, 4)  # nothing
+        spliced = await sys.kv.stat(m)
+        fork = await sys.kv.fork(m, "/home/local/fork")
+        await sys.kv.drop(m, 0, spliced.tokens)
+        after = await sys.kv.stat(m)
+        stats = (spliced, after, await sys.kv.stat(fork), await sys.kv.stat(a))
+        for path in ("/home/local/a", "/home/local/b", "/home/local/m", "/home/local/fork"):
+            await sys.kv.unlink(path)
+        return stats
+
+    spliced, after, fork, source = one(Kernel(tiny_loaded, num_pages=64, page_size=PS), program)
+    assert spliced.spliced_from == {"/home/local/a": 9 + 2, "/home/local/b": 3}
+    assert spliced.tokens == 9 + 3 + 2
+    assert after.tokens == 0 and after.spliced_from == spliced.spliced_from
+    assert fork.spliced_from == {} and fork.parent == "/home/local/m"
+    assert source.spliced_from == {}
+
+
 @pytest.mark.parametrize(
     ("start", "stop"),
     [(4, 12), (5, 13), (5, 11), (0, 3), (19, 23), (2, 22)],

@@ -12,6 +12,7 @@ from workbench.widgets.kv_data import (
     FREE,
     CacheEdge,
     Filter,
+    SpliceEdge,
     cell_text,
     common_prefix,
     file_pages,
@@ -132,6 +133,54 @@ def test_fork_graph_shows_pages_taken_from_the_prefix_cache_apart_from_forks() -
     assert [(e.parent, e.child) for e in graph.edges] == [("/home/alice/a", "/home/alice/c")]
     only_b = fork_graph([a, b, c], {}, Filter("/home/alice/b"))
     assert only_b.cached == []  # a is not shown: no line to draw
+
+
+def test_fork_graph_draws_an_edge_for_each_file_spliced_into_another(tiny_loaded) -> None:  # noqa: ANN001
+    """The engine's own stats after real splices: one edge per (source, file) the test spliced,
+    with the tokens it took; a source no longer shown draws none."""
+    import asyncio
+
+    from engine.kernel import Kernel
+    from engine.syscalls import Syscalls
+    from engine.wire.records import Logits
+
+    made: dict[tuple[str, str], int] = {}  # the oracle: (source, file) -> tokens spliced
+
+    async def program(sys: Syscalls) -> list[FileStat]:
+        paths = [f"/home/local/t/{name}" for name in ("root", "a", "b", "merged", "gone")]
+        root = await sys.kv.create(paths[0])
+        await sys.forward(root, list(range(1, 7)), returns=Logits())
+        a, b = await sys.kv.fork(root, paths[1]), await sys.kv.fork(root, paths[2])
+        await sys.forward(a, [7, 8, 9], returns=Logits())
+        await sys.forward(b, [10, 11], returns=Logits())
+        gone = await sys.kv.create(paths[4])
+        await sys.forward(gone, [12, 13], returns=Logits())
+        merged = await sys.kv.create(paths[3])
+        for src, path, start, stop in ((a, paths[1], 0, 9), (b, paths[2], 6, 8)):
+            await sys.kv.splice(merged, src, start, stop)
+            made[path, paths[3]] = made.get((path, paths[3]), 0) + stop - start
+        await sys.kv.splice(merged, a, 7, 9)
+        made[paths[1], paths[3]] += 2
+        await sys.kv.splice(merged, gone)
+        await sys.kv.unlink(paths[4])  # spliced from, then gone: no node, no edge
+        stats = await sys.kv.walk("/home/local/t")
+        for path in paths[:4]:
+            await sys.kv.unlink(path)
+        return stats
+
+    async def main() -> list[FileStat]:
+        kernel = Kernel(tiny_loaded, num_pages=32, page_size=4)
+        async with kernel:
+            return await kernel.wait(kernel.spawn(program))
+
+    stats = asyncio.run(main())
+    graph = fork_graph(stats, {})
+    assert sorted(graph.spliced) == sorted(SpliceEdge(s, f, n) for (s, f), n in made.items())
+    assert {(e.parent, e.child) for e in graph.edges} == {
+        ("/home/local/t/root", "/home/local/t/a"),
+        ("/home/local/t/root", "/home/local/t/b"),
+    }  # a splice is not a fork
+    assert fork_graph(stats, {}, Filter("/home/local/t/merged")).spliced == []
 
 
 def test_fork_graph_collapses_many_children_until_expanded() -> None:

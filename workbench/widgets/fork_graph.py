@@ -1,5 +1,6 @@
-"""The fork graph: files as nodes, forks as edges labelled with the prefix they share, and
-dotted lines where automatic prefix sharing took one file's pages into another."""
+"""The fork graph: files as nodes, forks as edges labelled with the prefix they share, dotted
+lines where automatic prefix sharing took one file's pages into another, and dashed ones where
+`kv.splice` took one file's tokens into another (a merge)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from workbench.widgets.style import (
     FONT,
     GONE_COLOUR,
     PRIVATE_COLOUR,
+    SPLICED_COLOUR,
     legend,
     shared_colour,
 )
@@ -76,14 +78,28 @@ class ForkGraphView(LiveView):
 
     def body(self) -> list[widgets.Widget]:
         self.figure = fit(zoomable(go.FigureWidget(layout=_layout(300))))
-        self.figure.add_scatter(mode="lines", line=dict(color="#999", width=1), hoverinfo="skip")
-        self.figure.add_scatter(mode="text", textposition="top center", hoverinfo="text")
-        self.figure.add_scatter(mode="markers+text", textposition="middle right", hoverinfo="text")
+        self.figure.add_scatter(
+            mode="lines", name="fork", line=dict(color="#999", width=1), hoverinfo="skip"
+        )
+        self.figure.add_scatter(
+            mode="text", textposition="top center", hoverinfo="text", showlegend=False
+        )
+        self.figure.add_scatter(
+            mode="markers+text", textposition="middle right", hoverinfo="text", showlegend=False
+        )
         self.figure.data[2].on_click(self._on_click)
         self.figure.add_scatter(  # automatic prefix sharing: pages taken from the cache
             mode="lines",
             name="from the prefix cache",
             line=dict(color=CACHED_COLOUR, width=2, dash="dot"),
+            hoverinfo="skip",
+        )
+        self.figure.add_scatter(  # kv.splice: tokens taken from another file (a merge)
+            mode="lines+text",
+            name="spliced into",
+            line=dict(color=SPLICED_COLOUR, width=2, dash="dash"),
+            textposition="bottom center",
+            textfont=dict(color=SPLICED_COLOUR),
             hoverinfo="skip",
         )
         self.file_box = widgets.Dropdown(options=[""], value="", description="file")
@@ -119,6 +135,10 @@ class ForkGraphView(LiveView):
             self.figure.data[1].update(x=lx, y=ly, text=ltext, hovertext=lhover)
             cx, cy = _cache_edges(graph, pos)
             self.figure.data[3].update(x=cx, y=cy)
+            sx, sy, stext = _splice_edges(graph, pos)
+            self.figure.data[4].update(x=sx, y=sy, text=stext)
+            for i, lines in ((0, graph.edges), (3, graph.cached), (4, graph.spliced)):
+                self.figure.data[i].showlegend = bool(lines)  # the kinds of line drawn
             self.figure.data[2].update(
                 x=[pos[n.id][0] for n in graph.nodes],
                 y=[pos[n.id][1] for n in graph.nodes],
@@ -244,6 +264,22 @@ def _cache_edges(
     return cx, cy
 
 
+def _splice_edges(
+    graph: ForkGraphData, pos: dict[str, tuple[float, float]]
+) -> tuple[list[float | None], list[float | None], list[str]]:
+    """Dashed lines from each file to those that spliced its tokens in, labelled at their
+    middle with the tokens taken."""
+    sx: list[float | None] = []
+    sy: list[float | None] = []
+    text: list[str] = []
+    for e in graph.spliced:
+        (x0, y0), (x1, y1) = pos[e.source], pos[e.file]
+        sx += [x0, (x0 + x1) / 2, x1, None]
+        sy += [y0, (y0 + y1) / 2, y1, None]
+        text += ["", f"{e.tokens} spliced", "", ""]
+    return sx, sy, text
+
+
 def _label(n: ForkNode, short: Any) -> str:
     if n.kind == "collapsed":
         return f"+{len(n.hidden)} more (click)"
@@ -277,7 +313,8 @@ def _layout(height: int) -> go.Layout:
     return go.Layout(
         height=height,
         margin=dict(l=10, r=10, t=TOP_MARGIN, b=10),
-        showlegend=False,
+        showlegend=True,  # the kinds of line drawn: fork, from the prefix cache, spliced into
+        legend=dict(orientation="h", x=0, y=0, yanchor="top", font=dict(size=10)),
         xaxis=dict(axis, title=None),
         yaxis=axis,
         dragmode="pan",

@@ -180,10 +180,20 @@ class CacheEdge(NamedTuple):
     num_pages: int
 
 
+class SpliceEdge(NamedTuple):
+    """`kv.splice`: file took tokens of source, their keys and values not computed again (the
+    merge of graph of thought, say)."""
+
+    source: str
+    file: str
+    tokens: int  # taken from source, summed over its splices
+
+
 class ForkGraphData(NamedTuple):
     nodes: list[ForkNode]
     edges: list[ForkEdge]
     cached: list[CacheEdge] = []  # between files shown, apart from the forks' tree
+    spliced: list[SpliceEdge] = []  # between files shown, apart from the forks' tree
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -209,8 +219,9 @@ def fork_graph(
     max_children: int = 12,
     expanded: Iterable[str] = (),
 ) -> ForkGraphData:
-    """Files as nodes, forks as edges labelled with the shared prefix (from token ids), and the
-    pages automatic prefix sharing took from one shown file into another (`cached`).
+    """Files as nodes, forks as edges labelled with the shared prefix (from token ids), the
+    pages automatic prefix sharing took from one shown file into another (`cached`), and the
+    tokens `kv.splice` took from one shown file into another (`spliced`).
 
     A node with more than max_children children shows max_children - 1 of them and one
     collapsed node for the rest, unless it is in expanded.
@@ -234,13 +245,20 @@ def fork_graph(
     order = sorted(roots) + [f for f in sorted(by_id) if f not in reached]  # cycles (renames)
     nodes, edges = _layout(order, children, by_id, edges, max_children, set(expanded))
     shown = {n.id for n in nodes if n.kind == "file"}
-    cached = [
-        CacheEdge(node_of.get(source, source), st.path, n)
-        for st in files
-        for source, n in st.cached_from.items()
-        if st.path in shown and node_of.get(source, source) in shown - {st.path}
-    ]
-    return ForkGraphData(nodes, edges, cached)
+
+    def between_shown(taken: Callable[[FileStat], Mapping[str, int]]) -> list[tuple[str, str, int]]:
+        """(source, file, count) for each shown file that took from another shown file."""
+        out: dict[tuple[str, str], int] = {}
+        for st in files:
+            for source, n in taken(st).items():
+                node = node_of.get(source, source)
+                if st.path in shown and node in shown - {st.path}:
+                    out[node, st.path] = out.get((node, st.path), 0) + n
+        return [(source, file, n) for (source, file), n in out.items()]
+
+    cached = [CacheEdge(*e) for e in between_shown(lambda st: st.cached_from)]
+    spliced = [SpliceEdge(*e) for e in between_shown(lambda st: st.spliced_from)]
+    return ForkGraphData(nodes, edges, cached, spliced)
 
 
 def _reachable(starts: list[str], children: Mapping[str, list[str]]) -> set[str]:

@@ -16,6 +16,7 @@ COMPUTING_COLOUR = "#4c78a8"
 SUSPENDED_COLOUR = "#8e6bbf"
 TOOL_COLOUR = "#72b7b2"  # a process waiting on a tool
 GONE_COLOUR = "#bbbbbb"
+SPLICED_COLOUR = "#b279a2"  # a fork graph's line from a file to one that spliced its tokens in
 ACCEPTED_COLOUR = "#c7e9c0"  # a speculative draft token the model agreed with
 REJECTED_COLOUR = "#fcbba1"  # one it did not
 BATCH_COLOUR = "#54a24b"  # the batch lane: apart from waiting (yellow) and computing (blue)
