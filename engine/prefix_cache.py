@@ -131,6 +131,21 @@ class PrefixIndex:
             self._evicted.pop(key, None)
         return d
 
+    def share(self, pages: Sequence[int]) -> None:
+        """A /shared file took these pages from the cache: those its owner published privately
+        move to SHARED, where the owner still sees them and every other user now may too."""
+        for page in pages:
+            scope, d = key = self._by_page[page]
+            if scope == SHARED or (SHARED, d) in self._entries:
+                continue
+            entry = self._entries.pop(key)
+            self._entries[(SHARED, d)] = entry._replace(scope=SHARED)
+            self._by_page[page] = (SHARED, d)
+            self._children[entry.parent].discard(key)
+            self._children[entry.parent].add((SHARED, d))
+            self._scopes[d].discard(scope)
+            self._scopes[d].add(SHARED)
+
     def forget(self, page: int, evicted: bool = True) -> None:
         """The pool took the page back (evicted: remember when, to explain a later miss)."""
         key = self._by_page.pop(page)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from torch import Tensor
 
 from engine.page_pool import PagePool
-from engine.prefix_cache import Reuse, Sharing, Stop
+from engine.prefix_cache import SHARED, Reuse, Sharing, Stop
 from engine.wire.errors import InvalidArgument, OutOfPages
 from engine.wire.records import Spliced
 
@@ -347,6 +347,8 @@ class KVSequence:
             match = index.match(s.user, parent, n, tokens, positions, limit)
             k = len(match.pages) * ps
             pool.ref(match.pages)
+            if s.scope == SHARED:
+                index.share(match.pages)
             self.pages.extend(match.pages)
             self.append(tokens[:k], positions[:k])
             s.chain.extend(match.digests)

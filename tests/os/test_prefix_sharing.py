@@ -328,6 +328,7 @@ senders = st.tuples(st.sampled_from(["alice", "bob"]), st.booleans(), segments)
 )
 @given(st.lists(senders, min_size=2, max_size=6))
 @example([("alice", False, [1, 2]), ("bob", False, [1, 2]), ("bob", True, [1, 3])])
+@example([("bob", False, [1]), ("bob", True, [1]), ("alice", False, [1])])  # private, then /shared
 def test_property_a_forward_takes_exactly_the_pages_its_user_may_see(
     tiny_loaded,  # noqa: ANN001
     plan: list[tuple[str, bool, list[int]]],
