@@ -17,6 +17,10 @@ from engine.trace import Trace
 from engine.wire.errors import NoSuchProcess, PermissionDenied
 from engine.wire.events import ProcessChanged
 
+# The two state changes of every system call that waits (a record is immutable: one serves all)
+CALL_WAITS = ProcessChanged(READY._value_, WAITING._value_)
+CALL_RETURNS = ProcessChanged(WAITING._value_, READY._value_)
+
 PS_EXITED = 1000  # exited processes `ps` still lists
 EXITED_KEPT = 10_000  # exited processes whose record (result, error, counters) `wait` still finds
 
@@ -101,10 +105,13 @@ class ProcessTable:
     def block(self, p: Process) -> None:
         """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
         p.blocked += 1
-        if p.state is READY:
-            self.set_state(p, WAITING)
+        if p.state is READY:  # set_state(p, WAITING), its record built once: every call does it
+            self.trace.emit(p.pid, CALL_WAITS)
+            p.state = WAITING
 
     def unblock(self, p: Process) -> None:
         p.blocked -= 1
-        if p.blocked == 0 and p.state is WAITING:
-            self.set_state(p, READY)
+        if p.blocked == 0 and p.state is WAITING:  # set_state(p, READY), as in block
+            self.trace.emit(p.pid, CALL_RETURNS)
+            p.state = READY
+            p.ready_since = time.monotonic()

@@ -267,14 +267,17 @@ class Runner:
 
     def _validate_returns(self, where: str, s: Segment) -> None:
         n_out = len(s.outputs) if s.outputs is not None else 1
-        if isinstance(s.returns, TopK) and not 1 <= s.returns.k <= self.vocab_size:
+        if isinstance(s.returns, Sample):  # the commonest first: one check per decode step
+            if s.returns.params.top_k > self.vocab_size:
+                raise InvalidArgument(
+                    f"{where}: SamplingParams.top_k must be in 0..{self.vocab_size} (0 is off),"
+                    f" got {s.returns.params.top_k}"
+                )
+        elif isinstance(s.returns, TopK) and not 1 <= s.returns.k <= self.vocab_size:
             raise InvalidArgument(f"{where}: top-k needs 1 <= k <= {self.vocab_size}")
-        if isinstance(s.returns, Sample) and s.returns.params.top_k > self.vocab_size:
-            raise InvalidArgument(
-                f"{where}: SamplingParams.top_k must be in 0..{self.vocab_size} (0 is off),"
-                f" got {s.returns.params.top_k}"
-            )
-        self._validate_constraint(where, s.returns)
+        r = s.returns
+        if getattr(r, "allowed", None) is not None or getattr(r, "bias", None) is not None:
+            self._validate_constraint(where, r)
         if isinstance(s.returns, LogProbs):
             rows = s.returns.tokens
             if len(rows) != n_out or len({len(r) for r in rows}) > 1:

@@ -213,14 +213,26 @@ class Scheduler:
         self.token_budget = token_budget
         self.queue: list[Call] = []
         self.last_batch = 0
+        self._calls_on: dict[int, int] = {}  # id(seq) -> its calls in the queue (none: absent)
 
     def submit(self, call: Call) -> None:
         self.queue.append(call)
+        key = id(call.segment.seq)  # (the queued call keeps its sequence, and so its id, alive)
+        self._calls_on[key] = self._calls_on.get(key, 0) + 1
 
     def remove(self, call: Call) -> None:
         """A call that is done, failed or withdrawn leaves the queue."""
         if call in self.queue:
             self.queue.remove(call)
+            self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        key = id(call.segment.seq)
+        left = self._calls_on[key] - 1
+        if left:
+            self._calls_on[key] = left
+        else:
+            del self._calls_on[key]
 
     def plan(self, now: float, ready_for: list[float]) -> Plan:
         """Ask the policy whether to run now; if so, the batch. ready_for: per process running
@@ -233,12 +245,17 @@ class Scheduler:
 
     def queued_tokens(self, seq: KVSequence) -> int:
         """Tokens the queued calls on seq will still append (they run before a new one)."""
+        if id(seq) not in self._calls_on:  # the commonest case: a LIP's one call at a time
+            return 0
         return sum(c.remaining for c in self.queue if c.seq is seq)
 
     def drop_process(self, pid: int) -> list[Call]:
         """Take a process's calls out of the queue (it exited or was killed)."""
         gone = [c for c in self.queue if c.process.pid == pid]
-        self.queue = [c for c in self.queue if c.process.pid != pid]
+        if gone:
+            self.queue = [c for c in self.queue if c.process.pid != pid]
+            for c in gone:
+                self._forget(c)
         return gone
 
     def ready_calls(self) -> list[Call]:
@@ -268,11 +285,12 @@ class Scheduler:
         for c in calls:
             if budget == 0:
                 break
-            if id(c.seq) in seen:
+            seq = id(c.segment.seq)
+            if seq in seen:
                 continue
             n = min(c.remaining, budget)
             batch.calls.append(c)
             batch.sizes.append(n)
-            seen.add(id(c.seq))
+            seen.add(seq)
             budget -= n
         return batch

@@ -605,3 +605,25 @@ def test_a_saved_file_read_that_blocks_holds_up_only_its_caller(
         assert await k.wait(loader) == prompt(0)
 
     run(Kernel(tiny_loaded, num_pages=64, page_size=4, data_dir=tmp_path), body)
+
+
+def test_a_sample_record_passed_again_samples_as_a_new_record_would(tiny_loaded) -> None:  # noqa: ANN001
+    """Syscalls keeps the last Sample record it gave the process's stream (api-overhead): passed
+    again, the stream goes on; a record with an int seed starts its stream again at each call."""
+    params = SamplingParams(temperature=1.0)
+
+    async def lip(sys: Syscalls, reuse: bool, seed: int | None) -> list[int]:
+        f = await sys.kv.create()
+        one = Sample(params, seed)
+        t = await sys.forward(f, prompt(3), returns=one)
+        out = [t]
+        for _ in range(8):
+            t = await sys.forward(f, [t], returns=one if reuse else Sample(params, seed))
+            out.append(t)
+        return out
+
+    def tokens(reuse: bool, seed: int | None) -> list[int]:
+        return run(Kernel(tiny_loaded), lambda k: k.wait(k.spawn(lip, reuse, seed)))
+
+    for seed in (None, 5):
+        assert tokens(True, seed) == tokens(False, seed), seed

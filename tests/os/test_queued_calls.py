@@ -140,3 +140,34 @@ def test_a_mask_made_for_a_file_that_changed_before_the_call_ran_fails_clearly(
     assert isinstance(error, InvalidArgument) and "mask" in str(error), error
     assert f"{n - 2} tokens" in str(error)
     assert tokens == head[: n - 2]
+
+
+def test_calls_queued_on_one_file_count_until_they_run_or_are_withdrawn(
+    tiny_loaded,  # noqa: ANN001
+) -> None:
+    """A new call on a file runs after the calls queued on it: it starts where they end. The
+    scheduler counts them per file (Scheduler.queued_tokens), a withdrawn one no more."""
+
+    async def lip(sys: Syscalls) -> tuple[list[int], list[int], list[int]]:
+        f = await sys.kv.create()
+        seq = sys.kernel.kvfs.sequence(f)
+        queued_tokens = sys.kernel.scheduler.queued_tokens
+        sys.kernel.set_policy(Hold())
+        calls = [asyncio.ensure_future(sys.forward(f, prompt(i, 3), outputs=[])) for i in range(3)]
+        await queued(sys, 3)
+        counts = [queued_tokens(seq)]
+        calls[1].cancel()  # withdrawn: its tokens never reach the file
+        await asyncio.gather(calls[1], return_exceptions=True)
+        counts.append(queued_tokens(seq))
+        sys.kernel.set_policy(Eager())
+        await asyncio.gather(calls[0], calls[2])
+        counts.append(queued_tokens(seq))
+        await sys.forward(f, [9], outputs=[])
+        return counts, seq.tokens, seq.positions
+
+    counts, tokens, positions = run(
+        Kernel(tiny_loaded, page_size=4), lambda k: k.wait(k.spawn(lip))
+    )
+    assert counts == [9, 6, 0]
+    assert tokens == [*prompt(0, 3), *prompt(2, 3), 9]
+    assert positions == list(range(7))
