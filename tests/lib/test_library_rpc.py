@@ -7,7 +7,7 @@ must equal those of the in-process kernel.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,6 +36,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
         yield e
 
 
+def over_rpc(engine: EngineProcess, name: str, program: Callable[[Any], Awaitable[tuple]]) -> tuple:
+    """What `program` returns run by a LIP of alice's named `name`, attached over RPC."""
+
+    async def remote() -> tuple:
+        client = await Client.connect(engine.conn, user="alice")
+        async with client, await client.attach(name) as lip:
+            return await program(lip)
+
+    return asyncio.run(remote())
+
+
 async def programs(sys: Any) -> tuple:
     spec = await speculative_decode(sys, await sys.kv.create(), PROMPT * 3, 24)
     beams = await beam_search(sys, PROMPT, width=3, max_tokens=6)
@@ -47,12 +58,7 @@ async def programs(sys: Any) -> tuple:
 def test_library_programs_give_the_same_results_over_rpc(
     engine: EngineProcess, tiny_loaded
 ) -> None:  # noqa: ANN001
-    async def remote() -> tuple:
-        client = await Client.connect(engine.conn, user="alice")
-        async with client, await client.attach("library") as lip:
-            return await programs(lip)
-
-    spec, beams, samples, scores = asyncio.run(remote())
+    spec, beams, samples, scores = over_rpc(engine, "library", programs)
     (spec_here, beams_here, samples_here, scores_here), _ = run(tiny_loaded, programs)
     assert spec.tokens == spec_here.tokens and spec.forwards == spec_here.forwards
     assert [b.tokens for b in beams] == [b.tokens for b in beams_here]
@@ -104,12 +110,7 @@ async def chat_program(sys: Any) -> tuple:
 
 
 def test_a_chat_over_rpc_keeps_its_file_as_in_process(engine: EngineProcess, tiny_loaded) -> None:  # noqa: ANN001
-    async def remote() -> tuple:
-        client = await Client.connect(engine.conn, user="alice")
-        async with client, await client.attach("chat") as lip:
-            return await chat_program(lip)
-
-    first, second, messages = asyncio.run(remote())
+    first, second, messages = over_rpc(engine, "chat", chat_program)
     (first_here, second_here, messages_here), _ = run(tiny_loaded, chat_program)
     assert (first, second, messages) == (first_here, second_here, messages_here)
     assert second.reused > 0 and second.forwarded < second.reused + second.forwarded
@@ -128,12 +129,7 @@ async def draft_lip_program(sys: Any) -> tuple:
 def test_speculative_decoding_with_a_draft_lip_over_rpc_is_as_in_process(
     engine: EngineProcess, tiny_loaded
 ) -> None:  # noqa: ANN001
-    async def remote() -> tuple:
-        client = await Client.connect(engine.conn, user="alice")
-        async with client, await client.attach("draft-lip") as lip:
-            return await draft_lip_program(lip)
-
-    fast, fed, greedy = asyncio.run(remote())
+    fast, fed, greedy = over_rpc(engine, "draft-lip", draft_lip_program)
     (fast_here, fed_here, _), _ = run(tiny_loaded, draft_lip_program)
     assert fast.tokens == greedy  # the draft LIP ran engine-side, the verifier here
     assert fast == fast_here and fed == fed_here
