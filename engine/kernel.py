@@ -365,10 +365,8 @@ class Kernel:
         self.trace.emit(None, PagesUsed(free, self.pool.num_pages - free, swapped))
         for pid in pids:
             self.processes.procs[pid].counters.time_computing += took
-        publish = self.pool.index is not None  # automatic prefix sharing
         for c, n, r in zip(batch.calls, batch.sizes, results, strict=True):
-            if publish:
-                c.seq.publish(self.pool)  # its new full pages, for later forwards to take
+            c.seq.publish(self.pool)  # its new full pages, for later forwards to take
             c.done += n
             c.process.counters.tokens_in += n
             if type(r) is not Tensor or r.shape[0]:  # (not len(r): Tensor.__len__ is slow)

@@ -257,8 +257,7 @@ class KVFS:
         if not write:
             return self._live(handle).seq
         f = self._writable(handle)
-        if f.seq.swapped is not None:  # (every forward asks: the check, not the call, when in)
-            self.bring_back(handle.path, f)
+        self.bring_back(handle.path, f)
         return f.seq
 
     def truncate(self, handle: Handle, n: int) -> None:
@@ -586,7 +585,9 @@ class KVFS:
 
     def bring_back(self, path: str, f: KVFile) -> None:
         """Bring a swapped-out file back into the pool (all its pages or none): OutOfPages,
-        naming it, when the pool has no room for them now."""
+        naming it, when the pool has no room for them now. A file in the pool: nothing."""
+        if f.seq.swapped is None:  # the commonest case: every forward's file is asked
+            return
         need = f.seq.num_swapped_pages
         if need > self.pool.num_free:
             raise OutOfPages(

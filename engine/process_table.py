@@ -17,9 +17,9 @@ from engine.trace import Trace
 from engine.wire.errors import NoSuchProcess, PermissionDenied
 from engine.wire.events import ProcessChanged
 
-# The two state changes of every system call that waits (a record is immutable: one serves all)
-CALL_WAITS = ProcessChanged(READY._value_, WAITING._value_)
-CALL_RETURNS = ProcessChanged(WAITING._value_, READY._value_)
+# Each plain state change's record, made once: every system call that waits makes two (a record
+# is immutable, so one serves all). _value_, not .value: the enum property costs more.
+CHANGES = {(a, b): ProcessChanged(a._value_, b._value_) for a in State for b in State}
 
 PS_EXITED = 1000  # exited processes `ps` still lists
 EXITED_KEPT = 10_000  # exited processes whose record (result, error, counters) `wait` still finds
@@ -91,8 +91,9 @@ class ProcessTable:
         """p's new state, traced (suspended: with the pages swapped; back: with the pages
         swapped in; exited: why, and the pages freed)."""
         if p.state is not state:
-            # _value_, not .value: the enum property costs more than the rest of this call
-            change = ProcessChanged(p.state._value_, state._value_, None, None, pages_swapped)
+            change = CHANGES[p.state, state]
+            if pages_swapped is not None:
+                change = change._replace(pages_swapped=pages_swapped)
             if state is EXITED:
                 change = change._replace(error=error, pages_freed=pages_freed)
             elif pages_swapped_in is not None:
@@ -105,13 +106,10 @@ class ProcessTable:
     def block(self, p: Process) -> None:
         """p entered a system call that waits (a forward, sleep, receive, wait, a tool)."""
         p.blocked += 1
-        if p.state is READY:  # set_state(p, WAITING), its record built once: every call does it
-            self.trace.emit(p.pid, CALL_WAITS)
-            p.state = WAITING
+        if p.state is READY:
+            self.set_state(p, WAITING)
 
     def unblock(self, p: Process) -> None:
         p.blocked -= 1
-        if p.blocked == 0 and p.state is WAITING:  # set_state(p, READY), as in block
-            self.trace.emit(p.pid, CALL_RETURNS)
-            p.state = READY
-            p.ready_since = time.monotonic()
+        if p.blocked == 0 and p.state is WAITING:
+            self.set_state(p, READY)
