@@ -29,13 +29,12 @@ with the costs visible in the trace; `PromptLookup` is the one that is free.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from workbench.lib.speculative import Drafter, Proposal
-from workbench.lib.system import System, home, spawn
+from workbench.lib.system import System, home, settled, spawn
 
 _serial = itertools.count()  # tells apart the drafters one process starts
 
@@ -49,7 +48,7 @@ async def draft_main(sys: Any, path: str) -> int:
 
     from engine.wire.records import TopK
 
-    async def done(result: Any) -> Any:
+    async def done(result: Any) -> Any:  # (workbench.lib.system.settled: not shipped with it)
         return await result if inspect.isawaitable(result) else result
 
     parent = (await done(sys.whoami())).parent
@@ -109,7 +108,7 @@ class DraftLIP(Drafter):
             keep += 1
         keep = min(keep, len(history) - 1)  # at least one token to feed
         new = [int(t) for t in history[keep:]]
-        await _done(self.sys.send(self.pid, [keep, new, k]))
+        await settled(self.sys.send(self.pid, [keep, new, k]))
         reply = await self.sys.receive()
         if reply.sender != self.pid:
             raise RuntimeError(
@@ -129,7 +128,7 @@ class DraftLIP(Drafter):
 
     async def close(self) -> int:
         """End the draft LIP (its file is removed); the forwards it made."""
-        await _done(self.sys.send(self.pid, None))
+        await settled(self.sys.send(self.pid, None))
         return int(await self.sys.wait(self.pid))
 
     async def __aenter__(self) -> DraftLIP:
@@ -137,8 +136,3 @@ class DraftLIP(Drafter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-async def _done(result: Any) -> Any:
-    """A call's result: awaited over RPC, at once in process."""
-    return await result if inspect.isawaitable(result) else result

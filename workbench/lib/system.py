@@ -100,14 +100,18 @@ def next_seed(stream: random.Random | None) -> int | None:
     return None if stream is None else stream.getrandbits(62)
 
 
+async def settled(result: Any) -> Any:
+    """A call's result, for the calls that answer at once in process and are awaited over RPC
+    (spawn, send, whoami, ps)."""
+    return await result if inspect.isawaitable(result) else result
+
+
 async def spawn(sys: System, main: Any, *args: Any, name: str | None = None) -> int:
     """A child process running `main(sys, *args)`: in process at once, over RPC main's source
     is shipped to an engine-side worker (self-contained: imports inside, plain arguments)."""
-    pid = sys.spawn(main, *args, name=name)
-    return int(await pid) if inspect.isawaitable(pid) else int(pid)
+    return int(await settled(sys.spawn(main, *args, name=name)))
 
 
 async def home(sys: System) -> str:
     """This process's user's home directory (`/home/<user>`), where its children see files."""
-    me = sys.whoami()
-    return str((await me if inspect.isawaitable(me) else me).home)
+    return str((await settled(sys.whoami())).home)
